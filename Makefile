@@ -1,0 +1,38 @@
+# The README's two commands: `make demo` and `make test`. Both set up .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= demo_output
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export HF_HUB_DISABLE_TELEMETRY ?= 1
+
+.PHONY: demo test test-slow bench install clean
+
+# torch==2.13.0 is a local CPU build: it goes in first, alone, so nothing pulls a CUDA build.
+$(STAMP): setup.py constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install torch==2.13.0 > $(VENV)/install.log 2>&1 || (tail -30 $(VENV)/install.log; exit 1)
+	$(PIP) install -c constraints.txt -e ".[test]" >> $(VENV)/install.log 2>&1 || (tail -30 $(VENV)/install.log; exit 1)
+	$(PY) -c "import torch, transformers, diffusers, diffusion_link; print('installed: torch', torch.__version__, '| transformers', transformers.__version__, '| diffusers', diffusers.__version__)"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) benchmarks/bench_synthetic_gap.py --output_dir $(DEMO_DIR)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow tests
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_bridge.py
+	$(PY) benchmarks/bench_synthetic_gap.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) build *.egg-info

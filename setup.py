@@ -1,0 +1,48 @@
+from setuptools import find_packages, setup
+
+
+with open("README.md", encoding="utf-8") as f:
+    long_description = f.read()
+
+# Compatible ranges for users; exact, tested pins live in constraints.txt.
+install_requires = [
+    "torch>=2.4",
+    "transformers>=5.0,<6",
+    "diffusers>=0.35,<1",
+    "peft>=0.17",
+    "huggingface_hub>=1.0",
+    "safetensors>=0.4",
+    "accelerate>=1.0",
+    "datasets>=4.0",
+    "evaluate>=0.4.3",
+    "numpy>=1.26",
+    "scikit-learn>=1.3",
+    "soundfile>=0.12",
+    "librosa>=0.10",
+    "tqdm",
+]
+
+extras = {
+    "plot": ["matplotlib>=3.7"],
+    "test": ["pytest>=8", "matplotlib>=3.7"],
+}
+extras["all"] = sorted({dep for deps in extras.values() for dep in deps})
+
+setup(
+    name="diffusion_link",
+    version="0.1.0",
+    description="Diffusion-Link: close the audio-text modality gap of CLAP embeddings for LLM audio captioning.",
+    long_description=long_description,
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["diffusion_link", "diffusion_link.*"]),
+    install_requires=install_requires,
+    extras_require=extras,
+    entry_points={"console_scripts": ["diffusion-link=diffusion_link.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+        "Topic :: Multimedia :: Sound/Audio :: Analysis",
+    ],
+)
