@@ -1,0 +1,174 @@
+"""Configuration of the Diffusion-Link bridge (arXiv 2510.11330).
+
+This file is copied next to the weights by ``save_pretrained`` (custom code on the Hub), so it imports only
+``transformers``.
+"""
+
+from __future__ import annotations
+
+from transformers import PretrainedConfig
+
+
+_NORMALIZATIONS = ("l2", "none")
+_STD_MODES = ("per_dim", "scalar")
+_LINK_STARTS = ("noised", "inserted")
+
+
+class DiffusionLinkConfig(PretrainedConfig):
+    r"""
+    Configuration of a [`DiffusionLinkBridge`]: a residual MLP denoiser over one embedding vector, trained with the
+    diffusers `DDPMScheduler` and sampled with `DDIMScheduler`.
+
+    Args:
+        embedding_dim (`int`, *optional*, defaults to 512):
+            Size D of the embeddings the bridge moves (512 for CLAP).
+        hidden_size (`int`, *optional*, defaults to 1024):
+            Width of the residual MLP (the paper uses about 2D).
+        num_blocks (`int`, *optional*, defaults to 3):
+            Number of residual blocks.
+        timestep_embedding_dim (`int`, *optional*, defaults to 128):
+            Size of the sinusoidal timestep embedding, before its MLP.
+        dropout (`float`, *optional*, defaults to 0.0):
+            Dropout inside the residual blocks during training.
+        num_train_timesteps (`int`, *optional*, defaults to 1000):
+            T, the number of diffusion steps of the training schedule.
+        beta_schedule (`str`, *optional*, defaults to `"linear"`):
+            Beta schedule passed to the diffusers schedulers (`"linear"`, `"scaled_linear"`, `"squaredcos_cap_v2"`).
+        beta_start (`float`, *optional*, defaults to 1e-4):
+            First beta of the schedule.
+        beta_end (`float`, *optional*, defaults to 0.02):
+            Last beta of the schedule.
+        max_train_timestep (`int`, *optional*):
+            Training timesteps are drawn uniformly from `[0, max_train_timestep)`. Defaults to `num_train_timesteps`
+            (the whole schedule). The paper does not state its range; a shallow range spends capacity where
+            `link()` starts.
+        x0_parameterization (`str`, *optional*, defaults to `"direct"`):
+            How the network's output becomes the x0 prediction: `"direct"` (the output is x0) or `"skip"`
+            (x0 = sqrt(a_t) x_t + sqrt(1 - a_t) F(x_t, t), a skip connection scaled by the noise level, so fine
+            detail at small t needs no learning). Both predict the clean embedding, as the paper does.
+        strength (`float`, *optional*, defaults to 0.1):
+            Default inference depth: `link()` forward-noises audio to s* = `strength` * T (0.1 -> 100 of 1000),
+            then denoises. Same meaning as `strength` in diffusers' img2img pipelines. Must lie in (0, 1].
+        num_inference_steps (`int`, *optional*, defaults to 5):
+            Default number of DDIM steps from s* back to x0.
+        topology_loss_weight (`float`, *optional*, defaults to 1.0):
+            lambda in `loss = diffusion_loss + lambda * topology_loss`.
+        ema_decay (`float`, *optional*, defaults to 0.995):
+            Decay of the exponential moving average of the denoiser weights, updated after each optimiser step.
+        inference_weights (`str`, *optional*, defaults to `"ema"`):
+            Which denoiser `link()` uses: `"ema"` (the paper) or `"raw"` (the trained weights).
+        input_normalization (`str`, *optional*, defaults to `"l2"`):
+            `"l2"`: inputs are L2-normalised before standardisation and outputs are L2-normalised again (CLAP
+            embeddings are unit vectors). `"none"`: the embeddings are used as given.
+        standardization (`str`, *optional*, defaults to `"per_dim"`):
+            How `fit_normalization` computes the standard deviation of the text embeddings: `"per_dim"` (one per
+            coordinate, as unCLIP's `clip_std`) or `"scalar"` (one for all coordinates). The mean and std live in
+            the buffers `embed_mean` and `embed_std`, saved with the weights.
+        link_start (`str`, *optional*, defaults to `"noised"`):
+            How `link()` builds the state at s*: `"noised"` forward-noises the audio embedding with q(a, s*)
+            (Diffusion-Link); `"inserted"` takes the audio embedding itself as the state at s*, without noise (the
+            text-only "Diffusion Bridge" peer, CVPR 2025).
+        noise_seed (`int`, *optional*, defaults to 0):
+            Key of the forward noise when `link()` is called without a generator: the noise of each row is seeded
+            from the row's own values and this key, so the output of a row depends only on that row (batch-invariant
+            and deterministic), while different rows get independent noise.
+    """
+
+    model_type = "diffusion_link"
+
+    def __init__(
+        self,
+        embedding_dim: int = 512,
+        hidden_size: int = 1024,
+        num_blocks: int = 3,
+        timestep_embedding_dim: int = 128,
+        dropout: float = 0.0,
+        num_train_timesteps: int = 1000,
+        beta_schedule: str = "linear",
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
+        max_train_timestep: int | None = None,
+        x0_parameterization: str = "direct",
+        strength: float = 0.1,
+        num_inference_steps: int = 5,
+        topology_loss_weight: float = 1.0,
+        ema_decay: float = 0.995,
+        inference_weights: str = "ema",
+        input_normalization: str = "l2",
+        standardization: str = "per_dim",
+        link_start: str = "noised",
+        noise_seed: int = 0,
+        **kwargs,
+    ):
+        _check_positive_int("embedding_dim", embedding_dim)
+        _check_positive_int("hidden_size", hidden_size)
+        _check_positive_int("num_blocks", num_blocks)
+        _check_positive_int("timestep_embedding_dim", timestep_embedding_dim)
+        if timestep_embedding_dim % 2:
+            raise ValueError(f"`timestep_embedding_dim` must be even (sin and cos halves), got {timestep_embedding_dim}.")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"`dropout` must lie in [0, 1), got {dropout}.")
+        _check_positive_int("num_train_timesteps", num_train_timesteps)
+        if beta_schedule not in ("linear", "scaled_linear", "squaredcos_cap_v2"):
+            raise ValueError(
+                "`beta_schedule` must be one of 'linear', 'scaled_linear', 'squaredcos_cap_v2', "
+                f"got {beta_schedule!r}."
+            )
+        if not 0.0 < beta_start < beta_end < 1.0:
+            raise ValueError(f"Expected 0 < beta_start < beta_end < 1, got beta_start={beta_start}, beta_end={beta_end}.")
+        if max_train_timestep is None:
+            max_train_timestep = num_train_timesteps
+        if not (isinstance(max_train_timestep, int) and 1 <= max_train_timestep <= num_train_timesteps):
+            raise ValueError(
+                f"`max_train_timestep` must be an int in [1, num_train_timesteps={num_train_timesteps}], "
+                f"got {max_train_timestep!r}."
+            )
+        if x0_parameterization not in ("direct", "skip"):
+            raise ValueError(f"`x0_parameterization` must be 'direct' or 'skip', got {x0_parameterization!r}.")
+        check_strength(strength)
+        _check_positive_int("num_inference_steps", num_inference_steps)
+        if topology_loss_weight < 0:
+            raise ValueError(f"`topology_loss_weight` must be >= 0, got {topology_loss_weight}.")
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"`ema_decay` must lie in [0, 1), got {ema_decay}.")
+        if inference_weights not in ("ema", "raw"):
+            raise ValueError(f"`inference_weights` must be 'ema' or 'raw', got {inference_weights!r}.")
+        if input_normalization not in _NORMALIZATIONS:
+            raise ValueError(f"`input_normalization` must be one of {_NORMALIZATIONS}, got {input_normalization!r}.")
+        if link_start not in _LINK_STARTS:
+            raise ValueError(f"`link_start` must be one of {_LINK_STARTS}, got {link_start!r}.")
+        if standardization not in _STD_MODES:
+            raise ValueError(f"`standardization` must be one of {_STD_MODES}, got {standardization!r}.")
+
+        self.embedding_dim = embedding_dim
+        self.hidden_size = hidden_size
+        self.num_blocks = num_blocks
+        self.timestep_embedding_dim = timestep_embedding_dim
+        self.dropout = dropout
+        self.num_train_timesteps = num_train_timesteps
+        self.beta_schedule = beta_schedule
+        self.beta_start = beta_start
+        self.beta_end = beta_end
+        self.max_train_timestep = max_train_timestep
+        self.x0_parameterization = x0_parameterization
+        self.strength = strength
+        self.num_inference_steps = num_inference_steps
+        self.topology_loss_weight = topology_loss_weight
+        self.ema_decay = ema_decay
+        self.inference_weights = inference_weights
+        self.input_normalization = input_normalization
+        self.standardization = standardization
+        self.link_start = link_start
+        self.noise_seed = noise_seed
+        super().__init__(**kwargs)
+
+
+def check_strength(strength: float) -> None:
+    """Raise a `ValueError` unless `strength` (the fraction of the schedule `link()` noises to) lies in (0, 1]."""
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 < strength <= 1.0:
+        raise ValueError(f"`strength` must be a float in (0, 1], got {strength!r}.")
+
+
+def _check_positive_int(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
