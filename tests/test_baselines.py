@@ -1,0 +1,84 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from diffusion_link import DiffusionLinkBridge, IdentityBridge, MeanShiftBridge, text_only_diffusion_config
+
+
+def unit(*shape, seed=0):
+    return F.normalize(torch.randn(*shape, generator=torch.Generator().manual_seed(seed)), dim=-1)
+
+
+def test_identity_returns_its_input_and_accepts_the_diffusion_knobs():
+    x = unit(3, 8)
+    out = IdentityBridge().link(x, strength=0.5, num_inference_steps=2, generator=torch.Generator())
+    assert out is x
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        IdentityBridge().link([1.0, 2.0])
+
+
+def test_mean_shift_moves_the_audio_centroid_onto_the_text_centroid():
+    offset = torch.zeros(8)
+    offset[0] = 2.0
+    audio = F.normalize(unit(400, 8, seed=1) + offset, dim=-1)
+    text = unit(300, 8, seed=2)
+    bridge = MeanShiftBridge(8).fit(audio, text)
+    torch.testing.assert_close(bridge.shift, text.mean(0) - audio.mean(0))
+    shifted = bridge.link(audio)
+    torch.testing.assert_close(shifted.norm(dim=-1), torch.ones(400))
+    before = (audio.mean(0) - text.mean(0)).norm()
+    after = (shifted.mean(0) - text.mean(0)).norm()
+    assert after < 0.25 * before
+
+
+def test_mean_shift_without_renormalisation_is_an_exact_translation():
+    audio, text = unit(50, 8, seed=1) * 3, unit(60, 8, seed=2)
+    bridge = MeanShiftBridge(8, output_normalization="none").fit(audio, text)
+    torch.testing.assert_close(bridge.link(audio).mean(0), text.mean(0))
+
+
+def test_mean_shift_state_is_a_buffer():
+    bridge = MeanShiftBridge(8).fit(unit(10, 8, seed=1), unit(10, 8, seed=2))
+    assert "shift" in bridge.state_dict()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"embedding_dim": 8, "output_normalization": "l1"}, "output_normalization"),
+    ],
+)
+def test_mean_shift_config_is_validated(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MeanShiftBridge(**kwargs)
+
+
+def test_mean_shift_rejects_bad_embeddings():
+    bridge = MeanShiftBridge(8)
+    with pytest.raises(ValueError, match=r"\(batch, 8\)"):
+        bridge.fit(unit(4, 7), unit(4, 8))
+    with pytest.raises(ValueError, match="NaN"):
+        bridge.link(torch.full((2, 8), float("nan")))
+
+
+def test_text_only_diffusion_peer_inserts_audio_at_t599_without_noise():
+    config = text_only_diffusion_config(embedding_dim=8, hidden_size=16)
+    assert config.beta_schedule == "squaredcos_cap_v2" and config.link_start == "inserted"
+    bridge = DiffusionLinkBridge(config)
+    assert bridge.link_timesteps() == [599, 479, 359, 239, 119]
+    # It trains on text alone.
+    out = bridge(text_embeds=unit(4, 8))
+    assert out.audio_prediction is None and torch.isfinite(out.loss)
+    x = unit(2, 8)
+    torch.testing.assert_close(
+        bridge.link(x, generator=torch.Generator().manual_seed(0)),
+        bridge.link(x, generator=torch.Generator().manual_seed(1)),
+    )
+
+
+@pytest.mark.parametrize("make", [IdentityBridge, lambda: MeanShiftBridge(8), lambda: DiffusionLinkBridge(
+    text_only_diffusion_config(embedding_dim=8, hidden_size=16))])
+def test_every_peer_shares_the_link_interface(make):
+    bridge = make()
+    out = bridge.link(unit(3, 8), strength=0.6, num_inference_steps=3, generator=None)
+    assert out.shape == (3, 8)
