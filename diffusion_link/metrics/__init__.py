@@ -1,0 +1,8 @@
+"""Metrics: the modality gap between paired audio and text embeddings, its report tables and its plots."""
+
+from .gap_plots import plot_modality_gap
+from .gap_report import compare_bridges, format_gap_table
+from .modality_gap import modality_gap
+
+
+__all__ = ["compare_bridges", "format_gap_table", "modality_gap", "plot_modality_gap"]

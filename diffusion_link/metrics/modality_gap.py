@@ -1,0 +1,84 @@
+"""How far apart paired audio and text embeddings are: the "modality gap" of contrastive encoders."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def modality_gap(
+    audio_embeds: torch.Tensor,
+    text_embeds: torch.Tensor,
+    *,
+    probe_folds: int = 5,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Modality-gap figures of N paired rows (row i of `audio_embeds` belongs with row i of `text_embeds`).
+
+    Args:
+        audio_embeds: (N, D) audio embeddings (raw or bridged).
+        text_embeds: (N, D) the paired text embeddings. Rows may repeat (several clips with one caption).
+        probe_folds: folds of the cross-validated linear probe.
+        seed: seed of the probe's fold split.
+
+    Returns:
+        A dict of floats, all computed on L2-normalised embeddings:
+        - `paired_cosine`: mean cosine of matched pairs (higher is closer);
+        - `nearest_text_cosine`: mean over audio rows of the cosine to the most similar text row;
+        - `centroid_distance`: L2 distance between the two modality means (0 means no offset);
+        - `retrieval_r1`, `retrieval_r5`: audio->text recall@k of the paired row among the N texts (rows whose text
+          equals the paired text count as hits);
+        - `modality_separability`: cross-validated accuracy of a logistic-regression probe telling audio from text
+          (0.5 means the modalities cannot be told apart);
+        - `num_pairs`: N.
+    """
+    audio = _check("audio_embeds", audio_embeds)
+    text = _check("text_embeds", text_embeds)
+    if audio.shape != text.shape:
+        raise ValueError(
+            f"`audio_embeds` and `text_embeds` must be paired rows of the same shape, got {tuple(audio.shape)} and "
+            f"{tuple(text.shape)}."
+        )
+    num_pairs = audio.shape[0]
+    if num_pairs < 2 * probe_folds:
+        raise ValueError(f"modality_gap needs at least {2 * probe_folds} pairs for a {probe_folds}-fold probe, got {num_pairs}.")
+    audio, text = F.normalize(audio.double(), dim=-1), F.normalize(text.double(), dim=-1)
+
+    sims = audio @ text.T  # (N, N) audio x text
+    paired = sims.diagonal()
+    # A text identical to the paired one is as good a hit as the paired one itself.
+    same_text = (text @ text.T) > 1 - 1e-9  # (N, N)
+    rank = (sims > paired[:, None]).logical_and(~same_text).sum(dim=1)  # texts strictly better than the pair
+    return {
+        "paired_cosine": float(paired.mean()),
+        "nearest_text_cosine": float(sims.max(dim=1).values.mean()),
+        "centroid_distance": float((audio.mean(0) - text.mean(0)).norm()),
+        "retrieval_r1": float((rank < 1).double().mean()),
+        "retrieval_r5": float((rank < 5).double().mean()),
+        "modality_separability": _probe_accuracy(audio, text, probe_folds, seed),
+        "num_pairs": float(num_pairs),
+    }
+
+
+def _probe_accuracy(audio: torch.Tensor, text: torch.Tensor, folds: int, seed: int) -> float:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    features = torch.cat([audio, text]).numpy()
+    labels = np.r_[np.zeros(len(audio)), np.ones(len(text))]
+    splits = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    scores = cross_val_score(LogisticRegression(C=10.0, max_iter=5000), features, labels, cv=splits)
+    return float(scores.mean())
+
+
+def _check(name: str, embeds: torch.Tensor) -> torch.Tensor:
+    if isinstance(embeds, np.ndarray):
+        embeds = torch.from_numpy(embeds)
+    if not isinstance(embeds, torch.Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor or numpy array of shape (N, D), got {type(embeds).__name__}.")
+    if embeds.ndim != 2:
+        raise ValueError(f"`{name}` must have shape (N, D), got {tuple(embeds.shape)}.")
+    if not torch.isfinite(embeds).all():
+        raise ValueError(f"`{name}` contains NaN or Inf values.")
+    return embeds.detach().cpu().float()
