@@ -1,0 +1,150 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from diffusion_link import DiffusionLinkBridge
+from diffusion_link.embedding_data import save_embeddings
+from diffusion_link.synthetic import synthetic_gap_embeddings
+from training import train_bridge
+
+from .conftest import REPO_ROOT
+
+
+DIM = 12
+
+
+@pytest.fixture(scope="module")
+def data_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bridge-data")
+    train = synthetic_gap_embeddings(96, embedding_dim=DIM, num_unpaired_text=32, seed=0)
+    held_out = synthetic_gap_embeddings(40, embedding_dim=DIM, seed=1)
+    save_embeddings(root / "train.safetensors", {k: train[k] for k in ("audio_embeds", "text_embeds", "unpaired_text_embeds")})
+    save_embeddings(root / "val.safetensors", {k: held_out[k] for k in ("audio_embeds", "text_embeds")})
+    save_embeddings(root / "text.safetensors", {"unpaired_text_embeds": train["unpaired_text_embeds"]})
+    return root
+
+
+def args_for(data_files, output_dir, **overrides):
+    values = {
+        "train_file": str(data_files / "train.safetensors"),
+        "output_dir": str(output_dir),
+        "max_steps": 12,
+        "per_device_train_batch_size": 16,
+        "learning_rate": 3e-3,
+        "hidden_size": 24,
+        "num_blocks": 2,
+        "save_steps": 6,
+        "logging_steps": 3,
+        "seed": 7,
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+    }
+    values.update(overrides)
+    return values
+
+
+def as_argv(values):
+    argv = []
+    for key, value in values.items():
+        argv += [f"--{key}", str(value)]
+    return argv
+
+
+def test_trains_from_flags_and_writes_a_loadable_folder(data_files, tmp_path):
+    out = tmp_path / "run"
+    argv = as_argv(args_for(data_files, out, validation_file=str(data_files / "val.safetensors")))
+    model = train_bridge.main(argv)
+    assert int(model.ema_num_updates) == 12  # the callback updated the EMA once per optimiser step
+    state = json.loads((out / "checkpoint-12" / "trainer_state.json").read_text())
+    losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+    assert len(losses) == 4 and all(l == l for l in losses)  # logged every 3 steps, finite
+    loaded = DiffusionLinkBridge.from_pretrained(out)
+    assert loaded.config.embedding_dim == DIM and loaded.config.hidden_size == 24  # D read from the data
+    assert not torch.equal(loaded.embed_std, torch.full((DIM,), DIM**-0.5))  # normalisation fitted on the text
+    assert (out / "modeling_diffusion_link.py").exists()  # custom code for trust_remote_code
+    report = json.loads((out / "gap_metrics.json").read_text())
+    assert set(report) == {"raw", "bridged"} and "paired_cosine" in report["bridged"]
+
+
+def test_json_config_is_the_single_argument(data_files, tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(args_for(data_files, tmp_path / "run", max_steps=3, save_steps=3)))
+    model_args, data_args, training_args = train_bridge.parse_args([str(config)])
+    assert training_args.max_steps == 3 and model_args.hidden_size == 24
+    assert training_args.report_to in ([], ["none"], "none")  # no tracker switches itself on
+    train_bridge.main([str(config)])
+    assert (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_resume_gives_the_same_final_weights_as_an_uninterrupted_run(data_files, tmp_path):
+    full = tmp_path / "full"
+    train_bridge.main(as_argv(args_for(data_files, full)))
+    # An "interrupted" run: only the mid-training checkpoint survives; running the same command resumes from it.
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(full / "checkpoint-6", resumed / "checkpoint-6")
+    model = train_bridge.main(as_argv(args_for(data_files, resumed)))
+    assert int(model.ema_num_updates) == 12  # the EMA came back with the checkpoint and kept counting
+    a, b = load_file(full / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert a.keys() == b.keys() and any(k.startswith("ema_denoiser.") for k in a)
+    diff = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert diff == 0.0, diff
+
+
+def test_text_only_peer_trains_from_text_alone(data_files, tmp_path):
+    argv = as_argv(
+        args_for(data_files, tmp_path / "peer", train_file=str(data_files / "text.safetensors"), max_steps=3,
+                 save_steps=3, bridge_type="text_only_diffusion")
+    )
+    model = train_bridge.main(argv)
+    assert model.config.link_start == "inserted" and model.link_timesteps() == [599, 479, 359, 239, 119]
+
+
+def test_diffusion_link_refuses_a_text_only_file(data_files, tmp_path):
+    argv = as_argv(args_for(data_files, tmp_path / "x", train_file=str(data_files / "text.safetensors")))
+    with pytest.raises(ValueError, match="text_only_diffusion"):
+        train_bridge.main(argv)
+
+
+def test_bad_bridge_type_is_rejected(data_files, tmp_path):
+    with pytest.raises(ValueError, match="bridge_type"):
+        train_bridge.parse_args(as_argv(args_for(data_files, tmp_path, bridge_type="unet")))
+
+
+def test_two_process_ddp_run_on_cpu(data_files, tmp_path):
+    out = tmp_path / "ddp"
+    values = args_for(data_files, out, max_steps=4, save_steps=4, per_device_train_batch_size=8)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO_ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+         os.path.join(REPO_ROOT, "training", "train_bridge.py"), *as_argv(values)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    # Two processes of 8 rows each: 4 steps consume 64 rows.
+    assert state["train_batch_size"] == 8
+    model = DiffusionLinkBridge.from_pretrained(out)
+    assert int(model.ema_num_updates) == 4
+
+
+def test_training_rows_mix_paired_and_unpaired_in_the_asked_proportion():
+    tensors = {"audio_embeds": torch.randn(10, 4), "text_embeds": torch.randn(10, 4),
+               "unpaired_text_embeds": torch.randn(90, 4)}
+    data = train_bridge.BridgeEmbeddingDataset(tensors, paired_fraction=0.5)
+    mask = torch.stack([data[i]["audio_mask"] for i in range(len(data))])
+    assert len(data) == 180 and int(mask.sum()) == 90  # the 10 pairs are cycled 9 times
+    paired_rows = [data[i] for i in range(len(data)) if data[i]["audio_mask"]]
+    torch.testing.assert_close(paired_rows[3]["audio_embeds"], tensors["audio_embeds"][3])
+    torch.testing.assert_close(paired_rows[13]["text_embeds"], tensors["text_embeds"][3])
+    every_text = train_bridge.BridgeEmbeddingDataset(tensors, text_only=True)
+    assert len(every_text) == 100 and set(every_text[0]) == {"text_embeds"}
+    with pytest.raises(ValueError, match="paired_fraction"):
+        train_bridge.DataArguments(train_file="x", paired_fraction=1.0)
