@@ -50,7 +50,7 @@ def train(kind: str, train_file: str, output_dir: str, args: argparse.Namespace)
         "--train_file", train_file, "--output_dir", output_dir, "--bridge_type", kind,
         "--hidden_size", str(args.hidden), "--max_steps", str(args.steps),
         "--per_device_train_batch_size", "128", "--learning_rate", "1e-3", "--lr_scheduler_type", "cosine",
-        "--warmup_steps", "100", "--weight_decay", "0.0", "--logging_steps", str(max(1, args.steps // 10)),
+        "--warmup_steps", "100", "--weight_decay", "0.0", "--logging_strategy", "no", "--log_level", "warning",
         "--save_strategy", "no", "--seed", str(args.seed), "--disable_tqdm", "true", "--dataloader_pin_memory", "false",
     ]
     return train_bridge.main(argv).eval()
