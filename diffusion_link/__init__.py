@@ -1,25 +1,45 @@
-"""diffusion_link: Diffusion-Link (arXiv 2510.11330) as transformers/diffusers-style software."""
+"""diffusion_link: Diffusion-Link (arXiv 2510.11330) as transformers/diffusers-style software.
+
+Importing the package registers the configs and models with the Auto classes and the "audio-captioning" pipeline
+task.
+"""
 
 from transformers import AutoConfig, AutoModel
+from transformers.pipelines import PIPELINE_REGISTRY
 
 from .baselines import IdentityBridge, MeanShiftBridge, text_only_diffusion_config
 from .configuration_diffusion_link import DiffusionLinkConfig
+from .configuration_diffusion_link_captioner import PIPELINE_TASK, DiffusionLinkCaptionerConfig
 from .metrics import modality_gap
 from .modeling_diffusion_link import DiffusionLinkBridge, DiffusionLinkOutput
+from .modeling_diffusion_link_captioner import DiffusionLinkCaptionerOutput, DiffusionLinkForAudioCaptioning
+from .pipeline_audio_captioning import AudioCaptionPipeline
 
 
 __version__ = "0.1.0"
 
-AutoConfig.register(DiffusionLinkConfig.model_type, DiffusionLinkConfig, exist_ok=True)
-AutoModel.register(DiffusionLinkConfig, DiffusionLinkBridge, exist_ok=True)
-# `save_pretrained` then writes `auto_map` and copies the code, so a saved folder loads with
-# `AutoModel.from_pretrained(folder, trust_remote_code=True)` without this package installed.
-DiffusionLinkConfig.register_for_auto_class()
-DiffusionLinkBridge.register_for_auto_class("AutoModel")
+for _config, _model in (
+    (DiffusionLinkConfig, DiffusionLinkBridge),
+    (DiffusionLinkCaptionerConfig, DiffusionLinkForAudioCaptioning),
+):
+    AutoConfig.register(_config.model_type, _config, exist_ok=True)
+    AutoModel.register(_config, _model, exist_ok=True)
+    # `save_pretrained` then writes `auto_map` and copies the code, so a saved folder loads with
+    # `AutoModel.from_pretrained(folder, trust_remote_code=True)` without this package installed.
+    _config.register_for_auto_class()
+    _model.register_for_auto_class("AutoModel")
+
+PIPELINE_REGISTRY.register_pipeline(
+    PIPELINE_TASK, pipeline_class=AudioCaptionPipeline, pt_model=AutoModel, type="multimodal"
+)
 
 __all__ = [
+    "AudioCaptionPipeline",
     "DiffusionLinkBridge",
+    "DiffusionLinkCaptionerConfig",
+    "DiffusionLinkCaptionerOutput",
     "DiffusionLinkConfig",
+    "DiffusionLinkForAudioCaptioning",
     "DiffusionLinkOutput",
     "IdentityBridge",
     "MeanShiftBridge",

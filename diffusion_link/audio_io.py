@@ -1,16 +1,18 @@
 """Audio input: decoding, resampling, mono mixdown and validation, in one place for the pipeline, the CLI and the
 embedding extraction.
 
-Decoding uses soundfile (libsndfile: wav, flac, ogg, mp3) with librosa as a fallback; neither ffmpeg nor torchaudio
-is needed. Every error about a file names the file.
+Decoding uses soundfile (libsndfile 1.1+: wav, flac, ogg/vorbis, opus, mp3, aiff, ...); resampling uses librosa's
+soxr backend. Neither ffmpeg nor torchaudio is needed. Every error about a file names the file.
 """
 
 from __future__ import annotations
 
 import io
 import os
+from dataclasses import dataclass
 
 import numpy as np
+from transformers.utils import is_librosa_available, is_soundfile_available
 
 
 class AudioDecodeError(ValueError):
@@ -24,7 +26,10 @@ def decode_audio(source: str | os.PathLike | bytes) -> tuple[np.ndarray, int]:
     Raises `FileNotFoundError` for a missing path and `AudioDecodeError` (a `ValueError`) naming the source when it
     cannot be decoded.
     """
-    import soundfile as sf
+    if not is_soundfile_available():
+        raise ImportError("Decoding audio files needs soundfile (pip install soundfile).")
+    if is_soundfile_available():  # guarded import: a Hub copy of this file does not require soundfile up front
+        import soundfile as sf
 
     if isinstance(source, (bytes, bytearray)):
         name, handle = "<bytes>", io.BytesIO(bytes(source))
@@ -35,18 +40,8 @@ def decode_audio(source: str | os.PathLike | bytes) -> tuple[np.ndarray, int]:
         handle = name
     try:
         samples, rate = sf.read(handle, dtype="float32", always_2d=False)
-    except Exception as sf_error:  # libsndfile raises LibsndfileError / RuntimeError for unknown formats
-        try:
-            import librosa
-
-            if isinstance(handle, io.BytesIO):
-                handle.seek(0)
-            samples, rate = librosa.load(handle, sr=None, mono=False)
-            samples = np.asarray(samples, dtype=np.float32).T  # librosa gives (channels, time)
-        except Exception as librosa_error:
-            raise AudioDecodeError(
-                f"Could not decode audio from {name}: {sf_error} (soundfile); {librosa_error} (librosa)"
-            ) from librosa_error
+    except Exception as err:  # libsndfile raises LibsndfileError / RuntimeError / TypeError for bad data
+        raise AudioDecodeError(f"Could not decode audio from {name}: {err}") from err
     return np.asarray(samples, dtype=np.float32), int(rate)
 
 
@@ -83,7 +78,10 @@ def resample(samples: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarra
         raise ValueError(f"sampling_rate must be a positive number of Hz, got {orig_rate}.")
     if orig_rate == target_rate:
         return samples
-    import librosa
+    if not is_librosa_available():
+        raise ImportError(f"Resampling {orig_rate} Hz audio to {target_rate} Hz needs librosa (pip install librosa).")
+    if is_librosa_available():  # guarded import: a Hub copy of this file does not require librosa up front
+        import librosa
 
     return librosa.resample(samples, orig_sr=orig_rate, target_sr=target_rate, res_type="soxr_hq").astype(np.float32)
 
@@ -93,3 +91,128 @@ def load_audio(source: str | os.PathLike | bytes, sampling_rate: int) -> np.ndar
     samples, rate = decode_audio(source)
     name = "<bytes>" if isinstance(source, (bytes, bytearray)) else os.fspath(source)
     return resample(to_mono_float(samples, name), rate, sampling_rate)
+
+
+MIN_DURATION_S = 0.1
+SILENCE_THRESHOLD_DBFS = -60.0
+
+
+@dataclass
+class PreparedAudio:
+    """A validated mono waveform at the encoder's rate, and what users want to know about the input."""
+
+    waveform: np.ndarray  # (num_samples,) float32 at `target_rate`
+    target_rate: int
+    sampling_rate: int  # of the input, before resampling
+    num_channels: int
+    name: str
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.waveform) / self.target_rate
+
+    @property
+    def peak_dbfs(self) -> float:
+        return level_dbfs(self.waveform, "peak")
+
+
+def level_dbfs(samples: np.ndarray, kind: str = "rms") -> float:
+    """Level of float samples in dB relative to full scale (1.0): `"rms"` or `"peak"`; -inf for digital silence."""
+    if len(samples) == 0:
+        return float("-inf")
+    value = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64)))) if kind == "rms" else float(np.max(np.abs(samples)))
+    return 20.0 * np.log10(value) if value > 0 else float("-inf")
+
+
+def is_silent(samples: np.ndarray, threshold_dbfs: float = SILENCE_THRESHOLD_DBFS) -> bool:
+    """True when the RMS level is below `threshold_dbfs` (default -60 dBFS): nothing there worth a caption."""
+    return level_dbfs(samples, "rms") < threshold_dbfs
+
+
+def prepare_audio(
+    inputs,
+    target_rate: int,
+    sampling_rate: int | None = None,
+    min_duration_s: float = MIN_DURATION_S,
+) -> PreparedAudio:
+    """Turn any supported input into a validated mono float32 waveform at `target_rate`.
+
+    Accepted inputs: a file path; encoded bytes (wav/flac/ogg/mp3); a numpy array or torch tensor with
+    `sampling_rate`; a dict `{"array" | "raw": samples, "sampling_rate": int}` (also `{"path": ...}`, as datasets'
+    `Audio` column gives). Integer PCM becomes float; several channels are averaged to mono; any rate is resampled.
+
+    Raises `ValueError` (naming the input) for a missing sampling rate, NaN/Inf, or audio shorter than
+    `min_duration_s`; `FileNotFoundError` / `AudioDecodeError` for files that cannot be read.
+    """
+    name = "audio array"
+    if isinstance(inputs, dict):
+        inputs = dict(inputs)
+        if "path" in inputs and inputs.get("array") is None and inputs.get("raw") is None and inputs.get("bytes") is None:
+            inputs = inputs["path"]
+        else:
+            samples = next((inputs[k] for k in ("array", "raw", "bytes") if inputs.get(k) is not None), None)
+            if samples is None:
+                raise ValueError(f"An audio dict needs an `array` (or `raw`) and a `sampling_rate`; got keys {sorted(inputs)}.")
+            if isinstance(samples, (bytes, bytearray)):
+                inputs = bytes(samples)
+            else:
+                rate = inputs.get("sampling_rate", sampling_rate)
+                name = str(inputs.get("path") or name)
+                return _prepare_array(samples, rate, target_rate, name, min_duration_s)
+    if isinstance(inputs, (str, os.PathLike, bytes, bytearray)):
+        name = "<bytes>" if isinstance(inputs, (bytes, bytearray)) else os.fspath(inputs)
+        samples, rate = decode_audio(inputs)
+        return _prepare_array(samples, rate, target_rate, name, min_duration_s)
+    return _prepare_array(inputs, sampling_rate, target_rate, name, min_duration_s)
+
+
+def _prepare_array(samples, rate, target_rate: int, name: str, min_duration_s: float) -> PreparedAudio:
+    if hasattr(samples, "detach"):  # a torch tensor
+        samples = samples.detach().cpu().numpy()
+    if not isinstance(samples, np.ndarray):
+        if isinstance(samples, (list, tuple)):
+            samples = np.asarray(samples)
+        else:
+            raise TypeError(
+                f"Unsupported audio input of type {type(samples).__name__}: give a file path, bytes, a numpy array or "
+                "tensor with `sampling_rate`, or a dict with `array` and `sampling_rate`."
+            )
+    if rate is None:
+        raise ValueError(
+            f"{name}: a raw audio array needs its sampling rate; pass `sampling_rate=` (or a dict with "
+            "`sampling_rate`). It is never guessed."
+        )
+    if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)) or rate <= 0:
+        raise ValueError(f"{name}: `sampling_rate` must be a positive int (Hz), got {rate!r}.")
+    num_channels = 1 if samples.ndim < 2 else int(min(samples.shape))
+    mono = to_mono_float(samples, name)
+    min_samples = max(1, int(round(min_duration_s * int(rate))))
+    if len(mono) < min_samples:
+        raise ValueError(
+            f"{name}: audio is {len(mono)} samples ({len(mono) / int(rate):.3f} s) long; at least {min_duration_s} s "
+            "is needed for a caption."
+        )
+    return PreparedAudio(resample(mono, int(rate), target_rate), target_rate, int(rate), num_channels, name)
+
+
+def window_bounds(num_samples: int, rate: int, chunk_length_s: float, stride_s: float | None = None) -> list[tuple[int, int]]:
+    """Deterministic windows `[(start, end), ...]` in samples: starts every `stride_s` (default: `chunk_length_s`,
+    no overlap), each `chunk_length_s` long or cut at the end. A tail shorter than `MIN_DURATION_S` joins the window
+    before it, so no audio is dropped."""
+    if chunk_length_s <= 0:
+        raise ValueError(f"`chunk_length_s` must be > 0, got {chunk_length_s}.")
+    stride_s = chunk_length_s if stride_s is None else stride_s
+    if not 0 < stride_s <= chunk_length_s:
+        raise ValueError(f"`stride_s` must lie in (0, chunk_length_s={chunk_length_s}], got {stride_s}.")
+    chunk, stride = int(round(chunk_length_s * rate)), int(round(stride_s * rate))
+    min_len = int(round(MIN_DURATION_S * rate))
+    bounds = []
+    for start in range(0, num_samples, stride):
+        end = min(start + chunk, num_samples)
+        if bounds and end - start < min_len:
+            bounds[-1] = (bounds[-1][0], num_samples)
+            break
+        bounds.append((start, end))
+        if end == num_samples:
+            break
+    return bounds

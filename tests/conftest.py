@@ -53,3 +53,48 @@ def run_python(code: str, cwd: str | None = None, timeout: int = 300) -> str:
     if proc.returncode != 0:
         raise AssertionError(f"subprocess failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc.stdout
+
+
+@pytest.fixture(scope="session")
+def tiny_parts(tmp_path_factory):
+    """Saved tiny random parts of a captioner: CLAP (+ feature extractor and tokenizer), LLaMA (+ tokenizer), bridge."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from diffusion_link import DiffusionLinkBridge, DiffusionLinkConfig
+    from diffusion_link.testing import tiny_clap, tiny_llama_tokenizer
+
+    root = tmp_path_factory.mktemp("tiny-parts")
+    clap, processor = tiny_clap(seed=0)
+    clap.save_pretrained(root / "clap")
+    processor.save_pretrained(root / "clap")
+    tokenizer = tiny_llama_tokenizer()
+    torch.manual_seed(0)
+    lm = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+    ))
+    lm.save_pretrained(root / "llama")
+    tokenizer.save_pretrained(root / "llama")
+    bridge = DiffusionLinkBridge(DiffusionLinkConfig(embedding_dim=clap.config.projection_dim, hidden_size=48, num_blocks=2))
+    bridge.save_pretrained(root / "bridge")
+    return {"clap": str(root / "clap"), "llama": str(root / "llama"), "bridge": str(root / "bridge"), "root": root}
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline():
+    from diffusion_link.testing import tiny_captioner
+
+    return tiny_captioner(seed=0)
+
+
+def write_wav(path, seconds=2.0, rate=44100, channels=1, seed=0, amplitude=0.1, dtype="float32"):
+    """A noise clip on disk (`soundfile`)."""
+    import numpy as np
+    import soundfile as sf
+
+    rng = np.random.default_rng(seed)
+    shape = (int(seconds * rate), channels) if channels > 1 else (int(seconds * rate),)
+    samples = (amplitude * rng.standard_normal(shape)).astype(np.float32)
+    sf.write(path, samples, rate, subtype="PCM_16" if dtype == "int16" else "FLOAT")
+    return str(path)

@@ -46,6 +46,7 @@ def test_extracts_paired_and_unpaired_embeddings(clap_dir, clips):
     torch.testing.assert_close(tensors["audio_embeds"][0], tensors["audio_embeds"][2])
     assert meta["file_names"] == ["tone.wav", "noise.flac", "tone.wav", "long.wav"]
     assert meta["captions"][1] == "static noise"
+    assert meta["unpaired_captions"] == ["a dog barks", "rain on a roof"]
     # Deterministic: a second run (the 23 s clip is windowed, not randomly cropped) gives the same numbers.
     extract_embeddings.main(argv[:-2] + ["--batch_size", "3"])
     again, _ = load_embeddings(out)

@@ -12,7 +12,8 @@
   `ClapModel` first) and `AutoProcessor` loads a feature extractor and tokenizer for.
 
 The output is the safetensors format of `diffusion_link.embedding_data` (`audio_embeds`, `text_embeds`,
-`unpaired_text_embeds`), with the file names and captions in its metadata.
+`unpaired_text_embeds`), with the file names, captions and unpaired captions in its metadata
+(`file_names`, `captions`, `unpaired_captions`), so the captioner can train from it directly.
 """
 
 from __future__ import annotations
@@ -107,6 +108,7 @@ def main(argv: list[str] | None = None) -> dict[str, torch.Tensor]:
     if args.unpaired_captions_file:
         texts = read_captions(args.unpaired_captions_file)
         tensors["unpaired_text_embeds"] = _embed_captions(model, processor.tokenizer, texts, args.batch_size * 4, "unpaired")
+        metadata["unpaired_captions"] = texts
     save_embeddings(args.output_file, tensors, metadata)
     logger.info("wrote %s: %s", args.output_file, {k: tuple(v.shape) for k, v in tensors.items()})
     return tensors

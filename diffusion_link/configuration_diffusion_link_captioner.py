@@ -1,0 +1,196 @@
+"""Configuration of the Diffusion-Link audio captioner: audio tower -> bridge -> projector -> causal LM (+ LoRA).
+
+Copied next to the weights by ``save_pretrained`` (custom code on the Hub): imports only transformers and flat
+sibling modules.
+"""
+
+from __future__ import annotations
+
+from transformers import PretrainedConfig
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+from .configuration_diffusion_link import DiffusionLinkConfig
+
+
+BRIDGE_TYPES = ("diffusion_link", "identity", "mean_shift")
+BASE_WEIGHTS = ("embedded", "referenced")
+PIPELINE_TASK = "audio-captioning"
+
+
+class DiffusionLinkCaptionerConfig(PretrainedConfig):
+    r"""
+    Configuration of a [`DiffusionLinkForAudioCaptioning`].
+
+    Args:
+        audio_config (`dict` or `PretrainedConfig`, *optional*):
+            Config of the audio tower, any model with `get_audio_features` / `get_text_features` (a `ClapConfig` by
+            default, as laion/clap-htsat-unfused).
+        text_config (`dict` or `PretrainedConfig`, *optional*):
+            Config of the causal language model (a `LlamaConfig` by default), resolved through `CONFIG_MAPPING`.
+        bridge_type (`str`, *optional*, defaults to `"diffusion_link"`):
+            `"diffusion_link"` (a [`DiffusionLinkBridge`] built from `bridge_config`), `"identity"` (no bridge) or
+            `"mean_shift"`.
+        bridge_config (`dict` or [`DiffusionLinkConfig`], *optional*):
+            Config of the bridge when `bridge_type="diffusion_link"`; its `embedding_dim` must equal the audio
+            tower's projection size.
+        embedding_dim (`int`, *optional*):
+            Size D of the joint audio-text embedding. Defaults to the audio config's `projection_dim`.
+        prefix_length (`int`, *optional*, defaults to 4):
+            Number of soft-prefix tokens the projector makes from one embedding.
+        projector_hidden_size (`int`, *optional*):
+            Hidden width of the two-layer projector MLP (D -> hidden -> tanh -> prefix_length x LM width). Defaults
+            to 3 * D.
+        prompt (`str`, *optional*, defaults to `"Describe the audio you hear."`):
+            Instruction text placed after the prefix (DRCap's prompt); `""` for none.
+        lora_r (`int`, *optional*, defaults to 8):
+            LoRA rank of the language model (peft); 0 trains no LoRA (the LM stays frozen).
+        lora_alpha (`int`, *optional*, defaults to 32):
+            LoRA scaling numerator.
+        lora_dropout (`float`, *optional*, defaults to 0.05):
+            Dropout on the LoRA branch.
+        lora_target_modules (`list[str]`, *optional*, defaults to `["q_proj", "v_proj"]`):
+            Module names of the LM that get LoRA adapters.
+        noise_injection_std (`float`, *optional*, defaults to 0.0):
+            Std of the Gaussian noise added to text embeddings in zero-shot training (CapDec uses about
+            sqrt(0.016) = 0.126 on unit embeddings); 0 disables it. Never applied to audio or at inference.
+        base_weights (`str`, *optional*, defaults to `"embedded"`):
+            `"embedded"` saves every weight; `"referenced"` saves only the trained parts (bridge, projector, LoRA)
+            and reloads the frozen audio tower and LM from `audio_tower_name_or_path` / `language_model_name_or_path`
+            (a Hub id, a local folder, or `package:<name>/<path>` for weights shipped inside an installed package).
+        audio_tower_name_or_path (`str`, *optional*):
+            Where the frozen audio tower is loaded from in `"referenced"` mode.
+        language_model_name_or_path (`str`, *optional*):
+            Where the frozen language model is loaded from in `"referenced"` mode.
+    """
+
+    model_type = "diffusion_link_captioner"
+
+    def __init__(
+        self,
+        audio_config: dict | PretrainedConfig | None = None,
+        text_config: dict | PretrainedConfig | None = None,
+        bridge_type: str = "diffusion_link",
+        bridge_config: dict | DiffusionLinkConfig | None = None,
+        embedding_dim: int | None = None,
+        prefix_length: int = 4,
+        projector_hidden_size: int | None = None,
+        prompt: str = "Describe the audio you hear.",
+        lora_r: int = 8,
+        lora_alpha: int = 32,
+        lora_dropout: float = 0.05,
+        lora_target_modules: list[str] | tuple[str, ...] = ("q_proj", "v_proj"),
+        noise_injection_std: float = 0.0,
+        base_weights: str = "embedded",
+        audio_tower_name_or_path: str | None = None,
+        language_model_name_or_path: str | None = None,
+        **kwargs,
+    ):
+        self.audio_config = _resolve_sub_config("audio_config", audio_config, default_model_type="clap")
+        self.text_config = _resolve_sub_config("text_config", text_config, default_model_type="llama")
+        if embedding_dim is None:
+            embedding_dim = getattr(self.audio_config, "projection_dim", None)
+        _check_positive_int("embedding_dim", embedding_dim)
+        if bridge_type not in BRIDGE_TYPES:
+            raise ValueError(f"`bridge_type` must be one of {BRIDGE_TYPES}, got {bridge_type!r}.")
+        if bridge_config is None:
+            bridge_config = DiffusionLinkConfig(embedding_dim=embedding_dim, hidden_size=2 * embedding_dim)
+        elif isinstance(bridge_config, dict):
+            bridge_config = DiffusionLinkConfig(**{k: v for k, v in bridge_config.items() if k != "model_type"})
+        if bridge_config.embedding_dim != embedding_dim:
+            raise ValueError(
+                f"`bridge_config.embedding_dim` ({bridge_config.embedding_dim}) must equal the audio tower's embedding "
+                f"size ({embedding_dim})."
+            )
+        _check_positive_int("prefix_length", prefix_length)
+        if projector_hidden_size is None:
+            projector_hidden_size = 3 * embedding_dim
+        _check_positive_int("projector_hidden_size", projector_hidden_size)
+        if not isinstance(prompt, str):
+            raise TypeError(f"`prompt` must be a string (\"\" for none), got {type(prompt).__name__}.")
+        if isinstance(lora_r, bool) or not isinstance(lora_r, int) or lora_r < 0:
+            raise ValueError(f"`lora_r` must be an int >= 0, got {lora_r!r}.")
+        if lora_r and lora_alpha <= 0:
+            raise ValueError(f"`lora_alpha` must be > 0, got {lora_alpha}.")
+        if not 0.0 <= lora_dropout < 1.0:
+            raise ValueError(f"`lora_dropout` must lie in [0, 1), got {lora_dropout}.")
+        lora_target_modules = list(lora_target_modules)
+        if lora_r and not lora_target_modules:
+            raise ValueError("`lora_target_modules` must name at least one module when `lora_r` > 0.")
+        if noise_injection_std < 0:
+            raise ValueError(f"`noise_injection_std` must be >= 0, got {noise_injection_std}.")
+        if base_weights not in BASE_WEIGHTS:
+            raise ValueError(f"`base_weights` must be one of {BASE_WEIGHTS}, got {base_weights!r}.")
+        if base_weights == "referenced" and not (audio_tower_name_or_path and language_model_name_or_path):
+            raise ValueError(
+                "`base_weights='referenced'` needs `audio_tower_name_or_path` and `language_model_name_or_path`."
+            )
+
+        self.bridge_type = bridge_type
+        self.bridge_config = bridge_config
+        self.embedding_dim = embedding_dim
+        self.prefix_length = prefix_length
+        self.projector_hidden_size = projector_hidden_size
+        self.prompt = prompt
+        self.lora_r = lora_r
+        self.lora_alpha = lora_alpha
+        self.lora_dropout = lora_dropout
+        self.lora_target_modules = lora_target_modules
+        self.noise_injection_std = noise_injection_std
+        self.base_weights = base_weights
+        self.audio_tower_name_or_path = audio_tower_name_or_path
+        self.language_model_name_or_path = language_model_name_or_path
+        kwargs.setdefault("tie_word_embeddings", False)
+        super().__init__(**kwargs)
+
+    # `pipeline()` prefers a folder's own pipeline code (`custom_pipelines`, which needs trust_remote_code=True) over
+    # the task registry. When this package is imported it registers "audio-captioning" itself, so the folder's copy
+    # is not needed and a plain `pipeline("audio-captioning", model=folder)` works.
+    @property
+    def custom_pipelines(self) -> dict:
+        stored = self.__dict__.get("_custom_pipelines", {})
+        from transformers.pipelines import PIPELINE_REGISTRY
+
+        registered = PIPELINE_REGISTRY.supported_tasks.get(PIPELINE_TASK)
+        if registered is not None and registered["impl"].__name__ == "AudioCaptionPipeline":
+            return {}
+        return stored
+
+    @custom_pipelines.setter
+    def custom_pipelines(self, value: dict) -> None:
+        self.__dict__["_custom_pipelines"] = value
+
+    def to_dict(self) -> dict:
+        output = super().to_dict()
+        stored = output.pop("_custom_pipelines", None)
+        if stored:
+            output["custom_pipelines"] = stored
+        return output
+
+    def get_text_config(self, *args, **kwargs):
+        # Generation utilities ask the composite config for the decoder's config.
+        return self.text_config
+
+
+# Model types of audio towers defined in this package (flat siblings, so they resolve in a Hub copy too).
+LOCAL_AUDIO_CONFIGS: dict[str, type] = {}
+
+
+def _resolve_sub_config(name: str, value, default_model_type: str) -> PretrainedConfig:
+    if isinstance(value, PretrainedConfig):
+        return value
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise TypeError(f"`{name}` must be a dict or a PretrainedConfig, got {type(value).__name__}.")
+    value = dict(value)
+    model_type = value.pop("model_type", default_model_type)
+    if model_type in LOCAL_AUDIO_CONFIGS:
+        return LOCAL_AUDIO_CONFIGS[model_type](**value)
+    if model_type not in CONFIG_MAPPING:
+        raise ValueError(f"`{name}` has an unknown model_type {model_type!r}.")
+    return CONFIG_MAPPING[model_type](**value)
+
+
+def _check_positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"`{name}` must be a positive int, got {value!r}.")

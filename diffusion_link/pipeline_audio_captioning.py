@@ -1,0 +1,220 @@
+"""`pipeline("audio-captioning")`: audio in, captions out, through a [`DiffusionLinkForAudioCaptioning`].
+
+Copied next to a saved captioner (custom pipeline code), so it imports only torch, transformers and flat siblings at
+module level; soundfile / librosa are imported when a file must be decoded or resampled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import Pipeline
+
+from .audio_io import PreparedAudio, is_silent, prepare_audio, window_bounds
+from .encoding import embed_audio
+
+
+DEFAULT_MAX_NEW_TOKENS = 30
+ON_ERROR = ("raise", "report")
+
+
+class AudioCaptionPipeline(Pipeline):
+    """
+    Caption audio with a Diffusion-Link captioner.
+
+    ```python
+    from transformers import pipeline
+    import diffusion_link  # registers the task
+
+    captioner = pipeline("audio-captioning", model="path/to/captioner")
+    captioner("dog.wav")
+    # {'generated_text': 'a dog barks', 'is_silent': False, 'duration_s': 5.0, 'sampling_rate': 44100, ...}
+    captioner(["a.wav", {"array": samples, "sampling_rate": 16000}], batch_size=8, num_beams=4)
+    captioner("hour.flac", chunk_length_s=10, stride_s=10)  # per-window captions with timestamps in "chunks"
+    ```
+
+    Inputs: a file path (wav/flac/ogg/mp3), encoded bytes, a numpy array or tensor with `sampling_rate=`, a dict
+    `{"array", "sampling_rate"}`, or a list of these. Arrays without a sampling rate are refused; any rate is
+    resampled; channels are averaged to mono; integer PCM is converted; NaN/Inf and clips shorter than 0.1 s raise.
+
+    Each result has `generated_text`, `is_silent` (silent audio, below `silence_threshold_db` RMS, gets no invented
+    caption: `generated_text` is `""`), `duration_s`, `sampling_rate` and `num_channels` of the input, and
+    `peak_dbfs`. With `chunk_length_s`, the audio is cut into deterministic windows (every `stride_s` seconds,
+    default `chunk_length_s`), each captioned in `chunks` with its `timestamp` (start, end) in seconds;
+    `generated_text` then joins the distinct window captions with "; ".
+
+    Call arguments: `max_new_tokens` (30), `num_beams`, any other `generate` argument in `generate_kwargs`; the
+    bridge's `strength` and `num_inference_steps`; `batch_size` (windows per model call); `on_error="report"` to get
+    `{"error": ...}` for a failing input of a list instead of an exception.
+
+    Results are deterministic and batch-invariant: the bridge's forward noise for a window is seeded from that
+    window's samples, so `pipe([x, y])[0] == pipe(x)`.
+    """
+
+    _load_processor = False
+    _load_image_processor = False
+    _load_feature_extractor = True
+    _load_tokenizer = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.tokenizer is None or self.feature_extractor is None:
+            raise ValueError("AudioCaptionPipeline needs the captioner's tokenizer and feature extractor.")
+        prompt = getattr(self.model.config, "prompt", "")
+        ids = self.tokenizer(prompt, add_special_tokens=False).input_ids if prompt else []
+        self._prompt_ids = torch.tensor([ids], dtype=torch.long) if ids else None
+
+    # ------------------------------------------------------------------ parameters
+    def _sanitize_parameters(
+        self,
+        sampling_rate: int | None = None,
+        chunk_length_s: float | None = None,
+        stride_s: float | None = None,
+        silence_threshold_db: float | None = None,
+        max_new_tokens: int | None = None,
+        num_beams: int | None = None,
+        strength: float | None = None,
+        num_inference_steps: int | None = None,
+        generate_kwargs: dict | None = None,
+        on_error: str | None = None,
+        **unknown,
+    ):
+        if unknown:
+            raise TypeError(f"Unknown argument(s) for the audio-captioning pipeline: {sorted(unknown)}.")
+        preprocess = {}
+        if sampling_rate is not None:
+            preprocess["sampling_rate"] = sampling_rate
+        if chunk_length_s is not None:
+            window_bounds(1, 1, chunk_length_s, stride_s)  # validates both
+            preprocess["chunk_length_s"] = chunk_length_s
+            preprocess["stride_s"] = stride_s
+        elif stride_s is not None:
+            raise ValueError("`stride_s` needs `chunk_length_s`.")
+        if silence_threshold_db is not None:
+            preprocess["silence_threshold_db"] = float(silence_threshold_db)
+        forward = {}
+        generate = dict(generate_kwargs or {})
+        if max_new_tokens is not None:
+            generate["max_new_tokens"] = max_new_tokens
+        if num_beams is not None:
+            generate["num_beams"] = num_beams
+        if generate:
+            forward["generate_kwargs"] = generate
+        if strength is not None:
+            forward["strength"] = strength
+        if num_inference_steps is not None:
+            forward["num_inference_steps"] = num_inference_steps
+        postprocess = {}
+        if on_error is not None:
+            if on_error not in ON_ERROR:
+                raise ValueError(f"`on_error` must be one of {ON_ERROR}, got {on_error!r}.")
+            postprocess["on_error"] = on_error
+        return preprocess, forward, postprocess
+
+    def __call__(self, inputs, **kwargs):
+        """Caption one input (returns a dict) or a list of inputs (returns a list of dicts, in order)."""
+        batch_size = kwargs.pop("batch_size", None) or self._batch_size or 1
+        kwargs.pop("num_workers", None)
+        preprocess, forward, postprocess = self._sanitize_parameters(**kwargs)
+        preprocess = {**self._preprocess_params, **preprocess}
+        forward = {**self._forward_params, **forward, "batch_size": batch_size}
+        on_error = {**self._postprocess_params, **postprocess}.get("on_error", "raise")
+        single = not isinstance(inputs, (list, tuple))
+        items = [inputs] if single else list(inputs)
+
+        prepared: list[dict | Exception] = []
+        for item in items:
+            try:
+                prepared.append(self.preprocess(item, **preprocess))
+            except (ValueError, TypeError, OSError) as err:
+                if on_error == "raise":
+                    raise
+                prepared.append(err)
+        windows = [w for p in prepared if isinstance(p, dict) for w in p["windows"]]
+        captions = iter(self.forward({"windows": windows}, **forward)["captions"]) if windows else iter(())
+        results = []
+        for item in prepared:
+            if isinstance(item, Exception):
+                results.append({"error": f"{type(item).__name__}: {item}"})
+            else:
+                results.append(self.postprocess({**item, "captions": [next(captions) for _ in item["windows"]]}))
+        return results[0] if single else results
+
+    # ------------------------------------------------------------------ stages
+    def preprocess(
+        self,
+        inputs,
+        sampling_rate: int | None = None,
+        chunk_length_s: float | None = None,
+        stride_s: float | None = None,
+        silence_threshold_db: float = -60.0,
+    ) -> dict[str, Any]:
+        rate = self.feature_extractor.sampling_rate
+        audio: PreparedAudio = prepare_audio(inputs, rate, sampling_rate=sampling_rate)
+        if chunk_length_s is None:
+            bounds = [(0, len(audio.waveform))]
+        else:
+            bounds = window_bounds(len(audio.waveform), rate, chunk_length_s, stride_s)
+        windows = []
+        for start, end in bounds:
+            samples = audio.waveform[start:end]
+            windows.append({"samples": samples, "is_silent": bool(is_silent(samples, silence_threshold_db)),
+                            "timestamp": (round(start / rate, 3), round(end / rate, 3))})
+        return {"audio": audio, "windows": windows, "chunked": chunk_length_s is not None}
+
+    def _forward(
+        self,
+        model_inputs: dict[str, Any],
+        batch_size: int = 1,
+        generate_kwargs: dict | None = None,
+        strength: float | None = None,
+        num_inference_steps: int | None = None,
+    ) -> dict[str, list[str]]:
+        windows = model_inputs["windows"]
+        generate_kwargs = {"max_new_tokens": DEFAULT_MAX_NEW_TOKENS, **(generate_kwargs or {})}
+        captions = [""] * len(windows)
+        audible = [i for i, w in enumerate(windows) if not w["is_silent"]]
+        for start in range(0, len(audible), batch_size):
+            rows = audible[start : start + batch_size]
+            # (b, D); a window longer than the encoder's input (10 s for CLAP) is the mean of its pieces.
+            embeds = embed_audio(self.model.audio_tower, self.feature_extractor, [windows[i]["samples"] for i in rows],
+                                 batch_size=batch_size).to(self.device)
+            generators = [torch.Generator().manual_seed(_content_seed(windows[i]["samples"])) for i in rows]
+            ids = self.model.generate(
+                audio_embeds=embeds, input_ids=self._prompt_ids, strength=strength,
+                num_inference_steps=num_inference_steps, generator=generators, **generate_kwargs,
+            )
+            for i, text in zip(rows, self.tokenizer.batch_decode(ids, skip_special_tokens=True)):
+                captions[i] = text.strip()
+        return {"captions": captions}
+
+    def postprocess(self, model_outputs: dict[str, Any], on_error: str = "raise") -> dict[str, Any]:
+        audio: PreparedAudio = model_outputs["audio"]
+        windows, captions = model_outputs["windows"], model_outputs["captions"]
+        result = {
+            "generated_text": "",
+            "is_silent": all(w["is_silent"] for w in windows),
+            "duration_s": round(audio.duration_s, 3),
+            "sampling_rate": audio.sampling_rate,
+            "num_channels": audio.num_channels,
+            "peak_dbfs": round(float(audio.peak_dbfs), 2),
+        }
+        if model_outputs["chunked"]:
+            result["chunks"] = [
+                {"timestamp": w["timestamp"], "generated_text": c, "is_silent": w["is_silent"]}
+                for w, c in zip(windows, captions)
+            ]
+            distinct = [c for i, c in enumerate(captions) if c and c not in captions[:i]]
+            result["generated_text"] = "; ".join(distinct)
+        else:
+            result["generated_text"] = captions[0]
+        return result
+
+
+def _content_seed(samples: np.ndarray) -> int:
+    """A seed from the window's own samples, so its noise does not depend on batch position or other inputs."""
+    digest = hashlib.blake2b(np.ascontiguousarray(samples, dtype=np.float32).tobytes(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
