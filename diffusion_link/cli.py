@@ -1,13 +1,129 @@
 """`diffusion-link` command line.
 
+    diffusion-link caption PATHS... [--model DIR_OR_ID] [--batch-size 8] [--output out.jsonl|out.csv]
+                                    [--on-error raise|skip|report] [--chunk-length-s S] [--stride-s S]
     diffusion-link gap EMBEDS.safetensors [--bridge DIR] [--strength 0.1] [--steps 5] [--plot gap.png] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import glob
 import json
+import os
 import sys
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff")
+CSV_FIELDS = ("file", "generated_text", "is_silent", "duration_s", "sampling_rate", "num_channels", "peak_dbfs", "error")
+
+
+def default_model() -> str | None:
+    """The model `caption` uses without `--model`: none is bundled yet."""
+    return None
+
+
+def expand_paths(paths: list[str]) -> list[str]:
+    """Files, folders (searched recursively for audio files) and glob patterns -> a sorted, de-duplicated list."""
+    found = []
+    for path in paths:
+        matches = sorted(glob.glob(path, recursive=True)) if glob.has_magic(path) else [path]
+        if not matches:
+            raise FileNotFoundError(f"No file matches {path!r}.")
+        for match in matches:
+            if os.path.isdir(match):
+                for root, _, files in sorted(os.walk(match)):
+                    found += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(AUDIO_EXTENSIONS)]
+            else:
+                found.append(match)
+    return list(dict.fromkeys(found))
+
+
+def _done_files(output: str) -> set[str]:
+    """Files already in an output file (a resumed run skips them). A half-written last line is ignored."""
+    if not output or not os.path.exists(output):
+        return set()
+    done = set()
+    with open(output, newline="", encoding="utf-8") as f:
+        if output.endswith(".csv"):
+            done = {row["file"] for row in csv.DictReader(f) if row.get("file") and not row.get("error")}
+        else:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if "error" not in row:
+                    done.add(row["file"])
+    return done
+
+
+def _caption(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+    from transformers import pipeline
+
+    from . import pipeline_audio_captioning  # noqa: F401  (registers the task)
+
+    model = args.model or default_model()
+    if model is None:
+        print("error: no default captioner is bundled yet; pass --model (a captioner folder or Hub id).", file=sys.stderr)
+        return 2
+    files = expand_paths(args.paths)
+    done = _done_files(args.output)
+    todo = [f for f in files if f not in done]
+    if done:
+        print(f"skipping {len(files) - len(todo)} files already in {args.output}", file=sys.stderr)
+    pipe = pipeline("audio-captioning", model=model, trust_remote_code=args.trust_remote_code)
+    call = {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams}
+    if args.chunk_length_s:
+        call.update(chunk_length_s=args.chunk_length_s, stride_s=args.stride_s)
+    failures = []
+    sink = _open_sink(args.output)
+    try:
+        for start in tqdm(range(0, len(todo), args.batch_size), desc="captioning", unit="batch", disable=not todo):
+            batch = todo[start : start + args.batch_size]
+            results = pipe(batch, batch_size=args.batch_size, on_error="raise" if args.on_error == "raise" else "report", **call)
+            for path, result in zip(batch, results):
+                row = {"file": path, **result}
+                if "error" in row:
+                    failures.append(row)
+                    print(f"error: {path}: {row['error']}", file=sys.stderr)
+                    if args.on_error == "skip":
+                        continue
+                sink(row)
+    finally:
+        sink(None)
+    ok = len(todo) - len(failures)
+    print(f"captioned {ok} of {len(todo)} files; {len(failures)} failed", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _open_sink(output: str | None):
+    """A function that writes one result row (None closes). JSON lines or CSV to a file, else JSON lines to stdout."""
+    if not output:
+        def write(row):
+            if row is not None:
+                print(json.dumps(row, ensure_ascii=False), flush=True)
+        return write
+    new = not os.path.exists(output) or os.path.getsize(output) == 0
+    handle = open(output, "a", newline="", encoding="utf-8")
+    writer = None
+    if output.endswith(".csv"):
+        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        if new:
+            writer.writeheader()
+
+    def write(row):
+        if row is None:
+            handle.close()
+            return
+        if writer is not None:
+            writer.writerow(row)
+        else:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        handle.flush()  # each finished file is on disk before the next starts
+
+    return write
 
 
 def _gap(args: argparse.Namespace) -> int:
@@ -39,6 +155,19 @@ def _gap(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffusion-link", description="Diffusion-Link: audio-text modality gap tools.")
     commands = parser.add_subparsers(dest="command", required=True)
+    cap = commands.add_parser("caption", help="Caption audio files, folders or globs.")
+    cap.add_argument("paths", nargs="+", help="Audio files, folders (recursive) or glob patterns.")
+    cap.add_argument("--model", help="Captioner folder or Hub id.")
+    cap.add_argument("--batch-size", type=int, default=8, help="Files per model call (default 8).")
+    cap.add_argument("--output", help="Write results here (.jsonl or .csv; appended, and files already in it are skipped).")
+    cap.add_argument("--on-error", choices=("raise", "skip", "report"), default="report",
+                     help="A file that fails: stop (raise), leave it out (skip), or write its error (report). Default report.")
+    cap.add_argument("--max-new-tokens", type=int, default=30)
+    cap.add_argument("--num-beams", type=int, default=1)
+    cap.add_argument("--chunk-length-s", type=float, help="Caption windows of this length, with timestamps.")
+    cap.add_argument("--stride-s", type=float, help="Seconds between window starts (default: the window length).")
+    cap.add_argument("--trust-remote-code", action="store_true", help="Allow the model folder's own code.")
+    cap.set_defaults(func=_caption)
     gap = commands.add_parser("gap", help="Modality-gap figures of paired embeddings, raw and bridged.")
     gap.add_argument("embeddings", help="safetensors file with paired `audio_embeds` and `text_embeds`.")
     gap.add_argument("--bridge", help="A saved DiffusionLinkBridge folder; adds the bridged figures.")
@@ -54,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except (ValueError, TypeError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

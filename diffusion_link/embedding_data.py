@@ -32,7 +32,8 @@ def save_embeddings(
     header = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
     path = os.fspath(path)
     tmp = f"{path}.tmp-{os.getpid()}"
-    save_file({k: v.detach().cpu().contiguous().float() for k, v in tensors.items()}, tmp, metadata=header)
+    # clone(): rows given twice (the same tensor as audio and text) must still become separate tensors on disk.
+    save_file({k: v.detach().cpu().float().clone().contiguous() for k, v in tensors.items()}, tmp, metadata=header)
     os.replace(tmp, path)
 
 

@@ -221,6 +221,7 @@ class DiffusionLinkForAudioCaptioning(DiffusionLinkCaptionerPreTrainedModel):
                 pretrained_model_name_or_path, **_hub_kwargs(kwargs)
             )
         if getattr(config, "base_weights", "embedded") == "referenced":
+            kwargs.pop("config", None)
             model = cls._from_referenced(pretrained_model_name_or_path, config, **kwargs)
         else:
             model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)

@@ -96,5 +96,16 @@ def write_wav(path, seconds=2.0, rate=44100, channels=1, seed=0, amplitude=0.1, 
     rng = np.random.default_rng(seed)
     shape = (int(seconds * rate), channels) if channels > 1 else (int(seconds * rate),)
     samples = (amplitude * rng.standard_normal(shape)).astype(np.float32)
-    sf.write(path, samples, rate, subtype="PCM_16" if dtype == "int16" else "FLOAT")
+    float_wav = dtype != "int16" and str(path).endswith(".wav")
+    sf.write(path, samples, rate, subtype="FLOAT" if float_wav else "PCM_16")
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def saved_tiny_captioner(tmp_path_factory):
+    """A tiny captioner saved as a pipeline folder."""
+    from diffusion_link.testing import tiny_captioner
+
+    folder = tmp_path_factory.mktemp("saved-tiny-captioner")
+    tiny_captioner(seed=0).save_pretrained(folder)
+    return folder

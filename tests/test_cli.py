@@ -29,3 +29,53 @@ def test_gap_command_errors_name_the_file(tmp_path, capsys):
     assert "t.safetensors" in capsys.readouterr().err
     assert main(["gap", str(tmp_path / "missing.safetensors")]) == 2
     assert "missing.safetensors" in capsys.readouterr().err
+
+
+def test_caption_command_writes_jsonl_reports_failures_and_resumes(saved_tiny_captioner, tmp_path, capsys):
+    from .conftest import write_wav
+
+    clips = tmp_path / "clips"
+    (clips / "sub").mkdir(parents=True)
+    write_wav(clips / "a.wav", seed=1)
+    write_wav(clips / "sub" / "b.flac", seed=2, rate=16000)
+    (clips / "broken.wav").write_bytes(b"not audio at all")
+    (clips / "notes.txt").write_text("not audio")
+    out = tmp_path / "captions.jsonl"
+    code = main(["caption", str(clips), "--model", str(saved_tiny_captioner), "--output", str(out),
+                 "--max-new-tokens", "6", "--batch-size", "2"])
+    assert code == 1  # one file failed
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    by_file = {r["file"].split("/")[-1]: r for r in rows}
+    assert set(by_file) == {"a.wav", "b.flac", "broken.wav"}  # notes.txt is not audio
+    assert by_file["a.wav"]["generated_text"] and by_file["b.flac"]["sampling_rate"] == 16000
+    assert "broken.wav" in by_file["broken.wav"]["error"]
+    assert "1 failed" in capsys.readouterr().err
+    # A second run skips what is done and retries only the failure.
+    code = main(["caption", str(clips), "--model", str(saved_tiny_captioner), "--output", str(out), "--on-error", "skip"])
+    assert code == 1
+    assert "skipping 2 files" in capsys.readouterr().err
+    assert len(out.read_text().splitlines()) == 3
+
+
+def test_caption_command_csv_glob_and_raise(saved_tiny_captioner, tmp_path, capsys):
+    from .conftest import write_wav
+
+    write_wav(tmp_path / "x1.wav", seed=1)
+    write_wav(tmp_path / "x2.wav", seed=2)
+    out = tmp_path / "c.csv"
+    assert main(["caption", str(tmp_path / "x*.wav"), "--model", str(saved_tiny_captioner), "--output", str(out),
+                 "--max-new-tokens", "4"]) == 0
+    lines = out.read_text().splitlines()
+    assert lines[0].startswith("file,generated_text,is_silent") and len(lines) == 3
+    (tmp_path / "x3.wav").write_bytes(b"junk")
+    assert main(["caption", str(tmp_path / "x3.wav"), "--model", str(saved_tiny_captioner), "--on-error", "raise"]) == 2
+    assert "x3.wav" in capsys.readouterr().err
+
+
+def test_caption_command_without_a_model_says_so(tmp_path, capsys):
+    from .conftest import write_wav
+
+    assert main(["caption", write_wav(tmp_path / "a.wav")]) == 2
+    assert "--model" in capsys.readouterr().err
+    assert main(["caption", str(tmp_path / "none*.wav"), "--model", "x"]) == 2
+    assert "No file matches" in capsys.readouterr().err

@@ -218,3 +218,12 @@ def test_referenced_checkpoint_with_wrong_weights_is_refused(tiny_parts, tmp_pat
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="missing"):
         DiffusionLinkForAudioCaptioning.from_pretrained(tmp_path)
+
+
+def test_bf16_model_generates(model):
+    # The paper-scale path runs the LM in bf16; the bridge and projector follow the model's dtype.
+    model = model.to(torch.bfloat16)
+    ids = model.generate(audio_embeds=unit(2, D), input_ids=prompt_ids(), max_new_tokens=4)
+    assert ids.shape[0] == 2
+    out = model(text_embeds=unit(2, D), input_ids=torch.tensor([[5, 6], [7, 8]]), labels=torch.tensor([[5, 6], [7, 8]]))
+    assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.loss)
