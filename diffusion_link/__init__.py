@@ -4,15 +4,19 @@ Importing the package registers the configs and models with the Auto classes and
 task.
 """
 
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from .baselines import IdentityBridge, MeanShiftBridge, text_only_diffusion_config
 from .configuration_diffusion_link import DiffusionLinkConfig
 from .configuration_diffusion_link_captioner import PIPELINE_TASK, DiffusionLinkCaptionerConfig
+from .configuration_starter_encoder import StarterEncoderConfig
+from .defaults import default_captioner
+from .feature_extraction_starter import StarterFeatureExtractor
 from .metrics import modality_gap
 from .modeling_diffusion_link import DiffusionLinkBridge, DiffusionLinkOutput
 from .modeling_diffusion_link_captioner import DiffusionLinkCaptionerOutput, DiffusionLinkForAudioCaptioning
+from .modeling_starter_encoder import StarterAudioTextEncoder
 from .pipeline_audio_captioning import AudioCaptionPipeline
 
 
@@ -21,6 +25,7 @@ __version__ = "0.1.0"
 for _config, _model in (
     (DiffusionLinkConfig, DiffusionLinkBridge),
     (DiffusionLinkCaptionerConfig, DiffusionLinkForAudioCaptioning),
+    (StarterEncoderConfig, StarterAudioTextEncoder),
 ):
     AutoConfig.register(_config.model_type, _config, exist_ok=True)
     AutoModel.register(_config, _model, exist_ok=True)
@@ -29,8 +34,16 @@ for _config, _model in (
     _config.register_for_auto_class()
     _model.register_for_auto_class("AutoModel")
 
+AutoFeatureExtractor.register(StarterEncoderConfig, StarterFeatureExtractor, exist_ok=True)
+StarterFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
+
+# `pipeline("audio-captioning")` without a model uses the committed starter captioner (offline, no download).
 PIPELINE_REGISTRY.register_pipeline(
-    PIPELINE_TASK, pipeline_class=AudioCaptionPipeline, pt_model=AutoModel, type="multimodal"
+    PIPELINE_TASK,
+    pipeline_class=AudioCaptionPipeline,
+    pt_model=AutoModel,
+    default={"model": (default_captioner(), None)} if default_captioner() else None,
+    type="multimodal",
 )
 
 __all__ = [
@@ -43,6 +56,9 @@ __all__ = [
     "DiffusionLinkOutput",
     "IdentityBridge",
     "MeanShiftBridge",
+    "StarterAudioTextEncoder",
+    "StarterEncoderConfig",
+    "StarterFeatureExtractor",
     "modality_gap",
     "text_only_diffusion_config",
 ]

@@ -19,8 +19,10 @@ CSV_FIELDS = ("file", "generated_text", "is_silent", "duration_s", "sampling_rat
 
 
 def default_model() -> str | None:
-    """The model `caption` uses without `--model`: none is bundled yet."""
-    return None
+    """The model `caption` uses without `--model`: the committed starter captioner."""
+    from .defaults import default_captioner
+
+    return default_captioner()
 
 
 def expand_paths(paths: list[str]) -> list[str]:
@@ -66,7 +68,8 @@ def _caption(args: argparse.Namespace) -> int:
 
     model = args.model or default_model()
     if model is None:
-        print("error: no default captioner is bundled yet; pass --model (a captioner folder or Hub id).", file=sys.stderr)
+        print("error: this install has no starter captioner (diffusion_link/starter); pass --model (a captioner "
+              "folder or Hub id), or build it with training/build_starter.py.", file=sys.stderr)
         return 2
     files = expand_paths(args.paths)
     done = _done_files(args.output)
@@ -157,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     cap = commands.add_parser("caption", help="Caption audio files, folders or globs.")
     cap.add_argument("paths", nargs="+", help="Audio files, folders (recursive) or glob patterns.")
-    cap.add_argument("--model", help="Captioner folder or Hub id.")
+    cap.add_argument("--model", help="Captioner folder or Hub id (default: the bundled starter captioner).")
     cap.add_argument("--batch-size", type=int, default=8, help="Files per model call (default 8).")
     cap.add_argument("--output", help="Write results here (.jsonl or .csv; appended, and files already in it are skipped).")
     cap.add_argument("--on-error", choices=("raise", "skip", "report"), default="report",

@@ -10,6 +10,7 @@ from transformers import PretrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from .configuration_diffusion_link import DiffusionLinkConfig
+from .configuration_starter_encoder import StarterEncoderConfig
 
 
 BRIDGE_TYPES = ("diffusion_link", "identity", "mean_shift")
@@ -172,7 +173,7 @@ class DiffusionLinkCaptionerConfig(PretrainedConfig):
 
 
 # Model types of audio towers defined in this package (flat siblings, so they resolve in a Hub copy too).
-LOCAL_AUDIO_CONFIGS: dict[str, type] = {}
+LOCAL_AUDIO_CONFIGS: dict[str, type] = {StarterEncoderConfig.model_type: StarterEncoderConfig}
 
 
 def _resolve_sub_config(name: str, value, default_model_type: str) -> PretrainedConfig:

@@ -58,7 +58,8 @@ def embed_audio(
         inputs = feature_extractor(
             pieces[start : start + batch_size], sampling_rate=feature_extractor.sampling_rate, return_tensors="pt"
         )
-        inputs = {k: v.to(device) for k, v in inputs.items() if k in ("input_features", "is_longer")}
+        # CLAP's extractor adds `is_longer`; the starter's a frame `attention_mask`; both go to the tower.
+        inputs = {k: v.to(device) for k, v in inputs.items() if k in ("input_features", "is_longer", "attention_mask")}
         chunks.append(F.normalize(pooled_embeddings(model.get_audio_features(**inputs)).float(), dim=-1))
     per_window = torch.cat(chunks)  # (num_windows, D)
     owner = torch.tensor(owner, device=per_window.device)

@@ -24,11 +24,12 @@ from .baselines import IdentityBridge, MeanShiftBridge
 from .configuration_diffusion_link_captioner import DiffusionLinkCaptionerConfig
 from .encoding import pooled_embeddings
 from .modeling_diffusion_link import DiffusionLinkBridge, GeneratorArg
+from .modeling_starter_encoder import StarterAudioTextEncoder
 from .pretrained_references import resolve_reference
 
 
 # Audio towers defined in this package, by config class name (flat siblings, so they resolve in a Hub copy too).
-LOCAL_AUDIO_TOWERS: dict[str, type] = {}
+LOCAL_AUDIO_TOWERS: dict[str, type] = {"StarterEncoderConfig": StarterAudioTextEncoder}
 
 
 @dataclass
@@ -110,6 +111,7 @@ class DiffusionLinkForAudioCaptioning(DiffusionLinkCaptionerPreTrainedModel):
             self._add_lora()
         self.post_init()
         self.apply_freezing()
+        self.train(self.training)  # the frozen tower and bridge start (and stay) in eval mode
 
     # ------------------------------------------------------------------ building and freezing
     def _add_lora(self) -> None:
@@ -347,6 +349,7 @@ class DiffusionLinkForAudioCaptioning(DiffusionLinkCaptionerPreTrainedModel):
         attention_mask: torch.LongTensor | None = None,
         labels: torch.LongTensor | None = None,
         is_longer: torch.Tensor | None = None,
+        feature_attention_mask: torch.Tensor | None = None,
         strength: float | None = None,
         num_inference_steps: int | None = None,
         return_dict: bool | None = None,
@@ -362,7 +365,7 @@ class DiffusionLinkForAudioCaptioning(DiffusionLinkCaptionerPreTrainedModel):
         right-padded); the prefix positions are prepended to `labels` as -100.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        tower_kwargs = {"is_longer": is_longer} if is_longer is not None else {}
+        tower_kwargs = _tower_kwargs(is_longer, feature_attention_mask)
         embeds = self._embeds(input_features, audio_embeds, text_embeds, tower_kwargs, strength, num_inference_steps, None)
         prefix = self.prefix_from_embeds(embeds)
         inputs_embeds, mask, labels = self._with_prefix(prefix, input_ids, attention_mask, labels)
@@ -379,6 +382,7 @@ class DiffusionLinkForAudioCaptioning(DiffusionLinkCaptionerPreTrainedModel):
         text_embeds: torch.Tensor | None = None,
         input_ids: torch.LongTensor | None = None,
         is_longer: torch.Tensor | None = None,
+        feature_attention_mask: torch.Tensor | None = None,
         strength: float | None = None,
         num_inference_steps: int | None = None,
         generator: GeneratorArg = None,
@@ -389,7 +393,7 @@ class DiffusionLinkForAudioCaptioning(DiffusionLinkCaptionerPreTrainedModel):
         `input_ids` are the prompt tokens (the same for every row, so no padding is needed). `generate_kwargs` go to
         the LM's `generate` (`max_new_tokens`, `num_beams`, ...); greedy by default.
         """
-        tower_kwargs = {"is_longer": is_longer} if is_longer is not None else {}
+        tower_kwargs = _tower_kwargs(is_longer, feature_attention_mask)
         embeds = self._embeds(input_features, audio_embeds, text_embeds, tower_kwargs, strength, num_inference_steps, generator)
         prefix = self.prefix_from_embeds(embeds)
         if input_ids is not None and input_ids.shape[0] == 1 and prefix.shape[0] > 1:
@@ -437,6 +441,16 @@ def _check_embeds(name: str, embeds: torch.Tensor, dim: int) -> None:
         raise ValueError(f"`{name}` must have shape (batch, {dim}), got {tuple(embeds.shape)}.")
     if not torch.isfinite(embeds).all():
         raise ValueError(f"`{name}` contains NaN or Inf values.")
+
+
+def _tower_kwargs(is_longer, feature_attention_mask) -> dict:
+    # CLAP's feature extractor gives `is_longer`; the starter's gives a frame mask, passed as `attention_mask`.
+    kwargs = {}
+    if is_longer is not None:
+        kwargs["is_longer"] = is_longer
+    if feature_attention_mask is not None:
+        kwargs["attention_mask"] = feature_attention_mask
+    return kwargs
 
 
 def _require_peft(what: str) -> None:

@@ -72,9 +72,12 @@ def test_caption_command_csv_glob_and_raise(saved_tiny_captioner, tmp_path, caps
     assert "x3.wav" in capsys.readouterr().err
 
 
-def test_caption_command_without_a_model_says_so(tmp_path, capsys):
+def test_caption_command_without_a_model_says_so(tmp_path, capsys, monkeypatch):
+    from diffusion_link import cli
+
     from .conftest import write_wav
 
+    monkeypatch.setattr(cli, "default_model", lambda: None)  # an install without the starter
     assert main(["caption", write_wav(tmp_path / "a.wav")]) == 2
     assert "--model" in capsys.readouterr().err
     assert main(["caption", str(tmp_path / "none*.wav"), "--model", "x"]) == 2

@@ -83,6 +83,9 @@ class ModelArguments:
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
     lora_target_modules: str = field(default="q_proj,v_proj", metadata={"help": "Comma-separated LM module names."})
     noise_injection_std: float = field(default=0.0, metadata={"help": "CapDec noise on text embeddings (zero-shot)."})
+    projector_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of the projector (default: --learning_rate, as the LoRA)."}
+    )
     base_weights: str = field(
         default="referenced", metadata={"help": "'referenced' (save only trained parts + base names) or 'embedded'."}
     )
@@ -159,12 +162,25 @@ class CaptionerTrainer(Trainer):
     """The Trainer, plus caption scores of greedy generations on the validation set at each evaluation."""
 
     def __init__(self, *args, generation_dataset=None, prompt_ids=None, caption_tokenizer=None,
-                 generation_max_new_tokens: int = 30, **kwargs):
+                 generation_max_new_tokens: int = 30, projector_learning_rate: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.projector_learning_rate = projector_learning_rate
         self.generation_dataset = generation_dataset
         self.prompt_ids = prompt_ids
         self.caption_tokenizer = caption_tokenizer
         self.generation_max_new_tokens = generation_max_new_tokens
+
+    def create_optimizer(self, model=None):
+        # The projector starts from scratch and can take a larger step than the LoRA adapters (two groups).
+        if self.optimizer is None and self.projector_learning_rate is not None:
+            named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+            projector = [p for n, p in named if n.startswith("multi_modal_projector.")]
+            rest = [p for n, p in named if not n.startswith("multi_modal_projector.")]
+            optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, self.model)
+            self.optimizer = optimizer_cls(
+                [{"params": projector, "lr": self.projector_learning_rate}, {"params": rest}], **kwargs
+            )
+        return super().create_optimizer() if model is None else super().create_optimizer(model)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
         metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
@@ -324,6 +340,7 @@ def main(argv: list[str] | None = None) -> AudioCaptionPipeline:
         prompt_ids=torch.tensor([collator.prompt_ids]) if collator.prompt_ids else None,
         caption_tokenizer=tokenizer,
         generation_max_new_tokens=data_args.generation_max_new_tokens,
+        projector_learning_rate=model_args.projector_learning_rate,
     )
     resume = training_args.resume_from_checkpoint
     if resume is None and os.path.isdir(training_args.output_dir):

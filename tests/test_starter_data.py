@@ -1,0 +1,51 @@
+import collections
+import json
+import os
+
+import pytest
+
+from training.starter_data import CAPTIONS_FILE, class_captions, esc50_split, read_audiocaps_clotho_captions
+
+from .conftest import REPO_ROOT
+
+
+DATA = os.environ.get("DIFFUSION_LINK_DATA") or os.path.join(REPO_ROOT, "..", "shared", "data")
+needs_data = pytest.mark.skipif(not os.path.isdir(os.path.join(DATA, "esc50")),
+                                reason=f"the shared ESC-50 data is not at {DATA} (set DIFFUSION_LINK_DATA)")
+
+
+def test_our_class_captions_cover_every_esc50_class():
+    captions = class_captions()
+    assert len(captions) == 50 and all(len(c) == 5 and len(set(c)) == 5 for _, c in captions)
+    assert captions[0][0] == "dog" and captions[49][0] == "hand_saw"
+    assert "CC0" in json.load(open(CAPTIONS_FILE))["license"]
+
+
+@needs_data
+def test_split_is_5_train_3_test_per_class_deterministic_and_disjoint():
+    split = esc50_split(DATA)
+    assert split == esc50_split(DATA)
+    train, test = split["train"], split["test"]
+    assert len(train) == 250 and len(test) == 150
+    assert not {c["filename"] for c in train} & {c["filename"] for c in test}
+    per_class = collections.Counter(c["target"] for c in test)
+    assert set(per_class.values()) == {3} and len(per_class) == 50
+    # Clips of one recording stay on one side, except in the classes the split lists.
+    test_sources = {(c["target"], c["src_file"]) for c in test}
+    leaks = {c["category"] for c in train if (c["target"], c["src_file"]) in test_sources}
+    assert leaks <= set(split["split_within_source"]) and len(split["split_within_source"]) <= 5
+
+
+@needs_data
+def test_caption_corpus_is_audiocaps_train_plus_clotho_development():
+    captions = read_audiocaps_clotho_captions(DATA)
+    assert len(captions) > 60000 and all(captions)
+
+
+@needs_data
+def test_committed_split_matches_the_rule():
+    path = os.path.join(REPO_ROOT, "diffusion_link", "starter", "split.json")
+    if not os.path.exists(path):
+        pytest.skip("no committed starter")
+    committed = json.load(open(path))
+    assert [c["filename"] for c in committed["test"]] == [c["filename"] for c in esc50_split(DATA)["test"]]

