@@ -60,10 +60,12 @@ class DiffusionLinkConfig(PretrainedConfig):
         input_normalization (`str`, *optional*, defaults to `"l2"`):
             `"l2"`: inputs are L2-normalised before standardisation and outputs are L2-normalised again (CLAP
             embeddings are unit vectors). `"none"`: the embeddings are used as given.
-        standardization (`str`, *optional*, defaults to `"per_dim"`):
-            How `fit_normalization` computes the standard deviation of the text embeddings: `"per_dim"` (one per
-            coordinate, as unCLIP's `clip_std`) or `"scalar"` (one for all coordinates). The mean and std live in
-            the buffers `embed_mean` and `embed_std`, saved with the weights.
+        standardization (`str`, *optional*, defaults to `"scalar"`):
+            How `fit_normalization` computes the standard deviation of the text embeddings: `"scalar"` (one for all
+            coordinates) or `"per_dim"` (one per coordinate, as unCLIP's `clip_std`). The mean and std live in the
+            buffers `embed_mean` and `embed_std`, saved with the weights. `"per_dim"` blows up any coordinate in which
+            the texts barely vary but the audio does (all-MiniLM-L6-v2 has one with std 6e-8): measured on the
+            starter's space, it collapsed a trained bridge's out-of-fold class accuracy from 0.53 to 0.07.
         link_start (`str`, *optional*, defaults to `"noised"`):
             How `link()` builds the state at s*: `"noised"` forward-noises the audio embedding with q(a, s*)
             (Diffusion-Link); `"inserted"` takes the audio embedding itself as the state at s*, without noise (the
@@ -95,7 +97,7 @@ class DiffusionLinkConfig(PretrainedConfig):
         ema_decay: float = 0.995,
         inference_weights: str = "ema",
         input_normalization: str = "l2",
-        standardization: str = "per_dim",
+        standardization: str = "scalar",
         link_start: str = "noised",
         noise_seed: int = 0,
         **kwargs,

