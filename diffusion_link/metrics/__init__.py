@@ -1,9 +1,39 @@
-"""Metrics: the modality gap between paired audio and text embeddings (with tables and plots), and caption scores."""
+"""Metrics: the modality gap between paired audio and text embeddings (with tables and plots), and caption scores
+(BLEU, ROUGE-L, CIDEr-D, METEOR, semantic similarity; also as local `evaluate` modules)."""
 
-from .caption_scores import caption_scores
+from .bleu import corpus_bleu
+from .caption_scores import (
+    CAPTION_METRICS,
+    COCO_METRICS,
+    CaptionMetricResult,
+    CaptionScoreDetails,
+    caption_score_details,
+    caption_scores,
+)
+from .caption_tokenizer import coco_tokenize, tokenize_captions
+from .cider import corpus_cider_d
+from .evaluate_modules import evaluate_module_path
 from .gap_plots import plot_modality_gap
 from .gap_report import compare_bridges, format_gap_table
 from .modality_gap import modality_gap
+from .rouge import corpus_rouge_l
 
 
-__all__ = ["caption_scores", "compare_bridges", "format_gap_table", "modality_gap", "plot_modality_gap"]
+__all__ = [
+    "CAPTION_METRICS",
+    "COCO_METRICS",
+    "CaptionMetricResult",
+    "CaptionScoreDetails",
+    "caption_score_details",
+    "caption_scores",
+    "coco_tokenize",
+    "compare_bridges",
+    "corpus_bleu",
+    "corpus_cider_d",
+    "corpus_rouge_l",
+    "evaluate_module_path",
+    "format_gap_table",
+    "modality_gap",
+    "plot_modality_gap",
+    "tokenize_captions",
+]
