@@ -93,6 +93,8 @@ def load_audio(source: str | os.PathLike | bytes, sampling_rate: int) -> np.ndar
     return resample(to_mono_float(samples, name), rate, sampling_rate)
 
 
+# File name endings that `diffusion-link caption` / `evaluate` pick up from folders (soundfile decodes them all).
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff")
 MIN_DURATION_S = 0.1
 SILENCE_THRESHOLD_DBFS = -60.0
 

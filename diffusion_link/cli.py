@@ -3,6 +3,16 @@
     diffusion-link caption PATHS... [--model DIR_OR_ID] [--batch-size 8] [--output out.jsonl|out.csv]
                                     [--on-error raise|skip|report] [--chunk-length-s S] [--stride-s S]
     diffusion-link gap EMBEDS.safetensors [--bridge DIR] [--strength 0.1] [--steps 5] [--plot gap.png] [--json out.json]
+    diffusion-link evaluate (--references refs.csv [--audio-dir DIR] | PATHS...) --output-dir OUT [--model DIR_OR_ID]
+                            [--metrics default meteor ...] [--batch-size 8] [--max-new-tokens 30] [--num-beams 1]
+                            [--strength S] [--num-inference-steps K] [--limit N] [--gap on|off] [--text-tokenizer T]
+
+`evaluate` writes predictions.csv, scores.json (scores, environment, command line), gap.json and gap.png into
+OUT (see `diffusion_link.evaluation`). References come from a CSV (`file_name` or AudioCaps' `youtube_id`, and
+`caption` / `caption_1..N` columns) or, for PATHS, from a sidecar text file next to each audio file (`dog.txt` for
+`dog.wav`, one caption per line).
+
+Exit codes: 0 on success, 1 if any file failed (`caption`, `evaluate`), 2 on usage or input errors.
 """
 
 from __future__ import annotations
@@ -14,7 +24,6 @@ import json
 import os
 import sys
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff")
 CSV_FIELDS = ("file", "generated_text", "is_silent", "duration_s", "sampling_rate", "num_channels", "peak_dbfs", "error")
 
 
@@ -27,6 +36,8 @@ def default_model() -> str | None:
 
 def expand_paths(paths: list[str]) -> list[str]:
     """Files, folders (searched recursively for audio files) and glob patterns -> a sorted, de-duplicated list."""
+    from .audio_io import AUDIO_EXTENSIONS
+
     found = []
     for path in paths:
         matches = sorted(glob.glob(path, recursive=True)) if glob.has_magic(path) else [path]
@@ -155,6 +166,52 @@ def _gap(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_captioner, read_references_csv, read_sidecar_references, resolve_metrics
+
+    if bool(args.paths) == bool(args.references):
+        raise ValueError("give either --references refs.csv (with --audio-dir) or audio PATHS with sidecar .txt "
+                         "references, not both or neither.")
+    if args.audio_dir and not args.references:
+        raise ValueError("--audio-dir goes with --references.")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be a positive number of files, got {args.limit}.")
+    metrics = resolve_metrics(args.metrics)
+    model = args.model or default_model()
+    if model is None:
+        print("error: this install has no starter captioner (diffusion_link/starter); pass --model (a captioner "
+              "folder or Hub id), or build it with training/build_starter.py.", file=sys.stderr)
+        return 2
+    if args.references:
+        files, references = read_references_csv(args.references, args.audio_dir)
+    else:
+        files = expand_paths(args.paths)
+        references = read_sidecar_references(files)
+    if args.limit is not None:
+        files, references = files[: args.limit], references[: args.limit]
+    report = evaluate_captioner(
+        model, files, references, args.output_dir, metrics=metrics, batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, strength=args.strength,
+        num_inference_steps=args.num_inference_steps, gap=args.gap, text_tokenizer=args.text_tokenizer,
+        trust_remote_code=args.trust_remote_code, command_line=["diffusion-link", *args.argv],
+    )
+    for failure in report["failures"]:
+        print(f"error: {failure['file']}: {failure['error']}", file=sys.stderr)
+    for name, value in report["scores"].items():
+        print(f"{name:20s} {value:.4f}" if name != "num_predictions" else f"{name:20s} {int(value)}")
+    section = report["modality_gap"]
+    if section["status"] == "computed":
+        from .metrics import format_gap_table
+
+        print(format_gap_table({"raw": section["raw"], "bridged": section["bridged"]}))
+    elif section["status"] == "skipped":
+        print(f"modality gap skipped: {section['reason']}", file=sys.stderr)
+    counts = report["counts"]
+    print(f"evaluated {counts['captioned']} of {counts['files']} files ({counts['failed']} failed, {counts['silent']} "
+          f"silent); outputs in {args.output_dir}", file=sys.stderr)
+    return 1 if counts["failed"] else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffusion-link", description="Diffusion-Link: audio-text modality gap tools.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -179,11 +236,41 @@ def build_parser() -> argparse.ArgumentParser:
     gap.add_argument("--plot", help="Write a PNG of the gap here.")
     gap.add_argument("--json", help="Write the figures as JSON here.")
     gap.set_defaults(func=_gap)
+    ev = commands.add_parser(
+        "evaluate", help="Caption audio with references; write predictions, scores, environment and gap figures.",
+        description="Caption audio files with reference captions and write predictions.csv, scores.json, gap.json "
+        "and gap.png into --output-dir. Exit code 1 if any file failed, 2 on usage or input errors.",
+    )
+    ev.add_argument("paths", nargs="*", help="Audio files, folders or globs, each with a sidecar .txt of references "
+                    "(one per line); or use --references.")
+    ev.add_argument("--references", help="CSV with `file_name` (or AudioCaps' `youtube_id`) and `caption` or "
+                    "`caption_1`..`caption_N` columns; rows of one file are grouped.")
+    ev.add_argument("--audio-dir", "--audio_dir", dest="audio_dir",
+                    help="Folder of the audio files named in --references (default: the CSV's folder).")
+    ev.add_argument("--output-dir", "--output_dir", dest="output_dir", required=True,
+                    help="Where the outputs go (created; existing outputs are overwritten).")
+    ev.add_argument("--model", help="Captioner folder or Hub id (default: the bundled starter captioner).")
+    ev.add_argument("--metrics", nargs="+", default=None,
+                    help="Caption metrics, or the groups `default` (exact_match token_f1 bleu_1..4 rouge_l cider_d, "
+                    "the default) and `coco`; e.g. `--metrics default meteor semantic_similarity`.")
+    ev.add_argument("--batch-size", type=int, default=8, help="Files per model call (default 8).")
+    ev.add_argument("--max-new-tokens", type=int, default=30)
+    ev.add_argument("--num-beams", type=int, default=1)
+    ev.add_argument("--strength", type=float, default=None, help="Bridge link() strength (default: the bridge's).")
+    ev.add_argument("--num-inference-steps", type=int, default=None, help="Bridge DDIM steps (default: the bridge's).")
+    ev.add_argument("--limit", type=int, default=None, help="Evaluate only the first N files.")
+    ev.add_argument("--gap", choices=("on", "off"), default="on",
+                    help="Modality-gap figures and plot, before and after the bridge (default on).")
+    ev.add_argument("--text-tokenizer", help="Tokenizer of the audio tower's text side, for the gap figures "
+                    "(default: found from the model: the starter's MiniLM, or the CLAP checkpoint it names).")
+    ev.add_argument("--trust-remote-code", action="store_true", help="Allow the model folder's own code.")
+    ev.set_defaults(func=_evaluate)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args)
     except (ValueError, TypeError, OSError) as err:

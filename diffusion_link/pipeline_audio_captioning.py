@@ -182,7 +182,7 @@ class AudioCaptionPipeline(Pipeline):
             # (b, D); a window longer than the encoder's input (10 s for CLAP) is the mean of its pieces.
             embeds = embed_audio(self.model.audio_tower, self.feature_extractor, [windows[i]["samples"] for i in rows],
                                  batch_size=batch_size).to(self.device)
-            generators = [torch.Generator().manual_seed(_content_seed(windows[i]["samples"])) for i in rows]
+            generators = [torch.Generator().manual_seed(content_seed(windows[i]["samples"])) for i in rows]
             ids = self.model.generate(
                 audio_embeds=embeds, input_ids=self._prompt_ids, strength=strength,
                 num_inference_steps=num_inference_steps, generator=generators, **generate_kwargs,
@@ -214,7 +214,7 @@ class AudioCaptionPipeline(Pipeline):
         return result
 
 
-def _content_seed(samples: np.ndarray) -> int:
+def content_seed(samples: np.ndarray) -> int:
     """A seed from the window's own samples, so its noise does not depend on batch position or other inputs."""
     digest = hashlib.blake2b(np.ascontiguousarray(samples, dtype=np.float32).tobytes(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1

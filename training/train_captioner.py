@@ -19,7 +19,8 @@ Data (`--train_file`, `--validation_file`):
 The model comes from `--model_name_or_path` (a saved captioner) or is built from parts (`--audio_tower_name_or_path`,
 `--language_model_name_or_path`, `--bridge_name_or_path`). The output folder is a complete pipeline folder:
 `pipeline("audio-captioning", model=output_dir)`. Evaluation (at `--eval_steps`) reports the loss and caption scores
-of greedy generations on up to `--max_eval_generations` validation rows. Re-running the same command resumes from
+of greedy generations on up to `--max_eval_generations` validation rows (`GENERATION_METRICS`: exact match, token F1
+and the Java-free COCO metrics BLEU-1..4, ROUGE-L, CIDEr-D). Re-running the same command resumes from
 the last checkpoint, LoRA adapter included. `report_to` defaults to `none`.
 """
 
@@ -48,13 +49,15 @@ from transformers.trainer_utils import get_last_checkpoint
 from diffusion_link import AudioCaptionPipeline, DiffusionLinkForAudioCaptioning
 from diffusion_link.embedding_data import UNPAIRED_KEY, load_embeddings
 from diffusion_link.encoding import embed_text
-from diffusion_link.metrics import caption_scores
+from diffusion_link.metrics import COCO_METRICS, caption_scores
 from diffusion_link.pretrained_references import resolve_reference
 
 
 logger = logging.getLogger(__name__)
 
 MODES = ("zero_shot", "supervised")
+# Scores of the greedy generations at each evaluation: all pure Python, cheap next to the generation itself.
+GENERATION_METRICS = ("exact_match", "token_f1", *COCO_METRICS)
 
 
 @dataclass
@@ -207,7 +210,7 @@ class CaptionerTrainer(Trainer):
             predictions += [t.strip() for t in self.caption_tokenizer.batch_decode(ids, skip_special_tokens=True)]
         model.train(was_training)
         references = [[data.captions[i]] for i in range(len(data))]
-        return caption_scores(predictions, references)
+        return caption_scores(predictions, references, metrics=GENERATION_METRICS)
 
 
 def read_caption_file(path: str) -> list[str]:

@@ -1,0 +1,529 @@
+"""One-command, reproducible evaluation of a captioner on audio with reference captions.
+
+```python
+from diffusion_link.evaluation import evaluate_captioner, read_references_csv
+
+files, references = read_references_csv("clotho_captions_evaluation.csv", audio_dir="clotho/evaluation")
+report = evaluate_captioner("path/to/captioner", files, references, "eval_out")   # or an AudioCaptionPipeline
+report["scores"]["cider_d"]
+```
+
+`evaluate_captioner` captions every file with the `audio-captioning` pipeline (`on_error="report"`: a file that
+cannot be read becomes an error row and the others are still captioned) and writes into `output_dir`:
+
+- `predictions.csv`: one row per file: `file`, `generated_text`, `references` (a JSON list), `is_silent`,
+  `duration_s`, `sampling_rate`, `num_channels`, `peak_dbfs`, `error`;
+- `scores.json`: the returned report: the caption scores and each metric's variant / tokenizer / corpus size, the
+  counts of files, failures and silent clips, the gap figures (or why they were skipped), the model, the generation
+  settings, the versions of python / torch / transformers / diffusers, the platform, a timestamp and the command line;
+- `gap.json`: `modality_gap` of the raw audio embeddings and of the bridged embeddings against the text embeddings
+  of each clip's first reference;
+- `gap.png`: `plot_modality_gap`: a 2-D PCA of audio / text / bridged embeddings and histograms of paired cosines.
+
+Scores cover the files that were captioned; failed files are counted and listed, not scored. A silent clip gets no
+caption (`is_silent`) and scores 0 against its references. The gap figures use the captioned, non-silent clips and
+need at least `MIN_GAP_PAIRS` of them (the separability probe is cross-validated); with fewer, `gap.json` and
+`gap.png` are not written and the report says why. They embed each clip once more with the audio tower (the
+pipeline does not return its embeddings) and bridge it with the same content-seeded noise as the pipeline, so the
+bridged embeddings are the ones the decoder read.
+
+Reference files (`read_references_csv`): a CSV with a `file_name` column (or AudioCaps' `youtube_id`) and caption
+columns `caption` or `caption_1` .. `caption_N` (Clotho); rows of the same file are grouped (AudioCaps has one
+caption per row). Or audio files with sidecar text files (`read_sidecar_references`): `dog.txt` next to `dog.wav`,
+one reference per line.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import platform
+import re
+import shlex
+import sys
+import time
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+from transformers.utils.logging import tqdm
+
+from .audio_io import AUDIO_EXTENSIONS
+from .metrics.caption_scores import CAPTION_METRICS, COCO_METRICS
+
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from .modeling_diffusion_link_captioner import DiffusionLinkForAudioCaptioning
+    from .pipeline_audio_captioning import AudioCaptionPipeline
+
+
+logger = logging.getLogger(__name__)
+
+PREDICTIONS_FILE = "predictions.csv"
+SCORES_FILE = "scores.json"
+GAP_FILE = "gap.json"
+GAP_PLOT_FILE = "gap.png"
+PREDICTION_FIELDS = (
+    "file", "generated_text", "references", "is_silent", "duration_s", "sampling_rate", "num_channels", "peak_dbfs",
+    "error",
+)
+# Java-free and model-free: cheap on any machine. `meteor` (Java) and `semantic_similarity` (MiniLM) are opt-in.
+DEFAULT_EVALUATION_METRICS = ("exact_match", "token_f1", *COCO_METRICS)
+# `--metrics default meteor` means the defaults plus METEOR.
+METRIC_GROUPS = {"default": DEFAULT_EVALUATION_METRICS, "coco": COCO_METRICS}
+GAP_MODES = ("on", "off")
+# modality_gap's probe needs 2 * folds pairs; below 5 pairs (2 folds) the figures say little.
+MIN_GAP_PAIRS = 5
+MAX_PROBE_FOLDS = 5
+KEY_COLUMNS = ("file_name", "youtube_id")
+CAPTION_COLUMN = re.compile(r"caption(_\d+)?")
+
+
+# ---------------------------------------------------------------------------------------------------- references
+def read_references_csv(
+    path: str | os.PathLike, audio_dir: str | os.PathLike | None = None
+) -> tuple[list[str], list[list[str]]]:
+    """Audio files and their reference captions from a CSV, in the CSV's order of first appearance.
+
+    Args:
+        path: a CSV with a key column, `file_name` (a path relative to `audio_dir`, or absolute) or, for AudioCaps,
+            `youtube_id`, and caption columns `caption` and/or `caption_1` .. `caption_N`. Other columns
+            (`audiocap_id`, `start_time`, ...) are ignored. Rows with the same key are grouped, their captions
+            concatenated in order. Blank caption cells are dropped.
+        audio_dir: where the audio files are; default: the CSV's folder. A `youtube_id` is matched to a file in it
+            (searched recursively) named `<id>.<ext>`, `Y<id>.<ext>` (AudioSet) or `<id>_<start_time>.<ext>`; an id
+            without a file is kept as `audio_dir/<id>`, which the evaluation then reports as a missing file.
+
+    Returns:
+        `(files, references)`: N paths and N lists of reference captions.
+
+    Raises `ValueError` naming the file when the columns are not the expected ones (listing the columns found),
+    when a key cell is empty, or when a file has no non-blank caption (listing the files and their CSV lines).
+    """
+    path = os.fspath(path)
+    audio_dir = os.fspath(audio_dir) if audio_dir is not None else os.path.dirname(os.path.abspath(path))
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        header = [c.strip() for c in next(reader, [])]
+        key = next((c for c in KEY_COLUMNS if c in header), None)
+        caption_columns = sorted(
+            (c for c in header if CAPTION_COLUMN.fullmatch(c)), key=lambda c: int(c[8:]) if c != "caption" else 0
+        )
+        if key is None or not caption_columns:
+            raise ValueError(
+                f"{path}: expected a `file_name` column (or AudioCaps' `youtube_id`) and caption columns `caption` "
+                f"or `caption_1`, `caption_2`, ...; found columns {header}."
+            )
+        key_at, start_at = header.index(key), header.index("start_time") if "start_time" in header else None
+        caption_at = [header.index(c) for c in caption_columns]
+        groups: dict[str, dict[str, Any]] = {}
+        empty_keys = []
+        for row in reader:
+            if not any(cell.strip() for cell in row):
+                continue  # a blank line
+            row = row + [""] * (len(header) - len(row))
+            name = row[key_at].strip()
+            if not name:
+                empty_keys.append(reader.line_num)
+                continue
+            group = groups.setdefault(name, {"references": [], "lines": [], "start_time": None})
+            group["references"] += [row[i].strip() for i in caption_at if row[i].strip()]
+            group["lines"].append(reader.line_num)
+            if start_at is not None and group["start_time"] is None:
+                group["start_time"] = row[start_at].strip()
+    if empty_keys:
+        raise ValueError(f"{path}: empty `{key}` on lines {empty_keys[:10]}.")
+    if not groups:
+        raise ValueError(f"{path}: no rows.")
+    unreferenced = [f"{name} (lines {g['lines'][:5]})" for name, g in groups.items() if not g["references"]]
+    if unreferenced:
+        raise ValueError(
+            f"{path}: {len(unreferenced)} files have no reference caption: {', '.join(unreferenced[:10])}. Every "
+            f"file needs at least one non-empty caption in {caption_columns}."
+        )
+    if key == "file_name":
+        files = [os.path.join(audio_dir, name) for name in groups]
+    else:
+        index = _audio_index(audio_dir)
+        files = [_find_youtube_clip(index, audio_dir, name, g["start_time"]) for name, g in groups.items()]
+    return files, [g["references"] for g in groups.values()]
+
+
+def read_sidecar_references(files: Sequence[str]) -> list[list[str]]:
+    """The references of audio files from sidecar text files: `clips/dog.txt` (one caption per line, blank lines
+    ignored) for `clips/dog.wav`. Raises `ValueError` listing the files without a sidecar or with an empty one."""
+    references, missing = [], []
+    for path in files:
+        sidecar = os.path.splitext(path)[0] + ".txt"
+        lines = []
+        if os.path.isfile(sidecar):
+            with open(sidecar, encoding="utf-8-sig") as f:
+                lines = [line.strip() for line in f if line.strip()]
+        if not lines:
+            missing.append(sidecar)
+        references.append(lines)
+    if missing:
+        raise ValueError(
+            f"{len(missing)} audio files have no reference captions: expected a text file next to each, one caption "
+            f"per line; missing or empty: {missing[:10]}."
+        )
+    return references
+
+
+def _audio_index(audio_dir: str) -> dict[str, list[str]]:
+    """File stem -> paths of the audio files under `audio_dir` (recursive)."""
+    index: dict[str, list[str]] = {}
+    for root, _, names in sorted(os.walk(audio_dir)):
+        for name in sorted(names):
+            stem, suffix = os.path.splitext(name)
+            if suffix.lower() in AUDIO_EXTENSIONS:
+                index.setdefault(stem, []).append(os.path.join(root, name))
+    return index
+
+
+def _find_youtube_clip(index: dict[str, list[str]], audio_dir: str, youtube_id: str, start_time: str | None) -> str:
+    stems = [youtube_id, f"Y{youtube_id}"]
+    if start_time:
+        stems.append(f"{youtube_id}_{start_time}")
+    for stem in stems:
+        if stem in index:
+            return index[stem][0]
+    return os.path.join(audio_dir, youtube_id)
+
+
+def resolve_metrics(names: Sequence[str] | None) -> tuple[str, ...]:
+    """Metric names (see `CAPTION_METRICS`) with the groups `default` and `coco` expanded, de-duplicated."""
+    if names is None:
+        return DEFAULT_EVALUATION_METRICS
+    if isinstance(names, str):
+        raise TypeError(f"`metrics` must be a list of metric names, got the string {names!r}.")
+    resolved = []
+    for name in names:
+        resolved += METRIC_GROUPS.get(name, (name,))
+    unknown = [m for m in resolved if m not in CAPTION_METRICS]
+    if unknown or not resolved:
+        raise ValueError(
+            f"Unknown caption metrics {unknown or names}; available: {list(CAPTION_METRICS)} or the groups "
+            f"{list(METRIC_GROUPS)}."
+        )
+    return tuple(dict.fromkeys(resolved))
+
+
+# ---------------------------------------------------------------------------------------------------- text side
+def tower_text_tokenizer(
+    model: DiffusionLinkForAudioCaptioning, text_tokenizer: PreTrainedTokenizerBase | str | os.PathLike | None = None
+) -> PreTrainedTokenizerBase:
+    """The tokenizer of the captioner's audio tower's *text* side, for
+    `encoding.embed_text(model.audio_tower, tokenizer, texts)`.
+
+    Looked up in this order:
+
+    1. `text_tokenizer`: a tokenizer (returned as is) or a folder / Hub id / `package:` reference to load one from;
+    2. the tower's `config.text_model_name_or_path` (the starter encoder: all-MiniLM-L6-v2's tokenizer);
+    3. the captioner's `config.audio_tower_name_or_path`, then the tower's own `name_or_path` (a CLAP checkpoint
+       such as laion/clap-htsat-unfused, whose folder holds the tokenizer saved with its `ClapProcessor`).
+
+    Raises `ValueError` listing what was tried when none gives a tokenizer (a captioner that embeds its CLAP weights
+    and was not built from a named checkpoint records no tokenizer: pass `text_tokenizer`).
+    """
+    from transformers import AutoTokenizer
+
+    from .pretrained_references import resolve_reference
+
+    if text_tokenizer is not None and not isinstance(text_tokenizer, (str, os.PathLike)):
+        return text_tokenizer
+    if text_tokenizer is not None:
+        try:
+            return AutoTokenizer.from_pretrained(resolve_reference(os.fspath(text_tokenizer)))
+        except (OSError, ValueError) as err:
+            raise ValueError(f"Cannot load the text tokenizer {os.fspath(text_tokenizer)!r}: {err}") from err
+    tower = getattr(model, "audio_tower", None)
+    if tower is None:
+        raise TypeError(f"Expected a captioner with an `audio_tower`, got {type(model).__name__}.")
+    candidates = [
+        ("the tower's config.text_model_name_or_path", getattr(tower.config, "text_model_name_or_path", None)),
+        ("the captioner's config.audio_tower_name_or_path", getattr(model.config, "audio_tower_name_or_path", None)),
+        ("the tower's name_or_path", getattr(tower, "name_or_path", None)),
+    ]
+    tried = []
+    for source, reference in candidates:
+        if not reference or any(reference == r for _, r, _ in tried):
+            continue
+        try:
+            return AutoTokenizer.from_pretrained(resolve_reference(reference))
+        except (OSError, ValueError) as err:
+            tried.append((source, reference, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"))
+    found = "; ".join(f"{source} {ref!r} ({why})" for source, ref, why in tried) or "no tokenizer reference"
+    raise ValueError(
+        f"Cannot find the text tokenizer of the audio tower ({type(tower).__name__}); tried: {found}. Pass "
+        "`text_tokenizer` (CLI: --text-tokenizer), the folder or Hub id of the tower's processor/tokenizer, or turn "
+        "the gap figures off (gap='off', CLI: --gap off)."
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- evaluation
+def evaluate_captioner(
+    pipe_or_model: AudioCaptionPipeline | str | os.PathLike,
+    files: Sequence[str],
+    references: Sequence[Sequence[str]],
+    output_dir: str | os.PathLike,
+    *,
+    metrics: Sequence[str] | None = None,
+    batch_size: int = 8,
+    max_new_tokens: int = 30,
+    num_beams: int = 1,
+    strength: float | None = None,
+    num_inference_steps: int | None = None,
+    gap: str = "on",
+    text_tokenizer: PreTrainedTokenizerBase | str | os.PathLike | None = None,
+    trust_remote_code: bool = False,
+    command_line: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Caption `files`, score the captions against `references`, measure the modality gap, and write the outputs
+    (see the module doc) into `output_dir`.
+
+    Args:
+        pipe_or_model: an `AudioCaptionPipeline`, or a captioner folder / Hub id to load one from.
+        files: N audio paths.
+        references: N lists of reference captions (at least one non-blank each).
+        output_dir: created if needed; the outputs of an earlier run in it are replaced (its gap files removed
+            when this run writes none).
+        metrics: caption metric names or groups (`resolve_metrics`); default `DEFAULT_EVALUATION_METRICS`
+            (exact_match, token_f1, BLEU-1..4, ROUGE-L, CIDEr-D). `meteor` (Java) and `semantic_similarity` are
+            opt-in.
+        batch_size: files per pipeline call.
+        max_new_tokens, num_beams: generation settings.
+        strength, num_inference_steps: the bridge's `link()` settings (default: the bridge's own).
+        gap: `"on"` (gap figures and plot) or `"off"`.
+        text_tokenizer: the tokenizer of the tower's text side, or where to load it from (see
+            `tower_text_tokenizer`, which finds it for the starter and named CLAP checkpoints).
+        trust_remote_code: passed to `pipeline()` when `pipe_or_model` is a name.
+        command_line: the command to record (default: `sys.argv`).
+
+    Returns:
+        The report written to `scores.json`: `scores` (the flat dict of `caption_scores` on the captioned files),
+        `metrics` (variant, tokenizer, corpus size of each), `counts`, `failures`, `modality_gap`, `generation`,
+        `model`, `environment`, `timestamp`, `command_line`, `outputs`.
+
+    Raises `ValueError` / `TypeError` for bad arguments (mismatched lengths, empty references naming the files,
+    unknown metrics, no text tokenizer with `gap="on"`) before anything is captioned.
+    """
+    started = time.time()
+    files = [os.fspath(f) for f in files]
+    if isinstance(references, str) or any(isinstance(r, str) for r in references):
+        raise TypeError("`references` must be a list of lists of captions (one list per file).")
+    references = [list(r) for r in references]
+    if len(files) != len(references):
+        raise ValueError(f"Got {len(files)} files but {len(references)} reference lists.")
+    if not files:
+        raise ValueError("No files to evaluate.")
+    unreferenced = [f for f, refs in zip(files, references)
+                    if not [r for r in refs if isinstance(r, str) and r.strip()]]
+    if unreferenced:
+        raise ValueError(f"{len(unreferenced)} files have no non-empty reference caption: {unreferenced[:10]}.")
+    metrics = resolve_metrics(metrics)
+    for name, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens), ("num_beams", num_beams)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+    if gap not in GAP_MODES:
+        raise ValueError(f"`gap` must be one of {GAP_MODES}, got {gap!r}.")
+
+    pipe = _load_pipeline(pipe_or_model, trust_remote_code)
+    model = pipe.model
+    # Fewer files than the gap figures need: no tokenizer lookup and no second embedding pass.
+    tokenizer = tower_text_tokenizer(model, text_tokenizer) if gap == "on" and len(files) >= MIN_GAP_PAIRS else None
+    output_dir = os.fspath(output_dir)
+    os.makedirs(output_dir, exist_ok=True)
+    for stale in (GAP_FILE, GAP_PLOT_FILE):  # an earlier run's figures must not pass for this run's
+        if os.path.isfile(os.path.join(output_dir, stale)):
+            os.remove(os.path.join(output_dir, stale))
+
+    call = {"max_new_tokens": max_new_tokens, "num_beams": num_beams}
+    if strength is not None:
+        call["strength"] = strength
+    if num_inference_steps is not None:
+        call["num_inference_steps"] = num_inference_steps
+    rows: list[dict[str, Any]] = []
+    audio_embeds, bridged_embeds, gap_texts = [], [], []
+    with open(os.path.join(output_dir, PREDICTIONS_FILE), "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=PREDICTION_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        for start in tqdm(range(0, len(files), batch_size), desc="evaluating", unit="batch"):
+            batch = files[start : start + batch_size]
+            results = pipe(batch, batch_size=batch_size, on_error="report", **call)
+            for path, refs, result in zip(batch, references[start : start + batch_size], results):
+                row = {"file": path, "references": refs, **result}
+                rows.append(row)
+                writer.writerow({**row, "references": json.dumps(refs, ensure_ascii=False)})
+            handle.flush()  # each finished batch is on disk before the next starts
+            if tokenizer is not None:
+                ok = [(r["file"], r["references"]) for r in rows[start:] if "error" not in r and not r["is_silent"]]
+                if ok:
+                    raw, bridged = _audio_and_bridged_embeds(pipe, [p for p, _ in ok], batch_size, strength,
+                                                             num_inference_steps)
+                    audio_embeds.append(raw)
+                    bridged_embeds.append(bridged)
+                    gap_texts += [next(r for r in refs if r.strip()) for _, refs in ok]
+
+    captioned = [r for r in rows if "error" not in r]
+    failures = [{"file": r["file"], "error": r["error"]} for r in rows if "error" in r]
+    if failures:
+        logger.warning("%d of %d files failed (the first: %s: %s); they are listed under `failures` in %s.",
+                       len(failures), len(rows), failures[0]["file"], failures[0]["error"], SCORES_FILE)
+    report: dict[str, Any] = {"scores": {}, "metrics": {}}
+    if captioned:
+        from .metrics.caption_scores import caption_score_details
+
+        details = caption_score_details([r["generated_text"] for r in captioned],
+                                        [r["references"] for r in captioned], metrics).to_dict()
+        report["scores"], report["metrics"] = details["scores"], details["results"]
+    else:
+        report["scores_note"] = "No file was captioned, so nothing was scored."
+    report["counts"] = {
+        "files": len(rows),
+        "captioned": len(captioned),
+        "failed": len(failures),
+        "silent": sum(1 for r in captioned if r["is_silent"]),
+        "references": sum(len(r["references"]) for r in rows),
+    }
+    report["failures"] = failures
+    report["modality_gap"] = _gap_section(model, tokenizer, audio_embeds, bridged_embeds, gap_texts, len(rows),
+                                          output_dir, strength, num_inference_steps, gap)
+    report["generation"] = {
+        "batch_size": batch_size, "max_new_tokens": max_new_tokens, "num_beams": num_beams,
+        "strength": strength if strength is not None else _bridge_default(model, "strength"),
+        "num_inference_steps": (num_inference_steps if num_inference_steps is not None
+                                else _bridge_default(model, "num_inference_steps")),
+    }
+    report["model"] = _model_info(pipe_or_model, model)
+    report["environment"] = environment_info(model)
+    report["timestamp"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    report["runtime_s"] = round(time.time() - started, 2)
+    argv = list(command_line) if command_line is not None else list(sys.argv)
+    report["command_line"] = shlex.join(argv)
+    report["outputs"] = {"predictions": PREDICTIONS_FILE, "scores": SCORES_FILE}
+    if report["modality_gap"]["status"] == "computed":
+        report["outputs"].update(gap=GAP_FILE, gap_plot=GAP_PLOT_FILE)
+    with open(os.path.join(output_dir, SCORES_FILE), "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2, ensure_ascii=False)
+    return report
+
+
+def environment_info(model: torch.nn.Module | None = None) -> dict[str, str]:
+    """Versions of python, torch, transformers, diffusers and this package, the platform and the model's device."""
+    import diffusers
+    import transformers
+
+    from . import __version__
+
+    info = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "diffusers": diffusers.__version__,
+        "diffusion_link": __version__,
+    }
+    if model is not None:
+        info["device"] = str(next(model.parameters()).device)
+    return info
+
+
+def _load_pipeline(pipe_or_model, trust_remote_code: bool):
+    from .pipeline_audio_captioning import AudioCaptionPipeline
+
+    if isinstance(pipe_or_model, AudioCaptionPipeline):
+        return pipe_or_model
+    if isinstance(pipe_or_model, (str, os.PathLike)):
+        from transformers import pipeline
+
+        from .configuration_diffusion_link_captioner import PIPELINE_TASK
+
+        return pipeline(PIPELINE_TASK, model=os.fspath(pipe_or_model), trust_remote_code=trust_remote_code)
+    raise TypeError(
+        "`pipe_or_model` must be an AudioCaptionPipeline or a captioner folder / Hub id, got "
+        f"{type(pipe_or_model).__name__} (wrap a bare model: AudioCaptionPipeline(model=..., tokenizer=..., "
+        "feature_extractor=...))."
+    )
+
+
+@torch.no_grad()
+def _audio_and_bridged_embeds(pipe, paths: list[str], batch_size: int, strength, num_inference_steps):
+    """(n, D) raw audio embeddings and (n, D) bridged embeddings of whole files, as the pipeline makes them."""
+    from .audio_io import prepare_audio
+    from .encoding import embed_audio
+    from .pipeline_audio_captioning import content_seed
+
+    rate = pipe.feature_extractor.sampling_rate
+    waves = [prepare_audio(path, rate).waveform for path in paths]
+    raw = embed_audio(pipe.model.audio_tower, pipe.feature_extractor, waves, batch_size=batch_size)  # (n, D)
+    # The pipeline seeds each window's bridge noise from its samples; the same seeds give the embeddings it decoded.
+    generators = [torch.Generator().manual_seed(content_seed(w)) for w in waves]
+    bridged = pipe.model.link(raw.to(pipe.model.device), strength=strength, num_inference_steps=num_inference_steps,
+                              generator=generators)
+    return raw, bridged.float().cpu()
+
+
+def _gap_section(model, tokenizer, audio_embeds, bridged_embeds, texts, num_files, output_dir, strength,
+                 num_inference_steps, gap) -> dict[str, Any]:
+    from .encoding import embed_text
+    from .metrics import modality_gap, plot_modality_gap
+
+    if gap == "off":
+        return {"status": "off"}
+    if len(texts) < MIN_GAP_PAIRS:
+        found = (f"only {num_files} files" if tokenizer is None
+                 else f"{len(texts)} of {num_files} files captioned and not silent")
+        return {
+            "status": "skipped",
+            "reason": f"{found}; the gap figures need at least {MIN_GAP_PAIRS} captioned, non-silent clips (the "
+            "separability probe is cross-validated).",
+        }
+    audio, bridged = torch.cat(audio_embeds), torch.cat(bridged_embeds)  # (n, D) each
+    text = embed_text(model.audio_tower, tokenizer, texts)  # (n, D)
+    folds = min(MAX_PROBE_FOLDS, len(texts) // 2)
+    section = {
+        "status": "computed",
+        "num_pairs": len(texts),
+        "text": "the first reference of each clip, embedded by the audio tower's text side",
+        "probe_folds": folds,
+        "bridge_type": getattr(model.config, "bridge_type", None),
+        "strength": strength if strength is not None else _bridge_default(model, "strength"),
+        "num_inference_steps": (num_inference_steps if num_inference_steps is not None
+                                else _bridge_default(model, "num_inference_steps")),
+        "raw": modality_gap(audio, text, probe_folds=folds),
+        "bridged": modality_gap(bridged, text, probe_folds=folds),
+    }
+    with open(os.path.join(output_dir, GAP_FILE), "w", encoding="utf-8") as f:
+        json.dump(section, f, indent=2)
+    plot_modality_gap(audio, text, os.path.join(output_dir, GAP_PLOT_FILE), bridged_embeds=bridged,
+                      title=f"Modality gap of {len(texts)} evaluated clips, before and after the bridge")
+    return section
+
+
+def _bridge_default(model, name: str):
+    return getattr(getattr(model.bridge, "config", None), name, None)
+
+
+def _model_info(pipe_or_model, model) -> dict[str, Any]:
+    name = os.fspath(pipe_or_model) if isinstance(pipe_or_model, (str, os.PathLike)) else model.name_or_path
+    config = model.config
+    return {
+        "name_or_path": name or None,
+        "class": type(model).__name__,
+        "audio_tower": type(model.audio_tower).__name__,
+        "audio_tower_name_or_path": getattr(config, "audio_tower_name_or_path", None),
+        "language_model_name_or_path": getattr(config, "language_model_name_or_path", None),
+        "bridge_type": getattr(config, "bridge_type", None),
+        "prompt": getattr(config, "prompt", None),
+    }
+
+
+__all__ = [
+    "DEFAULT_EVALUATION_METRICS", "MIN_GAP_PAIRS", "environment_info", "evaluate_captioner", "read_references_csv",
+    "read_sidecar_references", "resolve_metrics", "tower_text_tokenizer",
+]

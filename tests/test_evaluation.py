@@ -1,0 +1,230 @@
+import csv
+import json
+import os
+import shutil
+import types
+
+import pytest
+
+from diffusion_link.cli import main
+from diffusion_link.evaluation import (
+    DEFAULT_EVALUATION_METRICS,
+    PREDICTION_FIELDS,
+    evaluate_captioner,
+    read_references_csv,
+    read_sidecar_references,
+    resolve_metrics,
+    tower_text_tokenizer,
+)
+from diffusion_link.metrics import COCO_METRICS, caption_scores
+
+from .conftest import REPO_ROOT, write_wav
+
+
+CAPTIONS = [
+    "a dog barks while cars pass by", "rain falls steadily on a tin roof", "birds chirp in the early morning",
+    "wind blows through the trees", "a bell rings several times", "footsteps on a wooden floor",
+]
+DATA = os.environ.get("DIFFUSION_LINK_DATA") or os.path.join(REPO_ROOT, "..", "shared", "data")
+
+
+@pytest.fixture(scope="module")
+def clap_tokenizer_dir(tmp_path_factory):
+    """The tiny CLAP's processor (tokenizer included), as a folder: the tiny captioner's tower's text side."""
+    from diffusion_link.testing import tiny_clap
+
+    folder = tmp_path_factory.mktemp("tiny-clap-processor")
+    tiny_clap(seed=0)[1].save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    """Five 1 s noise clips and their names."""
+    folder = tmp_path_factory.mktemp("clips")
+    return [write_wav(folder / f"clip{i}.wav", seconds=1.0, seed=i) for i in range(5)]
+
+
+def write_csv(path, header, rows):
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return str(path)
+
+
+def read_predictions(folder):
+    with open(os.path.join(folder, "predictions.csv"), newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_evaluate_command_writes_predictions_scores_and_gap_and_reports_a_missing_file(
+    saved_tiny_captioner, clap_tokenizer_dir, clips, tmp_path, capsys
+):
+    # Clotho's layout: file_name, caption_1..caption_N; one row names a file that is not there, one a silent clip.
+    audio_dir = os.path.dirname(clips[0])
+    write_wav(tmp_path / "silent.wav", seconds=1.0, amplitude=0.0)
+    rows = [[os.path.basename(c), CAPTIONS[i], f"a sound {i}"] for i, c in enumerate(clips)]
+    rows += [["gone.wav", "nothing", ""], [str(tmp_path / "silent.wav"), "silence", ""]]
+    refs = write_csv(tmp_path / "refs.csv", ["file_name", "caption_1", "caption_2"], rows)
+    out = tmp_path / "out"
+    with pytest.warns(UserWarning, match="1 of 6 predictions are empty"):  # the silent clip's
+        code = main(["evaluate", "--references", refs, "--audio-dir", audio_dir, "--output-dir", str(out),
+                     "--model", str(saved_tiny_captioner), "--text-tokenizer", clap_tokenizer_dir,
+                     "--max-new-tokens", "4", "--batch-size", "4"])
+    assert code == 1  # one file failed; the others were captioned
+    assert sorted(os.listdir(out)) == ["gap.json", "gap.png", "predictions.csv", "scores.json"]
+    captured = capsys.readouterr()
+    assert "gone.wav" in captured.err and "1 failed" in captured.err and "| bridged |" in captured.out
+
+    predictions = read_predictions(out)
+    assert list(predictions[0]) == list(PREDICTION_FIELDS) and len(predictions) == 7
+    assert all(p["generated_text"] and not p["error"] for p in predictions[:5])
+    assert json.loads(predictions[0]["references"]) == [CAPTIONS[0], "a sound 0"]
+    assert "gone.wav" in predictions[5]["error"] and json.loads(predictions[5]["references"]) == ["nothing"]
+    assert predictions[6]["is_silent"] == "True" and predictions[6]["generated_text"] == ""  # no invented caption
+
+    report = json.loads((out / "scores.json").read_text())
+    assert set(DEFAULT_EVALUATION_METRICS) | {"num_predictions"} == set(report["scores"])
+    assert report["scores"]["num_predictions"] == 6.0  # the silent clip is scored (as an empty caption)
+    assert report["counts"] == {"files": 7, "captioned": 6, "failed": 1, "silent": 1, "references": 12}
+    assert report["failures"][0]["file"].endswith("gone.wav")
+    assert report["metrics"]["cider_d"]["tokenizer"].startswith("coco") and report["metrics"]["bleu_4"]["variant"]
+    assert report["metrics"]["rouge_l"]["num_predictions"] == 6
+    assert {"python", "platform", "torch", "transformers", "diffusers"} <= set(report["environment"])
+    assert report["model"]["name_or_path"] == str(saved_tiny_captioner)
+    assert "--references" in report["command_line"] and report["command_line"].startswith("diffusion-link evaluate")
+    assert report["timestamp"].endswith("+00:00") and report["generation"]["strength"] == 0.1
+
+    gap = json.loads((out / "gap.json").read_text())
+    assert gap["status"] == "computed" and gap["num_pairs"] == 5 and gap["probe_folds"] == 2  # silent clip left out
+    assert gap["raw"]["num_pairs"] == 5.0 and 0 <= gap["bridged"]["retrieval_r1"] <= 1
+    assert report["modality_gap"] == gap
+    assert (out / "gap.png").stat().st_size > 1000
+
+
+def test_library_scores_equal_caption_scores_on_the_written_predictions(tiny_pipeline, clap_tokenizer_dir, clips,
+                                                                        tmp_path):
+    files = clips[:3]
+    # References that share words with the captions the tiny model makes, so that the scores are not all 0.
+    made = [r["generated_text"] for r in tiny_pipeline(files, max_new_tokens=4)]
+    references = [[made[0], CAPTIONS[0]], [made[1].split()[0] + " and more", CAPTIONS[1]], [CAPTIONS[2]]]
+    report = evaluate_captioner(tiny_pipeline, files, references, tmp_path, max_new_tokens=4,
+                                text_tokenizer=clap_tokenizer_dir, command_line=["test"])
+    predictions = read_predictions(tmp_path)
+    direct = caption_scores([p["generated_text"] for p in predictions],
+                            [json.loads(p["references"]) for p in predictions], DEFAULT_EVALUATION_METRICS)
+    assert report["scores"] == direct and direct["exact_match"] > 0 and direct["bleu_1"] > 0
+    assert json.loads((tmp_path / "scores.json").read_text())["scores"] == direct
+    # Three clips are too few for the cross-validated gap figures: skipped, with the reason.
+    assert report["modality_gap"]["status"] == "skipped" and "only 3 files" in report["modality_gap"]["reason"]
+    assert not (tmp_path / "gap.json").exists() and report["counts"]["failed"] == 0
+
+
+def test_sidecar_references_limit_and_gap_off(saved_tiny_captioner, clips, tmp_path, capsys):
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for i, clip in enumerate(clips[:3]):
+        shutil.copy(clip, folder)
+        (folder / os.path.basename(clip).replace(".wav", ".txt")).write_text(f"{CAPTIONS[i]}\n\nanother caption\n")
+    out = tmp_path / "out"
+    code = main(["evaluate", str(folder), "--output-dir", str(out), "--model", str(saved_tiny_captioner),
+                 "--limit", "2", "--gap", "off", "--metrics", "token_f1", "coco", "--max-new-tokens", "3"])
+    assert code == 0
+    assert sorted(os.listdir(out)) == ["predictions.csv", "scores.json"]
+    report = json.loads((out / "scores.json").read_text())
+    assert list(report["scores"]) == ["token_f1", *COCO_METRICS, "num_predictions"]
+    assert report["counts"]["files"] == 2 and report["modality_gap"] == {"status": "off"}
+    assert json.loads(read_predictions(out)[0]["references"]) == [CAPTIONS[0], "another caption"]
+    (folder / "clip2.txt").unlink()
+    assert main(["evaluate", str(folder), "--output-dir", str(out), "--model", str(saved_tiny_captioner)]) == 2
+    assert "clip2.txt" in capsys.readouterr().err
+
+
+def test_bad_csv_columns_and_empty_references_are_usage_errors(tmp_path, capsys):
+    bad = write_csv(tmp_path / "bad.csv", ["path", "text"], [["a.wav", "a dog"]])
+    # Input errors are found before any model is loaded.
+    assert main(["evaluate", "--references", bad, "--output-dir", str(tmp_path / "o"), "--model", "unused"]) == 2
+    err = capsys.readouterr().err
+    assert "bad.csv" in err and "file_name" in err and "caption_1" in err and "['path', 'text']" in err
+
+    empty = write_csv(tmp_path / "empty.csv", ["file_name", "caption_1", "caption_2"],
+                      [["a.wav", "a dog", ""], ["b.wav", " ", ""], ["c.wav", "", ""]])
+    assert main(["evaluate", "--references", empty, "--output-dir", str(tmp_path / "o"), "--model", "unused"]) == 2
+    err = capsys.readouterr().err
+    assert "2 files have no reference caption" in err and "b.wav (lines [3])" in err and "c.wav (lines [4])" in err
+
+    assert main(["evaluate", "--output-dir", str(tmp_path / "o"), "--model", "unused"]) == 2
+    assert "--references" in capsys.readouterr().err
+    assert main(["evaluate", "x.wav", "--references", empty, "--output-dir", str(tmp_path / "o")]) == 2
+    assert main(["evaluate", "--references", empty, "--output-dir", "o", "--metrics", "bleu_9", "--model", "x"]) == 2
+    assert "bleu_9" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_audiocaps_rows_are_grouped_by_youtube_id(tmp_path):
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    (audio / "Yabc.wav").write_bytes(b"")  # AudioSet naming
+    (audio / "xyz_30.flac").write_bytes(b"")  # <id>_<start_time>
+    refs = write_csv(tmp_path / "val.csv", ["audiocap_id", "youtube_id", "start_time", "caption"], [
+        [1, "abc", 10, "a dog barks"], [2, "xyz", 30, "rain falls"], [3, "abc", 10, "a dog growls"],
+        [4, "nope", 0, "wind blows"],
+    ])
+    files, references = read_references_csv(refs, audio)
+    assert files == [str(audio / "Yabc.wav"), str(audio / "xyz_30.flac"), str(audio / "nope")]
+    assert references == [["a dog barks", "a dog growls"], ["rain falls"], ["wind blows"]]
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(DATA, "captions")), reason=f"no shared caption CSVs at {DATA}")
+def test_the_clotho_and_audiocaps_csvs_read():
+    files, references = read_references_csv(os.path.join(DATA, "captions", "clotho", "clotho_captions_evaluation.csv"))
+    assert len(files) == 1038 and all(len(r) == 5 for r in references) and files[0].endswith("Santa Motor.wav")
+    files, references = read_references_csv(os.path.join(DATA, "captions", "audiocaps", "v1", "val.csv"), "/nowhere")
+    assert len(files) == 495 and all(len(r) == 5 for r in references)
+
+
+def test_sidecar_references_need_a_text_file(tmp_path):
+    (tmp_path / "a.txt").write_text("a dog\n  \nbarking\n")
+    (tmp_path / "b.txt").write_text("\n")
+    assert read_sidecar_references([str(tmp_path / "a.wav")]) == [["a dog", "barking"]]
+    with pytest.raises(ValueError, match=r"b\.txt.*c\.txt"):
+        read_sidecar_references([str(tmp_path / "a.wav"), str(tmp_path / "b.flac"), str(tmp_path / "c.wav")])
+
+
+def test_metric_names_and_groups():
+    assert resolve_metrics(None) == DEFAULT_EVALUATION_METRICS == ("exact_match", "token_f1", *COCO_METRICS)
+    assert resolve_metrics(["default", "meteor", "bleu_1"]) == (*DEFAULT_EVALUATION_METRICS, "meteor")
+    with pytest.raises(ValueError, match="bleu_5"):
+        resolve_metrics(["bleu_5"])
+    with pytest.raises(TypeError):
+        resolve_metrics("bleu_1")
+
+
+def test_tower_text_tokenizer_for_the_starter_a_named_clap_and_none(clap_tokenizer_dir):
+    def captioner(tower_config, tower_name="", audio_tower_name_or_path=None):
+        tower = types.SimpleNamespace(config=tower_config, name_or_path=tower_name)
+        return types.SimpleNamespace(audio_tower=tower, config=types.SimpleNamespace(
+            audio_tower_name_or_path=audio_tower_name_or_path))
+
+    # The starter encoder names its text model; a CLAP tower is found through the checkpoint the captioner names.
+    starter = captioner(types.SimpleNamespace(text_model_name_or_path=clap_tokenizer_dir))
+    clap = captioner(types.SimpleNamespace(), audio_tower_name_or_path=clap_tokenizer_dir)
+    loaded_clap = captioner(types.SimpleNamespace(), tower_name=clap_tokenizer_dir)
+    for model in (starter, clap, loaded_clap):
+        assert tower_text_tokenizer(model)("a dog barks").input_ids
+    tokenizer = tower_text_tokenizer(clap)
+    assert tower_text_tokenizer(captioner(types.SimpleNamespace()), tokenizer) is tokenizer
+    with pytest.raises(ValueError, match="text_tokenizer.*--gap off"):
+        tower_text_tokenizer(captioner(types.SimpleNamespace()))
+    with pytest.raises(ValueError, match="does-not-exist"):
+        tower_text_tokenizer(captioner(types.SimpleNamespace(), audio_tower_name_or_path="/does-not-exist"))
+
+
+def test_evaluate_without_a_text_tokenizer_stops_before_captioning(saved_tiny_captioner, clips, tmp_path, capsys):
+    refs = write_csv(tmp_path / "r.csv", ["file_name", "caption"], [[c, CAPTIONS[0]] for c in clips])
+    code = main(["evaluate", "--references", refs, "--output-dir", str(tmp_path / "out"), "--model",
+                 str(saved_tiny_captioner)])
+    assert code == 2
+    assert "--text-tokenizer" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
