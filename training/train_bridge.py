@@ -53,6 +53,10 @@ class ModelArguments:
         default=None, metadata={"help": "lambda of the topology loss. Default: the bridge type's (1.0 / 0.0)."}
     )
     ema_decay: float = field(default=0.995, metadata={"help": "EMA decay of the denoiser weights."})
+    x0_parameterization: str = field(
+        default="direct",
+        metadata={"help": "'direct' (the network outputs x0) or 'skip' (x0 = sqrt(a_t) x_t + sqrt(1 - a_t) F)."},
+    )
     strength: float | None = field(
         default=None, metadata={"help": "Default link() depth s*/T saved in the config (0.1 / 0.6 by type)."}
     )
@@ -72,6 +76,7 @@ class ModelArguments:
             dropout=self.dropout,
             max_train_timestep=self.max_train_timestep,
             ema_decay=self.ema_decay,
+            x0_parameterization=self.x0_parameterization,
             num_inference_steps=self.num_inference_steps,
             standardization=self.standardization,
             input_normalization=self.input_normalization,

@@ -1,0 +1,132 @@
+#!/usr/bin/env python
+"""The committed starter captioner on the 150 held-out ESC-50 clips: quality with and without the bridge, speed, memory.
+
+    python benchmarks/bench_starter.py [--data ../shared/data] [--predictions captions.jsonl]
+
+- **Class accuracy**: a caption counts as right when its nearest class (the mean MiniLM embedding of the class's five
+  captions in `diffusion_link/starter/esc50_captions.json`) is the clip's class. Three decoder inputs:
+  - `diffusion_link`: the audio through the pipeline, bridge included (what `diffusion-link caption` prints); with
+    `--predictions`, the JSON lines that `diffusion-link caption ... --output` wrote are scored instead;
+  - `identity`: the raw audio embedding, no bridge (the baseline the paper improves on);
+  - `text_oracle`: the MiniLM embedding of one of the clip's class captions (the upper limit).
+- **Speed**: the latency of one clip, and the throughput at batch 8 (both through the pipeline, greedy).
+- **Memory**: the process's peak resident memory.
+
+The last line is one JSON object of figures measured in this run; the ratios (`ratio_to_oracle`,
+`gain_over_identity`, `batch8_speedup` = throughput at batch 8 x one-clip latency) do not drift with the machine's load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+def class_prototypes(encoder, tokenizer, classes: dict[str, list[str]]) -> torch.Tensor:
+    """(C, D) L2-normalised mean MiniLM embedding of each class's captions, in `classes` order."""
+    from diffusion_link.encoding import embed_text
+
+    names = list(classes)
+    texts = embed_text(encoder, tokenizer, [c for n in names for c in classes[n]])
+    return F.normalize(texts.view(len(names), len(classes[names[0]]), -1).mean(1), dim=-1)
+
+
+def class_accuracy(captions: list[str], labels: list[int], encoder, tokenizer, prototypes: torch.Tensor) -> float:
+    from diffusion_link.encoding import embed_text
+
+    embeds = embed_text(encoder, tokenizer, [c if c.strip() else "nothing" for c in captions])
+    return float(((embeds @ prototypes.T).argmax(1) == torch.tensor(labels)).float().mean())
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=os.environ.get("DIFFUSION_LINK_DATA") or os.path.join("..", "shared", "data"))
+    parser.add_argument("--predictions", help="JSON lines written by `diffusion-link caption --output`, to score.")
+    parser.add_argument("--max_new_tokens", type=int, default=30)
+    args = parser.parse_args(argv)
+
+    from transformers import AutoTokenizer, pipeline
+    from transformers.utils import logging as hf_logging
+
+    import diffusion_link  # noqa: F401  (registers the task)
+    from diffusion_link.audio_io import load_audio
+    from diffusion_link.defaults import STARTER_DIR, default_captioner
+    from diffusion_link.encoding import embed_audio, embed_text
+    from diffusion_link.pretrained_references import resolve_reference
+
+    hf_logging.set_verbosity_error()
+    audio_dir = os.path.join(args.data, "esc50", "audio")
+    if default_captioner() is None or not os.path.isdir(audio_dir):
+        sys.exit(f"needs the committed starter and the ESC-50 clips at {audio_dir}")
+    with open(os.path.join(STARTER_DIR, "split.json"), encoding="utf-8") as f:
+        test = json.load(f)["test"]
+    with open(os.path.join(STARTER_DIR, "esc50_captions.json"), encoding="utf-8") as f:
+        classes = json.load(f)["classes"]
+    names = list(classes)
+    labels = [names.index(clip["category"]) for clip in test]
+    files = [os.path.join(audio_dir, clip["filename"]) for clip in test]
+
+    pipe = pipeline("audio-captioning")
+    model = pipe.model
+    encoder = model.audio_tower
+    minilm_tokenizer = AutoTokenizer.from_pretrained(resolve_reference(encoder.config.text_model_name_or_path))
+    prototypes = class_prototypes(encoder, minilm_tokenizer, classes)
+
+    # Speed first, before anything else fills the caches: one clip, then batches of 8.
+    pipe(files[0], max_new_tokens=args.max_new_tokens)  # warm-up
+    start = time.perf_counter()
+    pipe(files[1], max_new_tokens=args.max_new_tokens)
+    latency = time.perf_counter() - start
+    start = time.perf_counter()
+    results = pipe(files, batch_size=8, max_new_tokens=args.max_new_tokens)
+    throughput = len(files) / (time.perf_counter() - start)
+    bridged = [r["generated_text"] for r in results]
+    if args.predictions:
+        with open(args.predictions, encoding="utf-8") as f:
+            rows = {row["file"]: row for row in map(json.loads, f)}
+        missing = [p for p in files if p not in rows]
+        if missing:
+            sys.exit(f"{args.predictions} has no caption for {len(missing)} test clips, e.g. {missing[0]}")
+        bridged = [rows[p].get("generated_text", "") for p in files]
+
+    # The same decoder fed the raw audio embedding (no bridge) and a reference caption's text embedding (oracle).
+    rate = pipe.feature_extractor.sampling_rate
+    audio = embed_audio(encoder, pipe.feature_extractor, [load_audio(p, rate) for p in files], batch_size=16)
+    oracle = embed_text(encoder, minilm_tokenizer, [classes[c["category"]][i % 5] for i, c in enumerate(test)])
+    prompt = torch.tensor([pipe.tokenizer(model.config.prompt, add_special_tokens=False).input_ids])
+
+    def decode(embeds: torch.Tensor) -> list[str]:
+        out = []
+        for s in range(0, len(embeds), 16):
+            ids = model.generate(text_embeds=embeds[s : s + 16], input_ids=prompt, max_new_tokens=args.max_new_tokens)
+            out += [t.strip() for t in pipe.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+        return out
+
+    captions = {"diffusion_link": bridged, "identity": decode(audio), "text_oracle": decode(oracle)}
+    accuracy = {k: class_accuracy(v, labels, encoder, minilm_tokenizer, prototypes) for k, v in captions.items()}
+    for k, v in captions.items():
+        print(f"{k:15s} class accuracy {accuracy[k]:.3f}   e.g. {v[:3]}")
+    result = {
+        "clips": len(files),
+        "class_accuracy": accuracy,
+        "ratio_to_oracle": accuracy["diffusion_link"] / max(accuracy["text_oracle"], 1e-9),
+        "gain_over_identity": accuracy["diffusion_link"] / max(accuracy["identity"], 1e-9) - 1,
+        "latency_one_clip_s": round(latency, 3),
+        "clips_per_s_batch8": round(throughput, 3),
+        "batch8_speedup": round(throughput * latency, 3),
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "scored": args.predictions or "pipeline",
+    }
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

