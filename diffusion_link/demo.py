@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     from .defaults import default_captioner
 
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     if default_captioner() is None:
         print("error: no starter captioner in this install (diffusion_link/starter).", file=sys.stderr)
         return 2
