@@ -7,7 +7,7 @@ task.
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from .baselines import IdentityBridge, MeanShiftBridge, text_only_diffusion_config
+from .baselines import CaptionMemoryBridge, IdentityBridge, MeanShiftBridge, text_only_diffusion_config
 from .configuration_diffusion_link import DiffusionLinkConfig
 from .configuration_diffusion_link_captioner import PIPELINE_TASK, DiffusionLinkCaptionerConfig
 from .configuration_starter_encoder import StarterEncoderConfig
@@ -48,6 +48,7 @@ PIPELINE_REGISTRY.register_pipeline(
 
 __all__ = [
     "AudioCaptionPipeline",
+    "CaptionMemoryBridge",
     "DiffusionLinkBridge",
     "DiffusionLinkCaptionerConfig",
     "DiffusionLinkCaptionerOutput",

@@ -4,6 +4,7 @@
 |---|---|
 | [`IdentityBridge`] | nothing: the baseline the paper improves on |
 | [`MeanShiftBridge`] | adds (text centroid - audio centroid), then re-normalises ("Mind the Gap", Liang et al. 2022) |
+| [`CaptionMemoryBridge`] | replaces the audio embedding by a softmax-weighted mix of the caption embeddings of a memory (DeCap's projection decoding; DRCap's with `top_k`) |
 | text-only diffusion | a [`DiffusionLinkBridge`] built from [`text_only_diffusion_config`] and trained on text alone; `link()` takes the audio embedding as the state at t = 599 without adding noise and runs 5 DDIM steps ("Diffusion Bridge", CVPR 2025) |
 
 Noise injection (CapDec) is a decoder-training option, not a bridge. This file is copied next to saved captioners, so
@@ -19,6 +20,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from .configuration_diffusion_link import DiffusionLinkConfig
+
+
+def check_embeddings(name: str, embeds: torch.Tensor, embedding_dim: int) -> torch.Tensor:
+    """Raise `TypeError`/`ValueError` unless `embeds` is a finite, non-empty (batch, embedding_dim) tensor."""
+    if not isinstance(embeds, torch.Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(embeds).__name__}.")
+    if embeds.ndim != 2 or embeds.shape[-1] != embedding_dim or embeds.shape[0] == 0:
+        raise ValueError(f"`{name}` must have shape (batch, {embedding_dim}), got {tuple(embeds.shape)}.")
+    if not torch.isfinite(embeds).all():
+        raise ValueError(f"`{name}` contains NaN or Inf values.")
+    return embeds
 
 
 class IdentityBridge(nn.Module):
@@ -81,13 +93,67 @@ class MeanShiftBridge(nn.Module):
         return audio_embeds + self.shift.to(audio_embeds)
 
     def _check(self, name: str, embeds: torch.Tensor) -> torch.Tensor:
-        if not isinstance(embeds, torch.Tensor):
-            raise TypeError(f"`{name}` must be a torch.Tensor, got {type(embeds).__name__}.")
-        if embeds.ndim != 2 or embeds.shape[-1] != self.embedding_dim or embeds.shape[0] == 0:
-            raise ValueError(f"`{name}` must have shape (batch, {self.embedding_dim}), got {tuple(embeds.shape)}.")
-        if not torch.isfinite(embeds).all():
-            raise ValueError(f"`{name}` contains NaN or Inf values.")
-        return embeds
+        return check_embeddings(name, embeds, self.embedding_dim)
+
+
+class CaptionMemoryBridge(nn.Module):
+    """Project audio embeddings onto a memory of caption embeddings (DeCap, ICLR 2023; DRCap, ICASSP 2025).
+
+    `link(a) = normalize(softmax(sim(a, M) / temperature) @ M)`, where M holds the L2-normalised caption embeddings
+    given to [`~CaptionMemoryBridge.fit`] and `sim` is the cosine. With `top_k`, only the k most similar captions
+    take part (DRCap's retrieval); without it every caption does (DeCap). Nothing is trained.
+
+    Args:
+        embedding_dim (`int`): size D of the embeddings.
+        temperature (`float`, defaults to 0.01): softmax temperature (DeCap multiplies the cosines by 100).
+        top_k (`int`, *optional*): mix only the k nearest captions.
+
+    The memory is a buffer of shape (M, D) set by `fit`; the bridge is meant for experiments and is not one of the
+    captioner's saved `bridge_type`s.
+    """
+
+    def __init__(self, embedding_dim: int, temperature: float = 0.01, top_k: int | None = None):
+        super().__init__()
+        if not isinstance(embedding_dim, int) or embedding_dim < 1:
+            raise ValueError(f"`embedding_dim` must be a positive int, got {embedding_dim!r}.")
+        if not temperature > 0:
+            raise ValueError(f"`temperature` must be > 0, got {temperature!r}.")
+        if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+            raise ValueError(f"`top_k` must be a positive int or None, got {top_k!r}.")
+        self.embedding_dim = embedding_dim
+        self.temperature = temperature
+        self.top_k = top_k
+        self.register_buffer("memory", torch.zeros(0, embedding_dim))
+
+    @torch.no_grad()
+    def fit(self, text_embeds: torch.Tensor) -> "CaptionMemoryBridge":
+        """Store (M, D) caption embeddings (L2-normalised) as the memory."""
+        text_embeds = check_embeddings("text_embeds", text_embeds, self.embedding_dim)
+        self.memory = F.normalize(text_embeds.float(), dim=-1).clone()
+        return self
+
+    @torch.no_grad()
+    def link(
+        self,
+        audio_embeds: torch.Tensor,
+        *,
+        strength: float | None = None,
+        num_inference_steps: int | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    ) -> torch.Tensor:
+        """(B, D) -> (B, D) unit-norm mixes of memory captions. The diffusion knobs are accepted and ignored."""
+        audio_embeds = check_embeddings("audio_embeds", audio_embeds, self.embedding_dim)
+        if len(self.memory) == 0:
+            raise ValueError("CaptionMemoryBridge has an empty memory: call `fit(text_embeds)` first.")
+        memory = self.memory.to(audio_embeds.device)
+        sims = F.normalize(audio_embeds.float(), dim=-1) @ memory.T  # (B, M)
+        if self.top_k is not None and self.top_k < sims.shape[1]:
+            kept, index = sims.topk(self.top_k, dim=-1)  # (B, k)
+            weights = (kept / self.temperature).softmax(dim=-1)
+            mixed = torch.einsum("bk,bkd->bd", weights, memory[index])
+        else:
+            mixed = (sims / self.temperature).softmax(dim=-1) @ memory
+        return F.normalize(mixed, dim=-1).to(audio_embeds.dtype)
 
 
 def text_only_diffusion_config(**overrides) -> DiffusionLinkConfig:

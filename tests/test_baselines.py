@@ -82,3 +82,48 @@ def test_every_peer_shares_the_link_interface(make):
     bridge = make()
     out = bridge.link(unit(3, 8), strength=0.6, num_inference_steps=3, generator=None)
     assert out.shape == (3, 8)
+
+
+def test_caption_memory_projects_onto_the_captions():
+    from diffusion_link import CaptionMemoryBridge
+
+    memory = unit(20, 8, seed=3)
+    bridge = CaptionMemoryBridge(8).fit(memory * 2.0)  # stored L2-normalised
+    torch.testing.assert_close(bridge.memory, memory)
+    # An embedding close to one caption is mapped (almost) onto it; the output is a unit vector.
+    near = F.normalize(memory[5] + 0.05 * unit(1, 8, seed=4)[0], dim=-1)[None]
+    out = bridge.link(near, strength=0.3, num_inference_steps=2)
+    assert out.shape == (1, 8) and torch.allclose(out.norm(dim=-1), torch.ones(1))
+    assert float(out[0] @ memory[5]) > 0.99
+    # The mix is the softmax of the cosines at the temperature (DeCap), and rows do not interact.
+    x = unit(3, 8, seed=5)
+    expected = F.normalize(((x @ memory.T) / 0.01).softmax(-1) @ memory, dim=-1)
+    torch.testing.assert_close(bridge.link(x), expected)
+    torch.testing.assert_close(bridge.link(x[1:2]), bridge.link(x)[1:2])
+
+
+def test_caption_memory_top_k_mixes_only_the_nearest():
+    from diffusion_link import CaptionMemoryBridge
+
+    memory = unit(30, 8, seed=6)
+    x = unit(4, 8, seed=7)
+    out = CaptionMemoryBridge(8, temperature=1.0, top_k=1).fit(memory).link(x)
+    torch.testing.assert_close(out, memory[(x @ memory.T).argmax(-1)])  # k=1: the nearest caption itself
+    wide = CaptionMemoryBridge(8, temperature=1.0, top_k=30).fit(memory).link(x)
+    torch.testing.assert_close(wide, CaptionMemoryBridge(8, temperature=1.0).fit(memory).link(x))
+
+
+def test_caption_memory_rejects_bad_input():
+    from diffusion_link import CaptionMemoryBridge
+
+    with pytest.raises(ValueError, match="empty memory"):
+        CaptionMemoryBridge(8).link(unit(2, 8))
+    with pytest.raises(ValueError, match="temperature"):
+        CaptionMemoryBridge(8, temperature=0.0)
+    with pytest.raises(ValueError, match="top_k"):
+        CaptionMemoryBridge(8, top_k=0)
+    bridge = CaptionMemoryBridge(8).fit(unit(5, 8))
+    with pytest.raises(ValueError, match=r"\(batch, 8\)"):
+        bridge.link(unit(2, 9))
+    with pytest.raises(ValueError, match="NaN"):
+        bridge.link(torch.full((1, 8), float("nan")))
