@@ -11,6 +11,7 @@ from .baselines import CaptionMemoryBridge, IdentityBridge, MeanShiftBridge, tex
 from .configuration_diffusion_link import DiffusionLinkConfig
 from .configuration_diffusion_link_captioner import PIPELINE_TASK, DiffusionLinkCaptionerConfig
 from .configuration_starter_encoder import StarterEncoderConfig
+from .convert_laion_clap import clap_from_laion_checkpoint
 from .defaults import default_captioner
 from .feature_extraction_starter import StarterFeatureExtractor
 from .metrics import modality_gap
@@ -60,6 +61,7 @@ __all__ = [
     "StarterAudioTextEncoder",
     "StarterEncoderConfig",
     "StarterFeatureExtractor",
+    "clap_from_laion_checkpoint",
     "modality_gap",
     "text_only_diffusion_config",
 ]
