@@ -83,6 +83,8 @@ def _caption(args: argparse.Namespace) -> int:
               "folder or Hub id), or build it with training/build_starter.py.", file=sys.stderr)
         return 2
     files = expand_paths(args.paths)
+    if args.output:
+        _drop_partial_last_line(args.output)  # a row cut short by a killed run is dropped and its file redone
     done = _done_files(args.output)
     todo = [f for f in files if f not in done]
     if done:
@@ -110,6 +112,18 @@ def _caption(args: argparse.Namespace) -> int:
     ok = len(todo) - len(failures)
     print(f"captioned {ok} of {len(todo)} files; {len(failures)} failed", file=sys.stderr)
     return 1 if failures else 0
+
+
+def _drop_partial_last_line(output: str) -> None:
+    """Cut a line left half-written by a killed run (no trailing newline), so appended rows start on a fresh line
+    and the file of that row, no longer listed, is captioned again (JSON lines and CSV alike)."""
+    if not os.path.exists(output) or os.path.getsize(output) == 0:
+        return
+    with open(output, "rb+") as f:
+        data = f.read()
+        if data.endswith(b"\n"):
+            return
+        f.truncate(data.rfind(b"\n") + 1)
 
 
 def _open_sink(output: str | None):

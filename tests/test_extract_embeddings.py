@@ -70,3 +70,106 @@ def test_empty_caption_rows_are_reported(clap_dir, clips):
 def test_needs_some_captions():
     with pytest.raises(ValueError, match="captions_file"):
         extract_embeddings.main(["--model_name_or_path", "x", "--output_file", "y"])
+
+
+def _argv(clap_dir, clips, out, *extra):
+    return ["--model_name_or_path", str(clap_dir), "--captions_file", str(clips / "pairs.csv"), "--audio_dir",
+            str(clips / "clips"), "--unpaired_captions_file", str(clips / "texts.txt"), "--output_file", str(out),
+            "--batch_size", "1", *extra]
+
+
+def _count_encoder_calls(monkeypatch, fail_after: int | None = None) -> dict:
+    """Wrap the script's encoder calls: count them and, with `fail_after`, raise on the call after that many."""
+    calls = {"audio": 0, "text": 0}
+
+    def wrap(fn, kind):
+        def counted(*args, **kwargs):
+            if fail_after is not None and calls["audio"] + calls["text"] >= fail_after:
+                raise KeyboardInterrupt("simulated interruption")
+            calls[kind] += 1
+            return fn(*args, **kwargs)
+        return counted
+
+    monkeypatch.setattr(extract_embeddings, "embed_audio", wrap(extract_embeddings.embed_audio, "audio"))
+    monkeypatch.setattr(extract_embeddings, "embed_text", wrap(extract_embeddings.embed_text, "text"))
+    return calls
+
+
+def test_interrupted_extraction_resumes_without_recomputing_finished_batches(clap_dir, clips, monkeypatch):
+    reference = clips / "reference.safetensors"
+    with monkeypatch.context() as m:
+        calls = _count_encoder_calls(m)
+        extract_embeddings.main(_argv(clap_dir, clips, reference))
+    # 3 unique files one per batch, 4 captions in one batch of 4, 2 unpaired captions in one batch.
+    assert calls == {"audio": 3, "text": 2}
+    assert not (clips / "reference.safetensors.partial").exists()  # the shards go once the output is written
+
+    out = clips / "embeds.safetensors"
+    with monkeypatch.context() as m:
+        _count_encoder_calls(m, fail_after=2)  # dies on the third audio batch
+        with pytest.raises(KeyboardInterrupt):
+            extract_embeddings.main(_argv(clap_dir, clips, out))
+    assert not out.exists()  # no half output
+    assert sorted(p.name for p in (clips / "embeds.safetensors.partial").iterdir()) == [
+        "audio-000000000.safetensors", "audio-000000001.safetensors"]
+
+    with monkeypatch.context() as m:
+        calls = _count_encoder_calls(m)
+        extract_embeddings.main(_argv(clap_dir, clips, out))
+    assert calls == {"audio": 1, "text": 2}  # the two finished audio batches were read back, not recomputed
+    (a, meta_a), (b, meta_b) = load_embeddings(reference), load_embeddings(out)
+    assert meta_a == meta_b and a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert not (clips / "embeds.safetensors.partial").exists()
+    assert sorted(p.name for p in clips.iterdir() if "safetensors" in p.name) == ["embeds.safetensors", "reference.safetensors"]
+
+
+def test_damaged_or_stale_shards_are_recomputed_not_trusted(clap_dir, clips, monkeypatch):
+    out = clips / "embeds.safetensors"
+
+    def interrupted_run():
+        with monkeypatch.context() as m:
+            _count_encoder_calls(m, fail_after=2)
+            with pytest.raises(KeyboardInterrupt):
+                extract_embeddings.main(_argv(clap_dir, clips, out))
+
+    def rerun():
+        with monkeypatch.context() as m:
+            calls = _count_encoder_calls(m)
+            return extract_embeddings.main(_argv(clap_dir, clips, out)), calls["audio"]
+
+    interrupted_run()
+    shard = clips / "embeds.safetensors.partial" / "audio-000000001.safetensors"
+    shard.write_bytes(shard.read_bytes()[:40])  # cut short (a copy that died half way)
+    tensors, audio_calls = rerun()
+    assert audio_calls == 2  # shard 0 reused; the damaged shard 1 and the missing shard 2 computed
+    fresh = extract_embeddings.main(_argv(clap_dir, clips, clips / "fresh.safetensors"))
+    assert torch.equal(tensors["audio_embeds"], fresh["audio_embeds"])
+
+    interrupted_run()
+    # The list changed before the rerun (another first file): no shard holds the same items any more.
+    (clips / "pairs.csv").write_text("file_name,caption\nnoise.flac,static noise\ntone.wav,a beep\nlong.wav,a hiss\n")
+    tensors, audio_calls = rerun()
+    assert audio_calls == 3
+    torch.testing.assert_close(tensors["audio_embeds"][1], fresh["audio_embeds"][0], atol=0, rtol=0)  # tone.wav
+
+
+def test_on_error_skip_drops_unreadable_files_and_names_them(clap_dir, clips, caplog):
+    (clips / "clips" / "broken.wav").write_bytes(b"not audio")
+    (clips / "pairs.csv").write_text(
+        "file_name,caption\ntone.wav,a steady tone\nmissing.wav,nothing\nbroken.wav,noise\ntone.wav,a beep\n")
+    out = clips / "embeds.safetensors"
+    argv = ["--model_name_or_path", str(clap_dir), "--captions_file", str(clips / "pairs.csv"), "--audio_dir",
+            str(clips / "clips"), "--output_file", str(out), "--batch_size", "2"]
+    with pytest.raises(FileNotFoundError, match="missing.wav"):
+        extract_embeddings.main(argv)  # the default stops at the first unreadable file
+    with caplog.at_level("WARNING"):
+        tensors = extract_embeddings.main(argv + ["--on_error", "skip"])
+    _, meta = load_embeddings(out)
+    assert meta["file_names"] == ["tone.wav", "tone.wav"] and meta["captions"] == ["a steady tone", "a beep"]
+    assert tensors["audio_embeds"].shape == (2, 24) and tensors["text_embeds"].shape == (2, 24)
+    assert "missing.wav" in caplog.text and "broken.wav" in caplog.text
+    assert "skipped 2 of 3 audio files" in caplog.text
+    with pytest.raises(ValueError, match="on_error"):
+        extract_embeddings.ExtractionArguments(model_name_or_path="x", output_file="y", captions_file="z", on_error="warn")

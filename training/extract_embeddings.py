@@ -14,18 +14,29 @@
 The output is the safetensors format of `diffusion_link.embedding_data` (`audio_embeds`, `text_embeds`,
 `unpaired_text_embeds`), with the file names, captions and unpaired captions in its metadata
 (`file_names`, `captions`, `unpaired_captions`), so the captioner can train from it directly.
+
+Fault tolerance: every finished batch is kept as a shard in `<output_file>.partial/` (each written to a temporary
+name and renamed into place), so re-running an interrupted command recomputes only the batches that were not done;
+a shard is reused only when it holds exactly the items of the batch and the same encoder. The output file is also
+written under a temporary name and renamed, so a kill never leaves half of it; the shards are deleted after it.
+`--on_error skip` drops the rows of audio files that cannot be read (each is logged by name, with a count at the
+end) instead of stopping at the first one.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
+import shutil
 import sys
 from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
+from safetensors import safe_open
+from safetensors.torch import save_file
 from transformers import AutoModel, AutoProcessor, HfArgumentParser
 
 from diffusion_link.audio_io import load_audio
@@ -34,6 +45,10 @@ from diffusion_link.encoding import embed_audio, embed_text
 
 
 logger = logging.getLogger(__name__)
+
+ON_ERROR = ("raise", "skip")
+# What `load_audio` raises for a file it cannot use: missing (FileNotFoundError), undecodable or bad samples.
+AUDIO_ERRORS = (OSError, ValueError, TypeError)
 
 
 @dataclass
@@ -46,12 +61,18 @@ class ExtractionArguments:
     batch_size: int = field(default=16, metadata={"help": "Clips (or 4x as many captions) per encoder call."})
     device: str = field(default="cpu", metadata={"help": "torch device of the encoder."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom encoder code from the folder."})
+    on_error: str = field(
+        default="raise",
+        metadata={"help": "Unreadable audio file: 'raise' (stop, naming it) or 'skip' (drop its rows, log its name)."},
+    )
 
     def __post_init__(self):
         if not self.captions_file and not self.unpaired_captions_file:
             raise ValueError("Give --captions_file (paired audio/captions) and/or --unpaired_captions_file.")
         if self.batch_size < 1:
             raise ValueError(f"--batch_size must be >= 1, got {self.batch_size}.")
+        if self.on_error not in ON_ERROR:
+            raise ValueError(f"--on_error must be one of {ON_ERROR}, got {self.on_error!r}.")
 
 
 def read_pairs(path: str) -> tuple[list[str], list[str]]:
@@ -89,36 +110,118 @@ def main(argv: list[str] | None = None) -> dict[str, torch.Tensor]:
     model = model.to(args.device).eval()
     processor = AutoProcessor.from_pretrained(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
     rate = processor.feature_extractor.sampling_rate
+    cache = ShardCache(f"{args.output_file}.partial", encoder=args.model_name_or_path)
 
     tensors: dict[str, torch.Tensor] = {}
     metadata: dict[str, object] = {"encoder": args.model_name_or_path}
     if args.captions_file:
         files, captions = read_pairs(args.captions_file)
         unique = list(dict.fromkeys(files))
-        audio = []
+        embedded, failed = [], {}
         for start in tqdm(range(0, len(unique), args.batch_size), desc="audio", unit="batch"):
             batch = unique[start : start + args.batch_size]
-            waves = [load_audio(os.path.join(args.audio_dir, name), rate) for name in batch]
-            audio.append(embed_audio(model, processor.feature_extractor, waves, batch_size=args.batch_size))
-        audio = torch.cat(audio)
-        index = {name: i for i, name in enumerate(unique)}
+            shard = cache.get("audio", start, batch)
+            if shard is None:
+                shard = _embed_audio_batch(model, processor.feature_extractor, args, batch, rate)
+                cache.put("audio", start, batch, shard)
+            if len(shard["failed"]) < len(batch):
+                embedded.append(shard["embeds"])
+            failed.update(shard["failed"])
+        if failed:
+            logger.warning(
+                "skipped %d of %d audio files that could not be read (their %d caption rows are dropped): %s",
+                len(failed), len(unique), sum(name in failed for name in files), sorted(failed)[:10],
+            )
+        kept = [name for name in unique if name not in failed]
+        if not kept:
+            raise ValueError(f"{args.captions_file}: none of its {len(unique)} audio files could be read.")
+        audio = torch.cat(embedded)  # (len(kept), D)
+        index = {name: i for i, name in enumerate(kept)}
+        rows = [i for i, name in enumerate(files) if name in index]
+        files, captions = [files[i] for i in rows], [captions[i] for i in rows]
         tensors["audio_embeds"] = audio[[index[name] for name in files]]
-        tensors["text_embeds"] = _embed_captions(model, processor.tokenizer, captions, args.batch_size * 4, "captions")
+        tensors["text_embeds"] = _embed_captions(model, processor.tokenizer, captions, args.batch_size * 4, "captions", cache)
         metadata.update(file_names=files, captions=captions)
     if args.unpaired_captions_file:
         texts = read_captions(args.unpaired_captions_file)
-        tensors["unpaired_text_embeds"] = _embed_captions(model, processor.tokenizer, texts, args.batch_size * 4, "unpaired")
+        tensors["unpaired_text_embeds"] = _embed_captions(model, processor.tokenizer, texts, args.batch_size * 4, "unpaired", cache)
         metadata["unpaired_captions"] = texts
-    save_embeddings(args.output_file, tensors, metadata)
+    save_embeddings(args.output_file, tensors, metadata)  # a temporary file renamed into place
+    cache.clear()
     logger.info("wrote %s: %s", args.output_file, {k: tuple(v.shape) for k, v in tensors.items()})
     return tensors
 
 
-def _embed_captions(model, tokenizer, captions: list[str], batch_size: int, desc: str) -> torch.Tensor:
+def _embed_audio_batch(model, feature_extractor, args: ExtractionArguments, batch: list[str], rate: int) -> dict:
+    """{"embeds": (k, D) embeddings of the k readable files of `batch`, "failed": {name: error} of the others}."""
+    waves, failed = [], {}
+    for name in batch:
+        try:
+            waves.append(load_audio(os.path.join(args.audio_dir, name), rate))
+        except AUDIO_ERRORS as err:
+            if args.on_error == "raise":
+                raise
+            logger.warning("skipping %s: %s", name, err)
+            failed[name] = str(err)
+    # (0, 0) when nothing in the batch could be read: D is unknown then, and `main` leaves the batch out.
+    embeds = embed_audio(model, feature_extractor, waves, batch_size=args.batch_size) if waves else torch.zeros(0, 0)
+    return {"embeds": embeds, "failed": failed}
+
+
+def _embed_captions(model, tokenizer, captions: list[str], batch_size: int, desc: str, cache: ShardCache) -> torch.Tensor:
     out = []
     for start in tqdm(range(0, len(captions), batch_size), desc=desc, unit="batch"):
-        out.append(embed_text(model, tokenizer, captions[start : start + batch_size], batch_size=batch_size))
+        batch = captions[start : start + batch_size]
+        shard = cache.get(desc, start, batch)
+        if shard is None:
+            shard = {"embeds": embed_text(model, tokenizer, batch, batch_size=batch_size), "failed": {}}
+            cache.put(desc, start, batch, shard)
+        out.append(shard["embeds"])
     return torch.cat(out)
+
+
+class ShardCache:
+    """Finished batches of an extraction, one safetensors shard each, so an interrupted run resumes.
+
+    A shard holds `embeds` (k, D) and, in its header, the encoder, the batch's items and the items that failed; it is
+    reused only when the encoder and the items match exactly (a changed input list or `--batch_size` recomputes).
+    """
+
+    def __init__(self, folder: str, encoder: str):
+        self.folder, self.encoder = folder, encoder
+        self.reused = 0
+
+    def _path(self, kind: str, start: int) -> str:
+        return os.path.join(self.folder, f"{kind}-{start:09d}.safetensors")
+
+    def get(self, kind: str, start: int, items: list[str]) -> dict | None:
+        path = self._path(kind, start)
+        if not os.path.isfile(path):
+            return None
+        try:
+            with safe_open(path, framework="pt") as f:
+                header = f.metadata() or {}
+                if header.get("encoder") != self.encoder or json.loads(header.get("items", "null")) != items:
+                    return None
+                shard = {"embeds": f.get_tensor("embeds"), "failed": json.loads(header.get("failed", "{}"))}
+        except Exception as err:  # a foreign or damaged file is recomputed, never trusted
+            logger.warning("recomputing %s: %s", path, err)
+            return None
+        self.reused += 1
+        return shard
+
+    def put(self, kind: str, start: int, items: list[str], shard: dict) -> None:
+        os.makedirs(self.folder, exist_ok=True)
+        path = self._path(kind, start)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        header = {"encoder": self.encoder, "items": json.dumps(items), "failed": json.dumps(shard["failed"])}
+        save_file({"embeds": shard["embeds"].detach().cpu().contiguous()}, tmp, metadata=header)
+        os.replace(tmp, path)
+
+    def clear(self) -> None:
+        if self.reused:
+            logger.info("reused %d finished batches from %s", self.reused, self.folder)
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

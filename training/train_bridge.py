@@ -23,10 +23,14 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import Dataset
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
-from diffusion_link import DiffusionLinkBridge, DiffusionLinkConfig, modality_gap, text_only_diffusion_config
-from diffusion_link.embedding_data import UNPAIRED_KEY, load_embeddings
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)  # `python training/<script>.py` puts only training/ on the path
+
+from diffusion_link import DiffusionLinkBridge, DiffusionLinkConfig, modality_gap, text_only_diffusion_config  # noqa: E402
+from diffusion_link.embedding_data import UNPAIRED_KEY, load_embeddings  # noqa: E402
+from training.checkpoints import last_complete_checkpoint  # noqa: E402
 
 
 logger = logging.getLogger(__name__)
@@ -234,7 +238,7 @@ def main(argv: list[str] | None = None) -> DiffusionLinkBridge:
 
     resume = training_args.resume_from_checkpoint
     if resume is None and training_args.output_dir and os.path.isdir(training_args.output_dir):
-        resume = get_last_checkpoint(training_args.output_dir)  # an interrupted run picks up where it stopped
+        resume = last_complete_checkpoint(training_args.output_dir)  # an interrupted run picks up where it stopped
         if resume:
             logger.info("resuming from %s", resume)
     trainer.train(resume_from_checkpoint=resume)

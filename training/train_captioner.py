@@ -44,13 +44,17 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
-from transformers.trainer_utils import get_last_checkpoint
 
-from diffusion_link import AudioCaptionPipeline, DiffusionLinkForAudioCaptioning
-from diffusion_link.embedding_data import UNPAIRED_KEY, load_embeddings
-from diffusion_link.encoding import embed_text
-from diffusion_link.metrics import COCO_METRICS, caption_scores
-from diffusion_link.pretrained_references import resolve_reference
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)  # `python training/<script>.py` puts only training/ on the path
+
+from diffusion_link import AudioCaptionPipeline, DiffusionLinkForAudioCaptioning  # noqa: E402
+from diffusion_link.embedding_data import UNPAIRED_KEY, load_embeddings  # noqa: E402
+from diffusion_link.encoding import embed_text  # noqa: E402
+from diffusion_link.metrics import COCO_METRICS, caption_scores  # noqa: E402
+from diffusion_link.pretrained_references import resolve_reference  # noqa: E402
+from training.checkpoints import last_complete_checkpoint  # noqa: E402
 
 
 logger = logging.getLogger(__name__)
@@ -347,7 +351,7 @@ def main(argv: list[str] | None = None) -> AudioCaptionPipeline:
     )
     resume = training_args.resume_from_checkpoint
     if resume is None and os.path.isdir(training_args.output_dir):
-        resume = get_last_checkpoint(training_args.output_dir)
+        resume = last_complete_checkpoint(training_args.output_dir)
         if resume:
             logger.info("resuming from %s", resume)
     trainer.train(resume_from_checkpoint=resume)
