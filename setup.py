@@ -29,7 +29,7 @@ extras = {
     "starter": ["gguf>=0.10"],
     # METEOR and the reference COCO scorers (the tests cross-check against them); METEOR also needs Java.
     "metrics": ["pycocoevalcap==1.2"],
-    "test": ["pytest>=8", "matplotlib>=3.7", "gguf>=0.10", "pycocoevalcap==1.2"],
+    "test": ["pytest>=8", "hypothesis>=6.100", "matplotlib>=3.7", "gguf>=0.10", "pycocoevalcap==1.2"],
 }
 extras["all"] = sorted({dep for deps in extras.values() for dep in deps})
 

@@ -59,7 +59,9 @@ def to_mono_float(samples: np.ndarray, name: str = "audio") -> np.ndarray:
         samples = (samples.astype(np.float64) - offset) / scale
     elif samples.dtype.kind != "f":
         raise TypeError(f"{name}: expected float or integer PCM samples, got dtype {samples.dtype}.")
-    if samples.ndim == 2:
+    if samples.ndim == 2 and samples.size == 0:
+        samples = samples.reshape(0)  # no frames (e.g. an empty stereo file): the mean over channels would be NaN
+    elif samples.ndim == 2:
         channel_axis = int(np.argmin(samples.shape))
         if samples.shape[channel_axis] > 8:
             raise ValueError(f"{name}: expected mono or up to 8 channels, got an array of shape {samples.shape}.")
@@ -108,6 +110,9 @@ class PreparedAudio:
     sampling_rate: int  # of the input, before resampling
     num_channels: int
     name: str
+    # Peak of the mono mix at the input rate: resampling can overshoot full scale (a file clipped at +-1.0 would
+    # otherwise report a peak above 0 dBFS). None: measured on `waveform`.
+    input_peak: float | None = None
 
     @property
     def duration_s(self) -> float:
@@ -115,7 +120,9 @@ class PreparedAudio:
 
     @property
     def peak_dbfs(self) -> float:
-        return level_dbfs(self.waveform, "peak")
+        if self.input_peak is None:
+            return level_dbfs(self.waveform, "peak")
+        return 20.0 * np.log10(self.input_peak) if self.input_peak > 0 else float("-inf")
 
 
 def level_dbfs(samples: np.ndarray, kind: str = "rms") -> float:
@@ -194,7 +201,8 @@ def _prepare_array(samples, rate, target_rate: int, name: str, min_duration_s: f
             f"{name}: audio is {len(mono)} samples ({len(mono) / int(rate):.3f} s) long; at least {min_duration_s} s "
             "is needed for a caption."
         )
-    return PreparedAudio(resample(mono, int(rate), target_rate), target_rate, int(rate), num_channels, name)
+    peak = float(np.max(np.abs(mono)))
+    return PreparedAudio(resample(mono, int(rate), target_rate), target_rate, int(rate), num_channels, name, peak)
 
 
 def window_bounds(num_samples: int, rate: int, chunk_length_s: float, stride_s: float | None = None) -> list[tuple[int, int]]:

@@ -108,6 +108,49 @@ class DiffusionLinkDenoiser(nn.Module):
         return self.out_proj(self.out_norm(hidden_states))  # (B, D)
 
 
+_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
+_LOADING_PROBLEMS = ("missing_keys", "unexpected_keys", "mismatched_keys")
+
+
+def check_pretrained_config(config_class: type, path, kwargs: dict) -> None:
+    """Raise `ValueError` naming `path` when its config.json is missing or of another `model_type`.
+
+    transformers builds a default config for a folder without config.json and only warns about a foreign
+    `model_type`; either way the weights then load into the wrong architecture. Skipped when `config=` is given.
+    """
+    if kwargs.get("config") is not None:
+        return
+    config_dict, _ = config_class.get_config_dict(path, **{k: kwargs[k] for k in _HUB_KWARGS if k in kwargs})
+    found = config_dict.get("model_type")
+    if found != config_class.model_type:
+        what = "no config.json (or one without a `model_type`)" if not found else f"a config.json of model_type {found!r}"
+        raise ValueError(f"{path} has {what}; expected a {config_class.model_type!r} checkpoint.")
+
+
+def checked_from_pretrained(load, path, *args, **kwargs):
+    """Call transformers' `from_pretrained` (`load`), refusing weights that do not match the model.
+
+    transformers 5 randomly initialises missing weights and ignores unexpected ones with only a log report, and
+    raises a bare `RuntimeError` for shape mismatches; here each of these raises a `ValueError` naming `path` and the
+    keys (`ignore_mismatched_sizes=True` still allows re-initialising mismatched shapes). Weights are read from
+    safetensors only unless `use_safetensors=False` is passed (a pickle `pytorch_model.bin` is never the default, and
+    transformers reads it with `torch.load(weights_only=True)` even then).
+    """
+    return_info = kwargs.pop("output_loading_info", False)
+    allow_mismatch = kwargs.get("ignore_mismatched_sizes", False)
+    kwargs["ignore_mismatched_sizes"] = True  # collect the mismatched keys instead of a RuntimeError without them
+    kwargs.setdefault("use_safetensors", True)
+    model, info = load(path, *args, output_loading_info=True, **kwargs)
+    problems = {name: sorted(str(key) for key in info.get(name) or ()) for name in _LOADING_PROBLEMS}
+    if allow_mismatch:
+        problems["mismatched_keys"] = []
+    problems = {name: keys for name, keys in problems.items() if keys}
+    if problems:
+        details = "; ".join(f"{name.replace('_', ' ')} ({len(keys)}): {keys[:5]}" for name, keys in problems.items())
+        raise ValueError(f"The weights in {path} do not match {type(model).__name__}({model.config.model_type}): {details}.")
+    return (model, info) if return_info else model
+
+
 class DiffusionLinkPreTrainedModel(PreTrainedModel):
     config: DiffusionLinkConfig
     config_class = DiffusionLinkConfig
@@ -117,10 +160,12 @@ class DiffusionLinkPreTrainedModel(PreTrainedModel):
     accepts_loss_kwargs = False
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        # `from_pretrained` re-creates every parameter with requires_grad=True; frozen parts must be frozen again.
-        loaded = super().from_pretrained(*args, **kwargs)
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        # Refuses a folder of another model type and weights that do not match the config (see `checked_from_pretrained`).
+        check_pretrained_config(cls.config_class, pretrained_model_name_or_path, kwargs)
+        loaded = checked_from_pretrained(super().from_pretrained, pretrained_model_name_or_path, *args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded
+        # `from_pretrained` re-creates every parameter with requires_grad=True; frozen parts must be frozen again.
         # Weights memory-mapped from safetensors can sit at unaligned addresses, where CPU kernels take other code
         # paths and results differ in the last bit. Fresh (aligned) copies make a loaded bridge reproduce the saved
         # one exactly; the bridge is small, so this costs nothing.

@@ -23,7 +23,7 @@ from transformers.utils import ModelOutput, is_peft_available
 from .baselines import IdentityBridge, MeanShiftBridge
 from .configuration_diffusion_link_captioner import DiffusionLinkCaptionerConfig
 from .encoding import pooled_embeddings
-from .modeling_diffusion_link import DiffusionLinkBridge, GeneratorArg
+from .modeling_diffusion_link import DiffusionLinkBridge, GeneratorArg, check_pretrained_config, checked_from_pretrained
 from .modeling_starter_encoder import StarterAudioTextEncoder
 from .pretrained_references import resolve_reference
 
@@ -217,6 +217,8 @@ class DiffusionLinkForAudioCaptioning(DiffusionLinkCaptionerPreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        # Refuses a folder of another model type and weights that do not match the config, like the bridge does.
+        check_pretrained_config(cls.config_class, pretrained_model_name_or_path, kwargs)
         config = kwargs.get("config")
         if config is None:
             config = DiffusionLinkCaptionerConfig.from_pretrained(
@@ -226,7 +228,7 @@ class DiffusionLinkForAudioCaptioning(DiffusionLinkCaptionerPreTrainedModel):
             kwargs.pop("config", None)
             model = cls._from_referenced(pretrained_model_name_or_path, config, **kwargs)
         else:
-            model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+            model = checked_from_pretrained(super().from_pretrained, pretrained_model_name_or_path, *args, **kwargs)
             if isinstance(model, tuple):
                 model = model[0]
         # Small trained parts get fresh (aligned) memory, so a loaded model reproduces the saved one bit for bit.

@@ -1,0 +1,223 @@
+"""Bad input, systematically: generated files of every kind USERS.md lists, each with its asserted behaviour (the
+exact exception and a message naming the file, or the flags of the result), the same set as one `on_error="report"`
+batch, a one-hour file, and property-based checks of the validation and resampling in `audio_io`."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from diffusion_link.audio_io import MIN_DURATION_S, AudioDecodeError, prepare_audio, to_mono_float
+
+from .conftest import run_python
+
+
+RATE = 44100
+TOKENS = 4
+
+
+def noise(seconds=1.0, rate=RATE, channels=1, amplitude=0.1, seed=0):
+    rng = np.random.default_rng(seed)
+    shape = (int(seconds * rate), channels) if channels > 1 else (int(seconds * rate),)
+    return (amplitude * rng.standard_normal(shape)).astype(np.float32)
+
+
+def write(path, samples, rate=RATE, subtype="PCM_16"):
+    sf.write(path, samples, rate, subtype=subtype)
+
+
+def truncated(path):
+    write(path, noise())
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # cut mid-data: the header still claims 1 s
+
+
+def cut_in_header(path):
+    write(path, noise())
+    path.write_bytes(path.read_bytes()[:30])
+
+
+def with_bad_samples(value):
+    def make(path):
+        samples = noise()
+        samples[100:200] = value
+        write(path, samples, subtype="FLOAT")
+
+    return make
+
+
+# name -> (how the file is made, what the package must do with it). Expected: an exception type and a message
+# fragment (the file's path always comes first), or a dict of result fields.
+CASES = {
+    "corrupt": (lambda p: p.write_bytes(np.random.default_rng(0).bytes(4096)), (AudioDecodeError, "Format not recognised")),
+    "empty": (lambda p: p.write_bytes(b""), (AudioDecodeError, "Format not recognised")),
+    "cut-in-header": (cut_in_header, (AudioDecodeError, "data' chunk")),
+    "zero-frames": (lambda p: write(p, np.zeros(0, np.float32)), (ValueError, "audio is 0 samples")),
+    "zero-frames-stereo": (lambda p: write(p, np.zeros((0, 2), np.float32)), (ValueError, "audio is 0 samples")),
+    "few-samples": (lambda p: write(p, noise(0.001)), (ValueError, "at least 0.1 s")),
+    "nan": (with_bad_samples(np.nan), (ValueError, "NaN or Inf")),
+    "inf": (with_bad_samples(np.inf), (ValueError, "NaN or Inf")),
+    # libsndfile reads the frames that are there: the intact half is captioned, with its real duration.
+    "truncated": (truncated, {"is_silent": False, "duration_s": 0.5, "sampling_rate": RATE}),
+    "silent": (lambda p: write(p, np.zeros(RATE, np.float32)),
+               {"is_silent": True, "generated_text": "", "peak_dbfs": float("-inf")}),
+    # Saturated at +-1.0: still captioned; the peak is that of the input (0 dBFS), not of the resampled overshoot.
+    "clipped": (lambda p: write(p, np.clip(noise() * 100, -1, 1), subtype="FLOAT"), {"is_silent": False, "peak_dbfs": 0.0}),
+    "stereo": (lambda p: write(p, noise(channels=2)), {"is_silent": False, "num_channels": 2, "duration_s": 1.0}),
+    "8khz": (lambda p: write(p, noise(rate=8000), 8000), {"is_silent": False, "sampling_rate": 8000, "duration_s": 1.0}),
+    "96khz": (lambda p: write(p, noise(rate=96000), 96000), {"is_silent": False, "sampling_rate": 96000, "duration_s": 1.0}),
+    "int16": (lambda p: write(p, noise(), subtype="PCM_16"), {"is_silent": False, "num_channels": 1, "duration_s": 1.0}),
+    "int32": (lambda p: write(p, noise(), subtype="PCM_32"), {"is_silent": False, "num_channels": 1, "duration_s": 1.0}),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bad-inputs")
+    paths = {}
+    for name, (make, _) in CASES.items():
+        paths[name] = folder / f"{name}.wav"
+        make(paths[name])
+    return {name: str(path) for name, path in paths.items()}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_each_bad_input(tiny_pipeline, bad_files, name):
+    path, expected = bad_files[name], CASES[name][1]
+    if isinstance(expected, tuple):
+        error, fragment = expected
+        with pytest.raises(error, match=rf"{re.escape(path)}.*{re.escape(fragment)}") as err:
+            tiny_pipeline(path, max_new_tokens=TOKENS)
+        assert type(err.value) is error
+    else:
+        out = tiny_pipeline(path, max_new_tokens=TOKENS)
+        assert out["generated_text"] == "" if out["is_silent"] else out["generated_text"]
+        for key, value in expected.items():
+            assert out[key] == (pytest.approx(value, abs=2e-3) if isinstance(value, float) else value), key
+
+
+def test_report_policy_over_all_bad_inputs(tiny_pipeline, bad_files):
+    names = list(CASES)
+    out = tiny_pipeline([bad_files[n] for n in names], max_new_tokens=TOKENS, on_error="report")
+    assert len(out) == len(names)
+    for name, result in zip(names, out):
+        expected = CASES[name][1]
+        if isinstance(expected, tuple):
+            assert set(result) == {"error"} and bad_files[name] in result["error"], name
+            assert result["error"].startswith(expected[0].__name__ + ": "), name
+        else:
+            # The good ones get the same caption as alone (the bad ones do not disturb the batch).
+            assert result == tiny_pipeline(bad_files[name], max_new_tokens=TOKENS), name
+
+
+@pytest.mark.parametrize("wrong", [16, 11])
+def test_bridge_refuses_a_wrong_embedding_dimension(tiny_bridge, wrong):
+    with pytest.raises(ValueError, match=rf"\(batch, 12\), got \(2, {wrong}\)"):
+        tiny_bridge.link(torch.randn(2, wrong))
+
+
+# ---------------------------------------------------------------------------------------------- one hour of audio
+HOUR_CODE = """
+import json, resource, numpy as np, soundfile as sf
+from diffusion_link.testing import tiny_captioner
+
+path, rate = {path!r}, 8000
+with sf.SoundFile(path, "w", samplerate=rate, channels=1, subtype="PCM_16") as f:  # 57.6 MB, written a minute at a time
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        f.write((0.1 * rng.standard_normal(60 * rate)).astype(np.float32))
+pipe = tiny_captioner(seed=0)
+pipe((0.1 * rng.standard_normal(rate)).astype(np.float32), sampling_rate=rate, max_new_tokens=2)  # warm up
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+out = pipe(path, chunk_length_s=600, max_new_tokens=2)
+growth_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024  # ru_maxrss is in KiB on Linux
+print(json.dumps({{"growth_mb": growth_mb, "encoder_rate": pipe.feature_extractor.sampling_rate,
+                  "duration_s": out["duration_s"], "timestamps": [c["timestamp"] for c in out["chunks"]]}}))
+"""
+
+
+@pytest.mark.slow
+def test_one_hour_file_is_windowed_and_its_memory_measured(tmp_path):
+    # 1-2 minutes on 2 cores. `prepare_audio` decodes and resamples the WHOLE file: memory grows with its length
+    # (measured: ~1.6 GB peak growth for this hour, ~2.3x the 691 MB float32 waveform at the tiny CLAP's 48 kHz). The
+    # ceiling below guards against regressions only; it is not the bounded memory USERS.md asks for (that needs
+    # streamed decoding per window).
+    result = json.loads(run_python(HOUR_CODE.format(path=str(tmp_path / "hour.wav")), timeout=600).strip().splitlines()[-1])
+    assert result["duration_s"] == 3600.0
+    assert result["timestamps"] == [(600.0 * i, 600.0 * (i + 1)) for i in range(6)] or result["timestamps"] == [
+        [600.0 * i, 600.0 * (i + 1)] for i in range(6)
+    ]
+    waveform_mb = 3600 * result["encoder_rate"] * 4 / 2**20
+    assert result["growth_mb"] < 4 * waveform_mb, result
+
+
+# ---------------------------------------------------------------------------------------------- properties
+TARGET_RATES = st.sampled_from([16000, 44100, 48000])
+RATES = st.integers(4000, 96000)
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)  # the same examples every run: CI never flakes
+@given(rate=RATES, target=TARGET_RATES, channels=st.integers(1, 4), seconds=st.floats(MIN_DURATION_S, 0.4),
+       amplitude=st.floats(1e-4, 10.0), seed=st.integers(0, 2**16), channels_first=st.booleans())
+def test_prepare_audio_gives_mono_float32_at_the_target_rate(rate, target, channels, seconds, amplitude, seed,
+                                                             channels_first):
+    n = int(np.ceil(seconds * rate))
+    samples = noise(n / rate, rate, channels, amplitude, seed)[:n]
+    n = len(samples)  # what `noise` actually made (its float duration can round one sample short)
+    if channels_first and channels > 1:
+        samples = samples.T
+    audio = prepare_audio(samples, target, sampling_rate=rate)
+    assert audio.waveform.dtype == np.float32 and audio.waveform.ndim == 1
+    assert abs(len(audio.waveform) - round(n * target / rate)) <= 1
+    assert abs(audio.duration_s - n / rate) <= 1 / target + 1e-9
+    assert np.isfinite(audio.waveform).all()
+    assert (audio.sampling_rate, audio.target_rate, audio.num_channels) == (rate, target, channels)
+    mono = samples.mean(axis=0 if channels_first and channels > 1 else -1) if channels > 1 else samples
+    assert audio.peak_dbfs == pytest.approx(20 * np.log10(np.abs(mono).max()), abs=1e-4)
+    # Deterministic; at the target rate itself the samples are the mono mix, untouched.
+    np.testing.assert_array_equal(prepare_audio(samples, target, sampling_rate=rate).waveform, audio.waveform)
+    np.testing.assert_allclose(prepare_audio(samples, rate, sampling_rate=rate).waveform, mono, rtol=0, atol=1e-6)
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)  # the same examples every run: CI never flakes
+@given(dtype=st.sampled_from([np.int16, np.int32, np.uint8]), channels=st.integers(1, 2), seed=st.integers(0, 2**16),
+       extremes=st.booleans())
+def test_integer_pcm_maps_into_unit_range(dtype, channels, seed, extremes):
+    info, rate = np.iinfo(dtype), 8000
+    rng = np.random.default_rng(seed)
+    samples = rng.integers(info.min, info.max, size=(rate // 5, channels), endpoint=True).astype(dtype)
+    if extremes:
+        samples[:10], samples[10:20] = info.min, info.max
+    mono = to_mono_float(samples)
+    assert mono.dtype == np.float32 and mono.shape == (rate // 5,)
+    assert np.abs(mono).max() <= 1.0
+    audio = prepare_audio(samples, rate, sampling_rate=rate)
+    assert np.abs(audio.waveform).max() <= 1.0 and audio.peak_dbfs <= 0.0
+    if extremes and dtype != np.uint8:
+        assert mono[:10].min() == pytest.approx(-1.0, abs=1e-4)
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)  # the same examples every run: CI never flakes
+@given(rate=RATES, channels=st.integers(1, 4), position=st.floats(0, 1, exclude_max=True),
+       bad=st.sampled_from([np.nan, np.inf, -np.inf]), as_tensor=st.booleans())
+def test_any_nan_or_inf_is_refused(rate, channels, position, bad, as_tensor):
+    samples = noise(0.2, rate, channels)
+    flat = samples.reshape(-1)
+    flat[int(position * flat.size)] = bad
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        prepare_audio(torch.from_numpy(samples) if as_tensor else samples, 48000, sampling_rate=rate)
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)  # the same examples every run: CI never flakes
+@given(rate=RATES, channels=st.integers(1, 4), fraction=st.floats(0, 1, exclude_max=True))
+def test_audio_shorter_than_the_minimum_is_refused(rate, channels, fraction):
+    min_samples = int(round(MIN_DURATION_S * rate))
+    n = int(fraction * min_samples)
+    samples = np.zeros((n, channels), np.float32) if channels > 1 else np.zeros(n, np.float32)
+    with pytest.raises(ValueError, match=r"at least 0.1 s is needed"):
+        prepare_audio(samples, 48000, sampling_rate=rate)

@@ -1,0 +1,116 @@
+"""Loading is safe: a folder that does not hold what it claims raises a `ValueError` naming the folder (and the
+offending keys) instead of a silently re-initialised model, and pickle weights are never unpickled unsafely."""
+
+import json
+import os
+import pickle
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from diffusion_link import DiffusionLinkBridge, DiffusionLinkForAudioCaptioning
+
+
+@pytest.fixture
+def saved_bridge(tiny_bridge, tmp_path):
+    folder = tmp_path / "bridge"
+    tiny_bridge.save_pretrained(folder)
+    return folder
+
+
+def copy_with_config(folder, dest, **changes):
+    shutil.copytree(folder, dest)
+    config = json.loads((dest / "config.json").read_text())
+    config.update(changes)
+    (dest / "config.json").write_text(json.dumps(config))
+    return dest
+
+
+def test_a_good_folder_loads_exactly(saved_bridge, tiny_bridge):
+    loaded, info = DiffusionLinkBridge.from_pretrained(saved_bridge, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    for key, value in tiny_bridge.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_missing_config_is_refused(saved_bridge, tmp_path):
+    folder = tmp_path / "no-config"
+    shutil.copytree(saved_bridge, folder)
+    os.remove(folder / "config.json")
+    with pytest.raises(ValueError, match=rf"{folder}.*no config.json"):
+        DiffusionLinkBridge.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("model_type", ["bert", "diffusion_link_captioner"])
+def test_config_of_another_model_type_is_refused(saved_bridge, tmp_path, model_type):
+    folder = copy_with_config(saved_bridge, tmp_path / "foreign", model_type=model_type)
+    with pytest.raises(ValueError, match=rf"{folder}.*model_type '{model_type}'.*'diffusion_link'"):
+        DiffusionLinkBridge.from_pretrained(folder)
+
+
+def test_captioner_refuses_a_bridge_folder(saved_bridge):
+    with pytest.raises(ValueError, match=rf"{saved_bridge}.*model_type 'diffusion_link'.*'diffusion_link_captioner'"):
+        DiffusionLinkForAudioCaptioning.from_pretrained(saved_bridge)
+
+
+def test_weights_of_the_wrong_shape_are_refused(saved_bridge, tmp_path):
+    # Saved with embedding_dim=12; the edited config asks for 16.
+    folder = copy_with_config(saved_bridge, tmp_path / "wrong-shape", embedding_dim=16)
+    with pytest.raises(ValueError, match=rf"{folder}.*mismatched keys \(8\).*denoiser.in_proj.weight"):
+        DiffusionLinkBridge.from_pretrained(folder)
+    # An explicit opt-in still re-initialises them, as in transformers.
+    model = DiffusionLinkBridge.from_pretrained(folder, ignore_mismatched_sizes=True)
+    assert model.config.embedding_dim == 16 and model.embed_mean.shape == (16,)
+
+
+def test_missing_and_unexpected_weights_are_refused(saved_bridge, tmp_path):
+    folder = tmp_path / "edited-weights"
+    shutil.copytree(saved_bridge, folder)
+    state = load_file(folder / "model.safetensors")
+    del state["denoiser.blocks.0.fc1.bias"]
+    state["extra.weight"] = torch.zeros(3)
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"missing keys \(1\): \['denoiser.blocks.0.fc1.bias'\]") as err:
+        DiffusionLinkBridge.from_pretrained(folder)
+    assert str(folder) in str(err.value) and "unexpected keys (1): ['extra.weight']" in str(err.value)
+
+
+def test_captioner_with_edited_weights_is_refused(saved_tiny_captioner, tmp_path):
+    folder = tmp_path / "captioner"
+    shutil.copytree(saved_tiny_captioner, folder)
+    state = load_file(folder / "model.safetensors")
+    key = next(k for k in state if k.startswith("multi_modal_projector."))
+    del state[key]
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=rf"{folder}.*missing keys \(1\): \['{key}'\]"):
+        DiffusionLinkForAudioCaptioning.from_pretrained(folder)
+    # The unedited folder (tied/shared weights and all) loads without complaint.
+    DiffusionLinkForAudioCaptioning.from_pretrained(saved_tiny_captioner)
+
+
+class _RunsCode:
+    """A pickle payload that creates a marker file when unpickled."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pickle_weights_are_never_unpickled(saved_bridge, tiny_bridge, tmp_path):
+    folder = tmp_path / "pickle-only"
+    folder.mkdir()
+    shutil.copy(saved_bridge / "config.json", folder / "config.json")
+    marker = tmp_path / "code-ran"
+    torch.save({**tiny_bridge.state_dict(), "payload": _RunsCode(marker)}, folder / "pytorch_model.bin")
+    # By default only safetensors are read: a pickle-only folder is refused without opening the pickle.
+    with pytest.raises(OSError, match=rf"model.safetensors.*{folder}"):
+        DiffusionLinkBridge.from_pretrained(folder)
+    assert not marker.exists()
+    # Asked for explicitly, the pickle goes through torch.load(weights_only=True), which refuses the payload.
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        DiffusionLinkBridge.from_pretrained(folder, use_safetensors=False)
+    assert not marker.exists()
