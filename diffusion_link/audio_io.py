@@ -215,6 +215,8 @@ def window_bounds(num_samples: int, rate: int, chunk_length_s: float, stride_s: 
     if not 0 < stride_s <= chunk_length_s:
         raise ValueError(f"`stride_s` must lie in (0, chunk_length_s={chunk_length_s}], got {stride_s}.")
     chunk, stride = int(round(chunk_length_s * rate)), int(round(stride_s * rate))
+    if stride < 1:
+        raise ValueError(f"`stride_s`={stride_s} is shorter than one sample at {rate} Hz.")
     min_len = int(round(MIN_DURATION_S * rate))
     bounds = []
     for start in range(0, num_samples, stride):

@@ -88,7 +88,7 @@ class AudioCaptionPipeline(Pipeline):
         if sampling_rate is not None:
             preprocess["sampling_rate"] = sampling_rate
         if chunk_length_s is not None:
-            window_bounds(1, 1, chunk_length_s, stride_s)  # validates both
+            window_bounds(1, self.feature_extractor.sampling_rate, chunk_length_s, stride_s)  # validates both
             preprocess["chunk_length_s"] = chunk_length_s
             preprocess["stride_s"] = stride_s
         elif stride_s is not None:
