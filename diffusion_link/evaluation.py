@@ -334,7 +334,7 @@ def evaluate_captioner(
 
     pipe = _load_pipeline(pipe_or_model, trust_remote_code)
     model = pipe.model
-    # Fewer files than the gap figures need: no tokenizer lookup and no second embedding pass.
+    # Fewer files than the gap figures need: no tokenizer lookup and no embeddings kept.
     tokenizer = tower_text_tokenizer(model, text_tokenizer) if gap == "on" and len(files) >= MIN_GAP_PAIRS else None
     output_dir = os.fspath(output_dir)
     os.makedirs(output_dir, exist_ok=True)
@@ -342,7 +342,7 @@ def evaluate_captioner(
         if os.path.isfile(os.path.join(output_dir, stale)):
             os.remove(os.path.join(output_dir, stale))
 
-    call = {"max_new_tokens": max_new_tokens, "num_beams": num_beams}
+    call = {"max_new_tokens": max_new_tokens, "num_beams": num_beams, "return_embeddings": tokenizer is not None}
     if strength is not None:
         call["strength"] = strength
     if num_inference_steps is not None:
@@ -356,18 +356,15 @@ def evaluate_captioner(
             batch = files[start : start + batch_size]
             results = pipe(batch, batch_size=batch_size, on_error="report", **call)
             for path, refs, result in zip(batch, references[start : start + batch_size], results):
+                raw, bridged = result.pop("audio_embeds", None), result.pop("bridged_embeds", None)
+                if raw is not None:  # captioned and audible: the embeddings the pipeline made and the decoder read
+                    audio_embeds.append(raw)
+                    bridged_embeds.append(bridged)
+                    gap_texts.append(next(r for r in refs if r.strip()))
                 row = {"file": path, "references": refs, **result}
                 rows.append(row)
                 writer.writerow({**row, "references": json.dumps(refs, ensure_ascii=False)})
             handle.flush()  # each finished batch is on disk before the next starts
-            if tokenizer is not None:
-                ok = [(r["file"], r["references"]) for r in rows[start:] if "error" not in r and not r["is_silent"]]
-                if ok:
-                    raw, bridged = _audio_and_bridged_embeds(pipe, [p for p, _ in ok], batch_size, strength,
-                                                             num_inference_steps)
-                    audio_embeds.append(raw)
-                    bridged_embeds.append(bridged)
-                    gap_texts += [next(r for r in refs if r.strip()) for _, refs in ok]
 
     captioned = [r for r in rows if "error" not in r]
     failures = [{"file": r["file"], "error": r["error"]} for r in rows if "error" in r]
@@ -452,22 +449,6 @@ def _load_pipeline(pipe_or_model, trust_remote_code: bool):
 
 
 @torch.no_grad()
-def _audio_and_bridged_embeds(pipe, paths: list[str], batch_size: int, strength, num_inference_steps):
-    """(n, D) raw audio embeddings and (n, D) bridged embeddings of whole files, as the pipeline makes them."""
-    from .audio_io import prepare_audio
-    from .encoding import embed_audio
-    from .pipeline_audio_captioning import content_seed
-
-    rate = pipe.feature_extractor.sampling_rate
-    waves = [prepare_audio(path, rate).waveform for path in paths]
-    raw = embed_audio(pipe.model.audio_tower, pipe.feature_extractor, waves, batch_size=batch_size)  # (n, D)
-    # The pipeline seeds each window's bridge noise from its samples; the same seeds give the embeddings it decoded.
-    generators = [torch.Generator().manual_seed(content_seed(w)) for w in waves]
-    bridged = pipe.model.link(raw.to(pipe.model.device), strength=strength, num_inference_steps=num_inference_steps,
-                              generator=generators)
-    return raw, bridged.float().cpu()
-
-
 def _gap_section(model, tokenizer, audio_embeds, bridged_embeds, texts, num_files, output_dir, strength,
                  num_inference_steps, gap) -> dict[str, Any]:
     from .encoding import embed_text
@@ -483,7 +464,7 @@ def _gap_section(model, tokenizer, audio_embeds, bridged_embeds, texts, num_file
             "reason": f"{found}; the gap figures need at least {MIN_GAP_PAIRS} captioned, non-silent clips (the "
             "separability probe is cross-validated).",
         }
-    audio, bridged = torch.cat(audio_embeds), torch.cat(bridged_embeds)  # (n, D) each
+    audio, bridged = torch.stack(audio_embeds), torch.stack(bridged_embeds)  # (n, D) each
     text = embed_text(model.audio_tower, tokenizer, texts)  # (n, D)
     folds = min(MAX_PROBE_FOLDS, len(texts) // 2)
     section = {

@@ -48,7 +48,8 @@ class AudioCaptionPipeline(Pipeline):
 
     Call arguments: `max_new_tokens` (30), `num_beams`, any other `generate` argument in `generate_kwargs`; the
     bridge's `strength` and `num_inference_steps`; `batch_size` (windows per model call); `on_error="report"` to get
-    `{"error": ...}` for a failing input of a list instead of an exception.
+    `{"error": ...}` for a failing input of a list instead of an exception; `return_embeddings=True` adds the (D,)
+    `audio_embeds` and the `bridged_embeds` the decoder read to each audible result (or chunk).
 
     Results are deterministic and batch-invariant: the bridge's forward noise for a window is seeded from that
     window's samples, so `pipe([x, y])[0] == pipe(x)`.
@@ -80,6 +81,7 @@ class AudioCaptionPipeline(Pipeline):
         num_inference_steps: int | None = None,
         generate_kwargs: dict | None = None,
         on_error: str | None = None,
+        return_embeddings: bool | None = None,
         **unknown,
     ):
         if unknown:
@@ -107,6 +109,8 @@ class AudioCaptionPipeline(Pipeline):
             forward["strength"] = strength
         if num_inference_steps is not None:
             forward["num_inference_steps"] = num_inference_steps
+        if return_embeddings:
+            forward["return_embeddings"] = True
         postprocess = {}
         if on_error is not None:
             if on_error not in ON_ERROR:
@@ -134,13 +138,18 @@ class AudioCaptionPipeline(Pipeline):
                     raise
                 prepared.append(err)
         windows = [w for p in prepared if isinstance(p, dict) for w in p["windows"]]
-        captions = iter(self.forward({"windows": windows}, **forward)["captions"]) if windows else iter(())
+        outputs = self.forward({"windows": windows}, **forward) if windows else {"captions": []}
+        captions = iter(outputs["captions"])
+        embeddings = iter(outputs.get("embeddings", ()))
         results = []
         for item in prepared:
             if isinstance(item, Exception):
                 results.append({"error": f"{type(item).__name__}: {item}"})
-            else:
-                results.append(self.postprocess({**item, "captions": [next(captions) for _ in item["windows"]]}))
+                continue
+            item = {**item, "captions": [next(captions) for _ in item["windows"]]}
+            if "embeddings" in outputs:
+                item["embeddings"] = [next(embeddings) for _ in item["windows"]]
+            results.append(self.postprocess(item))
         return results[0] if single else results
 
     # ------------------------------------------------------------------ stages
@@ -172,24 +181,37 @@ class AudioCaptionPipeline(Pipeline):
         generate_kwargs: dict | None = None,
         strength: float | None = None,
         num_inference_steps: int | None = None,
-    ) -> dict[str, list[str]]:
+        return_embeddings: bool = False,
+    ) -> dict[str, list]:
         windows = model_inputs["windows"]
         generate_kwargs = {"max_new_tokens": DEFAULT_MAX_NEW_TOKENS, **(generate_kwargs or {})}
         captions = [""] * len(windows)
+        embeddings: list[dict | None] = [None] * len(windows)  # silent windows are never embedded
         audible = [i for i, w in enumerate(windows) if not w["is_silent"]]
         for start in range(0, len(audible), batch_size):
             rows = audible[start : start + batch_size]
             # (b, D); a window longer than the encoder's input (10 s for CLAP) is the mean of its pieces.
             embeds = embed_audio(self.model.audio_tower, self.feature_extractor, [windows[i]["samples"] for i in rows],
                                  batch_size=batch_size).to(self.device)
-            generators = [torch.Generator().manual_seed(content_seed(windows[i]["samples"])) for i in rows]
+            seeds = [content_seed(windows[i]["samples"]) for i in rows]
+            generators = [torch.Generator().manual_seed(seed) for seed in seeds]
             ids = self.model.generate(
                 audio_embeds=embeds, input_ids=self._prompt_ids, strength=strength,
                 num_inference_steps=num_inference_steps, generator=generators, **generate_kwargs,
             )
             for i, text in zip(rows, self.tokenizer.batch_decode(ids, skip_special_tokens=True)):
                 captions[i] = text.strip()
-        return {"captions": captions}
+            if return_embeddings:
+                # The bridge again with the same seeds: the embeddings the decoder read (the bridge is a small MLP,
+                # so this costs little next to decoding and embedding the audio a second time).
+                bridged = self.model.link(embeds, strength=strength, num_inference_steps=num_inference_steps,
+                                          generator=[torch.Generator().manual_seed(seed) for seed in seeds])
+                for k, i in enumerate(rows):
+                    embeddings[i] = {"audio_embeds": embeds[k].cpu(), "bridged_embeds": bridged[k].float().cpu()}
+        out = {"captions": captions}
+        if return_embeddings:
+            out["embeddings"] = embeddings
+        return out
 
     def postprocess(self, model_outputs: dict[str, Any], on_error: str = "raise") -> dict[str, Any]:
         audio: PreparedAudio = model_outputs["audio"]
@@ -207,10 +229,13 @@ class AudioCaptionPipeline(Pipeline):
                 {"timestamp": w["timestamp"], "generated_text": c, "is_silent": w["is_silent"]}
                 for w, c in zip(windows, captions)
             ]
+            for chunk, embeds in zip(result["chunks"], model_outputs.get("embeddings", ())):
+                chunk.update(embeds or {})
             distinct = [c for i, c in enumerate(captions) if c and c not in captions[:i]]
             result["generated_text"] = "; ".join(distinct)
         else:
             result["generated_text"] = captions[0]
+            result.update((model_outputs.get("embeddings") or [None])[0] or {})
         return result
 
 

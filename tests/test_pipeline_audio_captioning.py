@@ -256,3 +256,21 @@ def test_compressed_formats_decode_without_ffmpeg(pipe, tmp_path, fmt, subtype):
     sf.write(path, noise(1.0, rate=44100), 44100, format=fmt, subtype=subtype)
     out = pipe(str(path), max_new_tokens=4)
     assert out["sampling_rate"] == 44100 and abs(out["duration_s"] - 1.0) < 0.1 and out["generated_text"]
+
+
+def test_return_embeddings_gives_what_the_decoder_read(pipe):
+    from diffusion_link.encoding import embed_audio
+    from diffusion_link.pipeline_audio_captioning import content_seed
+
+    x = noise(seed=3)
+    plain = pipe(x, sampling_rate=RATE)
+    out = pipe([x, np.zeros(RATE, dtype=np.float32)], sampling_rate=RATE, return_embeddings=True)
+    assert {k: v for k, v in out[0].items() if not k.endswith("_embeds")} == plain  # captions unchanged
+    assert "audio_embeds" not in out[1] and out[1]["is_silent"]  # silence is never embedded
+    wave = prepare_audio(x, pipe.feature_extractor.sampling_rate, sampling_rate=RATE).waveform
+    raw = embed_audio(pipe.model.audio_tower, pipe.feature_extractor, [wave])
+    torch.testing.assert_close(out[0]["audio_embeds"], raw[0], rtol=0, atol=0)
+    bridged = pipe.model.link(raw, generator=[torch.Generator().manual_seed(content_seed(wave))])
+    torch.testing.assert_close(out[0]["bridged_embeds"], bridged[0], rtol=0, atol=0)
+    chunked = pipe(x, sampling_rate=RATE, chunk_length_s=0.5, return_embeddings=True)
+    assert all(c["audio_embeds"].shape == raw[0].shape for c in chunked["chunks"])
