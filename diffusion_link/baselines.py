@@ -70,8 +70,8 @@ class MeanShiftBridge(nn.Module):
     @torch.no_grad()
     def fit(self, audio_embeds: torch.Tensor, text_embeds: torch.Tensor) -> "MeanShiftBridge":
         """Set `shift` = mean(text) - mean(audio) over (N, D) and (M, D) embeddings (not necessarily paired)."""
-        audio_embeds = self._check("audio_embeds", audio_embeds)
-        text_embeds = self._check("text_embeds", text_embeds)
+        audio_embeds = check_embeddings("audio_embeds", audio_embeds, self.embedding_dim)
+        text_embeds = check_embeddings("text_embeds", text_embeds, self.embedding_dim)
         if self.output_normalization == "l2":
             audio_embeds, text_embeds = F.normalize(audio_embeds, dim=-1), F.normalize(text_embeds, dim=-1)
         self.shift.copy_(text_embeds.mean(0) - audio_embeds.mean(0))
@@ -87,13 +87,10 @@ class MeanShiftBridge(nn.Module):
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
     ) -> torch.Tensor:
         """(B, D) -> (B, D) shifted embeddings. The diffusion knobs are accepted and ignored."""
-        audio_embeds = self._check("audio_embeds", audio_embeds)
+        audio_embeds = check_embeddings("audio_embeds", audio_embeds, self.embedding_dim)
         if self.output_normalization == "l2":
             return F.normalize(F.normalize(audio_embeds, dim=-1) + self.shift.to(audio_embeds), dim=-1)
         return audio_embeds + self.shift.to(audio_embeds)
-
-    def _check(self, name: str, embeds: torch.Tensor) -> torch.Tensor:
-        return check_embeddings(name, embeds, self.embedding_dim)
 
 
 class CaptionMemoryBridge(nn.Module):
