@@ -23,7 +23,13 @@ from transformers.utils import ModelOutput, is_peft_available
 from .baselines import IdentityBridge, MeanShiftBridge
 from .configuration_diffusion_link_captioner import DiffusionLinkCaptionerConfig
 from .encoding import pooled_embeddings
-from .modeling_diffusion_link import DiffusionLinkBridge, GeneratorArg, check_pretrained_config, checked_from_pretrained
+from .modeling_diffusion_link import (
+    DiffusionLinkBridge,
+    GeneratorArg,
+    ModelCardMixin,
+    check_pretrained_config,
+    checked_from_pretrained,
+)
 from .modeling_starter_encoder import StarterAudioTextEncoder
 from .pretrained_references import resolve_reference
 
@@ -66,7 +72,7 @@ class DiffusionLinkProjector(nn.Module):
         return hidden.view(embeds.shape[0], self.prefix_length, self.lm_hidden_size)
 
 
-class DiffusionLinkCaptionerPreTrainedModel(PreTrainedModel):
+class DiffusionLinkCaptionerPreTrainedModel(ModelCardMixin, PreTrainedModel):
     config: DiffusionLinkCaptionerConfig
     config_class = DiffusionLinkCaptionerConfig
     base_model_prefix = "model"

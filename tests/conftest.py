@@ -109,3 +109,29 @@ def saved_tiny_captioner(tmp_path_factory):
     folder = tmp_path_factory.mktemp("saved-tiny-captioner")
     tiny_captioner(seed=0).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    """A running stand-in Hub; the environment of `run_python` children points at it. Stopped at teardown."""
+    from .hub_server import HubServer
+
+    server = HubServer(("127.0.0.1", 0)).start()
+    for key, value in {
+        "HF_ENDPOINT": server.endpoint, "HF_TOKEN": "hf_test_token", "HF_HUB_DISABLE_XET": "1",
+        "HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0", "HF_DATASETS_OFFLINE": "0",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_HUB_ETAG_TIMEOUT": "30", "HF_HUB_DOWNLOAD_TIMEOUT": "30",
+    }.items():
+        monkeypatch.setenv(key, value)
+    set_hf_home(monkeypatch, tmp_path / "hf-home-push")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def set_hf_home(monkeypatch, folder):
+    """A fresh, empty cache: downloads in the next child process really go over HTTP."""
+    monkeypatch.setenv("HF_HOME", str(folder))
+    for key in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_DATASETS_CACHE", "HF_MODULES_CACHE", "TRANSFORMERS_CACHE"):
+        monkeypatch.delenv(key, raising=False)

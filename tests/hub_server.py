@@ -203,11 +203,15 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         repo_type = payload.get("type") or "model"
         repo_id = f"{payload.get('organization') or 'user'}/{payload['name']}"
         prefix = "" if repo_type == "model" else f"{repo_type}s/"
-        with self.server.lock:
-            if (repo_type, repo_id) in self.server.repos:
-                return self.send_error_code(409, None, "You already created this repo")
-            self.server.repos[(repo_type, repo_id)] = HubRepo(repo_type, repo_id)
-        self.send_json({"url": f"{self.server.endpoint}/{prefix}{repo_id}", "name": repo_id, "id": repo_id})
+        url = f"{self.server.endpoint}/{prefix}{repo_id}"
+        with self.server.lock:  # not held while answering: `send` takes it too
+            exists = (repo_type, repo_id) in self.server.repos
+            if not exists:
+                self.server.repos[(repo_type, repo_id)] = HubRepo(repo_type, repo_id)
+        if exists:
+            # The Hub answers 409 with the repo's url, which `create_repo(exist_ok=True)` returns.
+            return self.send_json({"error": "You already created this repo", "url": url}, status=409)
+        self.send_json({"url": url, "name": repo_id, "id": repo_id})
 
     def api_repo(self, method: str, repo_type: str, repo_id: str, rest: list[str], query: dict, body: bytes):
         repo = self.find_repo(repo_type, repo_id)

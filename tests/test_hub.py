@@ -1,7 +1,7 @@
 """Hub round trips (`push_to_hub`, then loading by repo id) through a local stand-in Hub on 127.0.0.1.
 
 `huggingface_hub` reads `HF_ENDPOINT` and `HF_HUB_OFFLINE` at import, so every client call runs in a fresh process
-with the environment pointing at the server (see the `hub` fixture); the server runs in this process.
+with the environment pointing at the server (see the `hub` fixture in conftest.py); the server runs in this process.
 """
 
 import json
@@ -9,32 +9,8 @@ import json
 import pytest
 import torch
 
-from .conftest import run_python, write_wav
+from .conftest import run_python, set_hf_home, write_wav
 from .hub_server import HubServer
-
-
-@pytest.fixture
-def hub(monkeypatch, tmp_path):
-    """A running stand-in Hub; the environment of `run_python` children points at it. Stopped at teardown."""
-    server = HubServer(("127.0.0.1", 0)).start()
-    for key, value in {
-        "HF_ENDPOINT": server.endpoint, "HF_TOKEN": "hf_test_token", "HF_HUB_DISABLE_XET": "1",
-        "HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0", "HF_DATASETS_OFFLINE": "0",
-        "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_HUB_ETAG_TIMEOUT": "30", "HF_HUB_DOWNLOAD_TIMEOUT": "30",
-    }.items():
-        monkeypatch.setenv(key, value)
-    set_hf_home(monkeypatch, tmp_path / "hf-home-push")
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-def set_hf_home(monkeypatch, folder):
-    """A fresh, empty cache: downloads in the next child process really go over HTTP."""
-    monkeypatch.setenv("HF_HOME", str(folder))
-    for key in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_DATASETS_CACHE", "HF_MODULES_CACHE", "TRANSFORMERS_CACHE"):
-        monkeypatch.delenv(key, raising=False)
 
 
 def requested(server, method, fragment):
