@@ -82,7 +82,7 @@ class HubServer(ThreadingHTTPServer):
         if address[0] != "127.0.0.1":
             raise ValueError(f"HubServer binds 127.0.0.1 only, got host {address[0]!r}")
         super().__init__(address, HubRequestHandler)
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # re-entrant: error answers sent while holding it log the request under it too
         self.repos: dict[tuple[str, str], HubRepo] = {}
         self.lfs_objects: dict[str, bytes] = {}
         self.requests: list[tuple[str, str, int]] = []
