@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,9 +70,14 @@ def to_mono_float(samples: np.ndarray, name: str = "audio") -> np.ndarray:
     elif samples.ndim != 1:
         raise ValueError(f"{name}: expected a 1-D or 2-D (samples, channels) array, got shape {samples.shape}.")
     samples = samples.astype(np.float32, copy=False)
-    if not np.isfinite(samples).all():
+    if not all_finite(samples):
         raise ValueError(f"{name}: audio contains NaN or Inf samples.")
     return samples
+
+
+def all_finite(samples: np.ndarray, block: int = 1 << 20) -> bool:
+    """`np.isfinite(samples).all()`, checked a block at a time so a long input gets no full-length mask."""
+    return all(np.isfinite(samples[i : i + block]).all() for i in range(0, len(samples), block))
 
 
 def resample(samples: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
@@ -129,8 +135,13 @@ def level_dbfs(samples: np.ndarray, kind: str = "rms") -> float:
     """Level of float samples in dB relative to full scale (1.0): `"rms"` or `"peak"`; -inf for digital silence."""
     if len(samples) == 0:
         return float("-inf")
-    value = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64)))) if kind == "rms" else float(np.max(np.abs(samples)))
+    value = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64)))) if kind == "rms" else peak_level(samples)
     return 20.0 * np.log10(value) if value > 0 else float("-inf")
+
+
+def peak_level(samples: np.ndarray) -> float:
+    """max(|samples|) without materialising |samples| (a full-length copy for a long input)."""
+    return float(max(np.max(samples), -np.min(samples))) if len(samples) else 0.0
 
 
 def is_silent(samples: np.ndarray, threshold_dbfs: float = SILENCE_THRESHOLD_DBFS) -> bool:
@@ -195,13 +206,8 @@ def _prepare_array(samples, rate, target_rate: int, name: str, min_duration_s: f
         raise ValueError(f"{name}: `sampling_rate` must be a positive int (Hz), got {rate!r}.")
     num_channels = 1 if samples.ndim < 2 else int(min(samples.shape))
     mono = to_mono_float(samples, name)
-    min_samples = max(1, int(round(min_duration_s * int(rate))))
-    if len(mono) < min_samples:
-        raise ValueError(
-            f"{name}: audio is {len(mono)} samples ({len(mono) / int(rate):.3f} s) long; at least {min_duration_s} s "
-            "is needed for a caption."
-        )
-    peak = float(np.max(np.abs(mono)))
+    _check_length(len(mono), int(rate), name, min_duration_s)
+    peak = peak_level(mono)
     return PreparedAudio(resample(mono, int(rate), target_rate), target_rate, int(rate), num_channels, name, peak)
 
 
@@ -229,6 +235,151 @@ def window_bounds(num_samples: int, rate: int, chunk_length_s: float, stride_s: 
             break
     return bounds
 
+
+
+STREAM_BLOCK_FRAMES = 1 << 16  # frames decoded per read when a file is streamed (about 1.4 s at 48 kHz)
+
+
+@dataclass
+class AudioFileStream:
+    """A file read window by window, so that captioning it needs memory for a window, not for the whole file.
+
+    Made by `open_audio_stream`, which checks the header up front (missing, undecodable, too many channels, shorter
+    than `MIN_DURATION_S`). `windows` then decodes `STREAM_BLOCK_FRAMES` at a time, averages the channels, checks
+    for NaN/Inf and resamples block by block with soxr's streaming resampler, which gives bit for bit the samples of
+    `resample` on the whole file (the same soxr "HQ" filter, run in one pass). The windows are therefore exactly those
+    that `window_bounds` cuts from `prepare_audio(path).waveform`. `duration_s` and `peak_dbfs` are known once every
+    window has been read.
+    """
+
+    path: str
+    target_rate: int
+    sampling_rate: int  # of the file
+    num_channels: int
+    name: str
+    block_frames: int = STREAM_BLOCK_FRAMES
+    num_samples: int | None = None  # at `target_rate`; set when the stream has ended
+    input_peak: float = 0.0  # of the mono mix at the file's rate, over the blocks read so far
+
+    @property
+    def duration_s(self) -> float:
+        if self.num_samples is None:
+            raise RuntimeError(f"{self.name}: the duration is known once all windows have been read.")
+        return self.num_samples / self.target_rate
+
+    @property
+    def peak_dbfs(self) -> float:
+        return 20.0 * np.log10(self.input_peak) if self.input_peak > 0 else float("-inf")
+
+    def windows(self, chunk_length_s: float, stride_s: float | None = None) -> Iterator[tuple[int, int, np.ndarray]]:
+        """Yield `(start, end, samples)` per window: the bounds of `window_bounds` in samples at `target_rate` and a
+        float32 (end - start,) copy. At most one window plus a lookahead (one stride, `MIN_DURATION_S` and a block)
+        is held, whatever the length of the file. Raises `ValueError` for NaN/Inf samples when it reaches them."""
+        rate = self.target_rate
+        window_bounds(1, rate, chunk_length_s, stride_s)  # validates both
+        if chunk_length_s < MIN_DURATION_S:  # `window_bounds` then merges everything into one window: not streamable
+            raise ValueError(f"{self.name}: streaming needs `chunk_length_s` >= {MIN_DURATION_S}, got {chunk_length_s}.")
+        stride_s = chunk_length_s if stride_s is None else stride_s
+        chunk, stride = int(round(chunk_length_s * rate)), int(round(stride_s * rate))
+        # Far enough ahead that the window at `start` is not the last one (which absorbs a short tail).
+        lookahead = chunk + stride + int(round(MIN_DURATION_S * rate))
+        blocks = self._resampled_blocks()
+        pending: list[np.ndarray] = []  # resampled samples from `offset` on
+        offset = buffered = start = 0  # `buffered`: samples in `pending`
+        while True:
+            while self.num_samples is None and buffered < start - offset + lookahead:
+                block = next(blocks, None)
+                if block is not None:
+                    pending.append(block)
+                    buffered += len(block)
+            buffer = np.concatenate(pending) if len(pending) != 1 else pending[0]
+            if self.num_samples is None:  # more audio follows: this window is a full chunk
+                bounds = [(start, start + chunk)]
+            else:  # the last windows, exactly as `window_bounds` cuts the whole signal
+                buffer = buffer[: max(0, self.num_samples - offset)]
+                bounds = [b for b in window_bounds(self.num_samples, rate, chunk_length_s, stride_s) if b[0] >= start]
+            for lo, hi in bounds:
+                yield lo, hi, buffer[lo - offset : hi - offset].copy()
+            if self.num_samples is not None:
+                return
+            start += stride
+            pending, offset = [buffer[start - offset :].copy()], start  # drop what no later window reads
+            buffered = len(pending[0])
+
+    def _resampled_blocks(self) -> Iterator[np.ndarray]:
+        """Mono float32 blocks at `target_rate`; sets `num_samples` (the length `resample` gives) at the end."""
+        import soundfile as sf
+
+        streamer = None
+        if self.sampling_rate != self.target_rate:
+            try:
+                import soxr
+            except ImportError as err:
+                raise ImportError(
+                    f"Resampling {self.sampling_rate} Hz audio to {self.target_rate} Hz needs librosa (pip install librosa)."
+                ) from err
+            streamer = soxr.ResampleStream(self.sampling_rate, self.target_rate, 1, dtype="float32", quality="HQ")
+        frames = produced = 0
+        try:
+            with sf.SoundFile(self.path) as f:
+                while True:
+                    block = f.read(self.block_frames, dtype="float32", always_2d=True)  # (frames, channels)
+                    last = len(block) < self.block_frames
+                    # Row by row the same float32 mean as `to_mono_float` over the whole file.
+                    mono = block[:, 0] if block.shape[1] == 1 else block.mean(axis=1)
+                    mono = np.ascontiguousarray(mono, dtype=np.float32)
+                    if not np.isfinite(mono).all():
+                        raise ValueError(f"{self.name}: audio contains NaN or Inf samples.")
+                    frames += len(mono)
+                    if len(mono):
+                        self.input_peak = max(self.input_peak, peak_level(mono))
+                    out = mono if streamer is None else streamer.resample_chunk(mono, last=last)
+                    produced += len(out)
+                    yield out
+                    if last:
+                        break
+        except (ValueError, OSError):
+            raise
+        except Exception as err:  # libsndfile raises LibsndfileError / RuntimeError for data it cannot decode
+            raise AudioDecodeError(f"Could not decode audio from {self.name}: {err}") from err
+        _check_length(frames, self.sampling_rate, self.name)
+        # `resample` (librosa) pads or cuts soxr's output to ceil(frames * ratio) samples, ratio rounded as there.
+        total = frames if streamer is None else int(np.ceil(frames * (float(self.target_rate) / self.sampling_rate)))
+        if produced < total:
+            yield np.zeros(total - produced, dtype=np.float32)
+        self.num_samples = total
+
+
+def open_audio_stream(path: str | os.PathLike, target_rate: int, min_duration_s: float = MIN_DURATION_S) -> AudioFileStream:
+    """Check a file's header and return an `AudioFileStream` over it (nothing is decoded yet).
+
+    Raises what `prepare_audio` raises for the same file: `FileNotFoundError`, `AudioDecodeError` naming the file,
+    `ValueError` for more than 8 channels or fewer frames than `min_duration_s`.
+    """
+    if not is_soundfile_available():
+        raise ImportError("Decoding audio files needs soundfile (pip install soundfile).")
+    if is_soundfile_available():  # guarded import: a Hub copy of this file does not require soundfile up front
+        import soundfile as sf
+
+    name = os.fspath(path)
+    if not os.path.isfile(name):
+        raise FileNotFoundError(f"Audio file not found: {name}")
+    try:
+        info = sf.info(name)
+    except Exception as err:
+        raise AudioDecodeError(f"Could not decode audio from {name}: {err}") from err
+    if info.channels > 8:
+        raise ValueError(f"{name}: expected mono or up to 8 channels, got {info.channels} channels.")
+    _check_length(info.frames, info.samplerate, name, min_duration_s)
+    return AudioFileStream(name, target_rate, int(info.samplerate), int(info.channels), name)
+
+
+def _check_length(num_samples: int, rate: int, name: str, min_duration_s: float = MIN_DURATION_S) -> None:
+    if num_samples < max(1, int(round(min_duration_s * int(rate)))):
+        raise ValueError(
+            f"{name}: audio is {num_samples} samples ({num_samples / int(rate):.3f} s) long; at least {min_duration_s} s "
+            "is needed for a caption."
+        )
 
 # The front end aiSFX was trained on (ISMIR 2022, computed there with Essentia): 44.1 kHz, 2048-sample Hann frames
 # every 1024 samples, 96 HTK-mel power bands whose weights sum to one, log10(1e4 x + 1), divided by the paper's

@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 from transformers.utils.logging import tqdm
 
+from .atomic_files import atomic_open, atomic_path
 from .audio_io import AUDIO_EXTENSIONS
 from .metrics.caption_scores import CAPTION_METRICS, COCO_METRICS
 
@@ -349,7 +350,9 @@ def evaluate_captioner(
         call["num_inference_steps"] = num_inference_steps
     rows: list[dict[str, Any]] = []
     audio_embeds, bridged_embeds, gap_texts = [], [], []
-    with open(os.path.join(output_dir, PREDICTIONS_FILE), "w", newline="", encoding="utf-8") as handle:
+    # Each output is written to a temporary file and renamed into place when complete (`atomic_files`): a killed run
+    # leaves the previous predictions.csv / scores.json / gap files intact, never a half-written one.
+    with atomic_open(os.path.join(output_dir, PREDICTIONS_FILE), "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=PREDICTION_FIELDS, extrasaction="ignore")
         writer.writeheader()
         for start in tqdm(range(0, len(files), batch_size), desc="evaluating", unit="batch"):
@@ -364,7 +367,7 @@ def evaluate_captioner(
                 row = {"file": path, "references": refs, **result}
                 rows.append(row)
                 writer.writerow({**row, "references": json.dumps(refs, ensure_ascii=False)})
-            handle.flush()  # each finished batch is on disk before the next starts
+            handle.flush()  # each finished batch is in the temporary file before the next starts
 
     captioned = [r for r in rows if "error" not in r]
     failures = [{"file": r["file"], "error": r["error"]} for r in rows if "error" in r]
@@ -405,7 +408,7 @@ def evaluate_captioner(
     report["outputs"] = {"predictions": PREDICTIONS_FILE, "scores": SCORES_FILE}
     if report["modality_gap"]["status"] == "computed":
         report["outputs"].update(gap=GAP_FILE, gap_plot=GAP_PLOT_FILE)
-    with open(os.path.join(output_dir, SCORES_FILE), "w", encoding="utf-8") as f:
+    with atomic_open(os.path.join(output_dir, SCORES_FILE), "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2, ensure_ascii=False)
     return report
 
@@ -479,10 +482,11 @@ def _gap_section(model, tokenizer, audio_embeds, bridged_embeds, texts, num_file
         "raw": modality_gap(audio, text, probe_folds=folds),
         "bridged": modality_gap(bridged, text, probe_folds=folds),
     }
-    with open(os.path.join(output_dir, GAP_FILE), "w", encoding="utf-8") as f:
+    with atomic_open(os.path.join(output_dir, GAP_FILE), "w", encoding="utf-8") as f:
         json.dump(section, f, indent=2)
-    plot_modality_gap(audio, text, os.path.join(output_dir, GAP_PLOT_FILE), bridged_embeds=bridged,
-                      title=f"Modality gap of {len(texts)} evaluated clips, before and after the bridge")
+    with atomic_path(os.path.join(output_dir, GAP_PLOT_FILE)) as tmp:
+        plot_modality_gap(audio, text, tmp, bridged_embeds=bridged,
+                          title=f"Modality gap of {len(texts)} evaluated clips, before and after the bridge")
     return section
 
 

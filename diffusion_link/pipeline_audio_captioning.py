@@ -7,13 +7,15 @@ module level; soundfile / librosa are imported when a file must be decoded or re
 from __future__ import annotations
 
 import hashlib
+import os
 from typing import Any
 
 import numpy as np
 import torch
 from transformers import Pipeline
 
-from .audio_io import PreparedAudio, is_silent, prepare_audio, window_bounds
+from .audio_io import MIN_DURATION_S, AudioFileStream, PreparedAudio, is_silent, open_audio_stream, prepare_audio
+from .audio_io import window_bounds
 from .encoding import embed_audio
 
 
@@ -137,18 +139,46 @@ class AudioCaptionPipeline(Pipeline):
                 if on_error == "raise":
                     raise
                 prepared.append(err)
-        windows = [w for p in prepared if isinstance(p, dict) for w in p["windows"]]
-        outputs = self.forward({"windows": windows}, **forward) if windows else {"captions": []}
-        captions = iter(outputs["captions"])
-        embeddings = iter(outputs.get("embeddings", ()))
+        # Windows are captioned as they come, `batch_size` audible ones per model call (the same batches as when all
+        # windows are cut first), and only their captions are kept: a streamed file never sits in memory whole.
+        done: list[list[dict]] = [[] for _ in prepared]
+        pending: list[tuple[int, dict]] = []
+
+        def run_pending():
+            outputs = self.forward({"windows": [w for _, w in pending]}, **forward)
+            for k, (index, window) in enumerate(pending):
+                record = {"timestamp": window["timestamp"], "is_silent": window["is_silent"],
+                          "caption": outputs["captions"][k]}
+                if "embeddings" in outputs:
+                    record["embeddings"] = outputs["embeddings"][k]
+                done[index].append(record)
+            pending.clear()
+
+        for index, item in enumerate(prepared):
+            if isinstance(item, Exception):
+                continue
+            try:
+                for window in item["windows"]:  # a generator for a streamed file: may raise part way (NaN, decode)
+                    if window["is_silent"]:  # never embedded: its samples need not wait for the next model call
+                        window = {**window, "samples": None}
+                    pending.append((index, window))
+                    if sum(not w["is_silent"] for _, w in pending) == batch_size:
+                        run_pending()
+            except (ValueError, TypeError, OSError) as err:
+                if on_error == "raise":
+                    raise
+                prepared[index] = err
+                pending[:] = [p for p in pending if p[0] != index]
+        if pending:
+            run_pending()
         results = []
-        for item in prepared:
+        for item, records in zip(prepared, done):
             if isinstance(item, Exception):
                 results.append({"error": f"{type(item).__name__}: {item}"})
                 continue
-            item = {**item, "captions": [next(captions) for _ in item["windows"]]}
-            if "embeddings" in outputs:
-                item["embeddings"] = [next(embeddings) for _ in item["windows"]]
+            item = {**item, "windows": records, "captions": [r["caption"] for r in records]}
+            if forward.get("return_embeddings"):
+                item["embeddings"] = [r["embeddings"] for r in records]
             results.append(self.postprocess(item))
         return results[0] if single else results
 
@@ -162,16 +192,19 @@ class AudioCaptionPipeline(Pipeline):
         silence_threshold_db: float = -60.0,
     ) -> dict[str, Any]:
         rate = self.feature_extractor.sampling_rate
+        path = _file_path(inputs)
+        if path is not None and chunk_length_s is not None and chunk_length_s >= MIN_DURATION_S:
+            # A file cut into windows is streamed: decoded, mixed down and resampled a window at a time.
+            stream = open_audio_stream(path, rate)
+            windows = (_window(samples, start, end, rate, silence_threshold_db)
+                       for start, end, samples in stream.windows(chunk_length_s, stride_s))
+            return {"audio": stream, "windows": windows, "chunked": True}
         audio: PreparedAudio = prepare_audio(inputs, rate, sampling_rate=sampling_rate)
         if chunk_length_s is None:
             bounds = [(0, len(audio.waveform))]
         else:
             bounds = window_bounds(len(audio.waveform), rate, chunk_length_s, stride_s)
-        windows = []
-        for start, end in bounds:
-            samples = audio.waveform[start:end]
-            windows.append({"samples": samples, "is_silent": bool(is_silent(samples, silence_threshold_db)),
-                            "timestamp": (round(start / rate, 3), round(end / rate, 3))})
+        windows = [_window(audio.waveform[start:end], start, end, rate, silence_threshold_db) for start, end in bounds]
         return {"audio": audio, "windows": windows, "chunked": chunk_length_s is not None}
 
     def _forward(
@@ -214,7 +247,7 @@ class AudioCaptionPipeline(Pipeline):
         return out
 
     def postprocess(self, model_outputs: dict[str, Any], on_error: str = "raise") -> dict[str, Any]:
-        audio: PreparedAudio = model_outputs["audio"]
+        audio: PreparedAudio | AudioFileStream = model_outputs["audio"]
         windows, captions = model_outputs["windows"], model_outputs["captions"]
         result = {
             "generated_text": "",
@@ -237,6 +270,18 @@ class AudioCaptionPipeline(Pipeline):
             result["generated_text"] = captions[0]
             result.update((model_outputs.get("embeddings") or [None])[0] or {})
         return result
+
+
+def _window(samples: np.ndarray, start: int, end: int, rate: int, silence_threshold_db: float) -> dict[str, Any]:
+    return {"samples": samples, "is_silent": bool(is_silent(samples, silence_threshold_db)),
+            "timestamp": (round(start / rate, 3), round(end / rate, 3))}
+
+
+def _file_path(inputs) -> str | None:
+    """The path when `inputs` is a file (a path, or a dict with only a `path`, as datasets' `Audio` gives)."""
+    if isinstance(inputs, dict) and all(inputs.get(k) is None for k in ("array", "raw", "bytes")):
+        inputs = inputs.get("path")
+    return os.fspath(inputs) if isinstance(inputs, (str, os.PathLike)) else None
 
 
 def content_seed(samples: np.ndarray) -> int:

@@ -228,3 +228,64 @@ def test_evaluate_without_a_text_tokenizer_stops_before_captioning(saved_tiny_ca
     assert code == 2
     assert "--text-tokenizer" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------------- atomic outputs
+def test_atomic_open_leaves_the_previous_file_when_a_write_fails(tmp_path):
+    from diffusion_link.atomic_files import atomic_open, atomic_path
+
+    target = tmp_path / "scores.json"
+    with atomic_open(target, "w", encoding="utf-8") as f:
+        json.dump({"run": 1}, f)
+    with pytest.raises(RuntimeError, match="killed"):
+        with atomic_open(target, "w", encoding="utf-8") as f:
+            f.write('{"run": 2, "half')  # part of the new content is written, then the writer dies
+            raise RuntimeError("killed")
+    assert json.loads(target.read_text()) == {"run": 1} and os.listdir(tmp_path) == ["scores.json"]
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "gap.png") as tmp:
+            assert tmp.endswith(".png") and os.path.dirname(tmp) == str(tmp_path)  # savefig reads the format
+            open(tmp, "wb").write(b"\x89PNG half")
+            raise RuntimeError("killed")
+    assert os.listdir(tmp_path) == ["scores.json"]
+    with pytest.raises(ValueError, match="mode"):
+        with atomic_open(target, "a"):
+            pass
+
+
+def test_an_interrupted_evaluation_leaves_the_previous_outputs_intact(tiny_pipeline, clips, tmp_path, monkeypatch):
+    import diffusion_link.evaluation as evaluation
+
+    files, references = clips[:3], [[c] for c in CAPTIONS[:3]]
+    run = dict(max_new_tokens=2, batch_size=1, gap="off", command_line=["test"])
+    evaluate_captioner(tiny_pipeline, files, references, tmp_path, **run)
+    before = {name: (tmp_path / name).read_bytes() for name in ("predictions.csv", "scores.json")}
+
+    # Killed while captioning the second batch: predictions.csv has its first row only in the temporary file.
+    calls = []
+    captioner_call = type(tiny_pipeline).__call__
+
+    def dies_on_the_second_batch(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return captioner_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(tiny_pipeline), "__call__", dies_on_the_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_captioner(tiny_pipeline, files, references, tmp_path, **run)
+    monkeypatch.undo()
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
+    assert sorted(os.listdir(tmp_path)) == sorted(before)  # no temporary file left behind
+
+    # Killed in the middle of writing scores.json: the new predictions are complete, the old scores untouched.
+    def half_a_dump(obj, f, **kwargs):
+        f.write(json.dumps(obj)[:20])
+        raise OSError("disk full")
+
+    monkeypatch.setattr(evaluation.json, "dump", half_a_dump)
+    with pytest.raises(OSError, match="disk full"):
+        evaluate_captioner(tiny_pipeline, files, references, tmp_path, **run)
+    monkeypatch.undo()
+    assert (tmp_path / "scores.json").read_bytes() == before["scores.json"]
+    assert len(read_predictions(tmp_path)) == 3 and sorted(os.listdir(tmp_path)) == sorted(before)
