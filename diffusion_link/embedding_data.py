@@ -17,6 +17,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .atomic_files import atomic_path
+
 
 PAIRED_KEYS = ("audio_embeds", "text_embeds")
 UNPAIRED_KEY = "unpaired_text_embeds"
@@ -30,11 +32,9 @@ def save_embeddings(
     """Write an embedding file atomically (a temporary file renamed into place, so a kill leaves no half file)."""
     check_embeddings(tensors, source=str(path))
     header = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
     # clone(): rows given twice (the same tensor as audio and text) must still become separate tensors on disk.
-    save_file({k: v.detach().cpu().float().clone().contiguous() for k, v in tensors.items()}, tmp, metadata=header)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().cpu().float().clone().contiguous() for k, v in tensors.items()}, tmp, metadata=header)
 
 
 def load_embeddings(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, object]]:

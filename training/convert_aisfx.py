@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from diffusion_link.atomic_files import atomic_path
 from diffusion_link.pretrained_references import cache_dir, package_path
 
 
@@ -32,9 +33,8 @@ def convert(output: str) -> str:
     if len(weights) != 48:  # 4 blocks x (2 convs + 2 batch norms x 5 tensors)
         raise ValueError(f"{source}: expected aiSFX's 48 embedding-net tensors, found {len(weights)}.")
     os.makedirs(os.path.dirname(output), exist_ok=True)
-    tmp = f"{output}.tmp-{os.getpid()}"
-    save_file(weights, tmp, metadata={"source": "aisfx 0.1.2 models/checkpoint.pth (embedding_net)"})
-    os.replace(tmp, output)
+    with atomic_path(output) as tmp:
+        save_file(weights, tmp, metadata={"source": "aisfx 0.1.2 models/checkpoint.pth (embedding_net)"})
     return output
 
 

@@ -39,6 +39,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import AutoModel, AutoProcessor, HfArgumentParser
 
+from diffusion_link.atomic_files import atomic_path
 from diffusion_link.audio_io import load_audio
 from diffusion_link.embedding_data import save_embeddings
 from diffusion_link.encoding import embed_audio, embed_text
@@ -213,10 +214,9 @@ class ShardCache:
     def put(self, kind: str, start: int, items: list[str], shard: dict) -> None:
         os.makedirs(self.folder, exist_ok=True)
         path = self._path(kind, start)
-        tmp = f"{path}.tmp-{os.getpid()}"
         header = {"encoder": self.encoder, "items": json.dumps(items), "failed": json.dumps(shard["failed"])}
-        save_file({"embeds": shard["embeds"].detach().cpu().contiguous()}, tmp, metadata=header)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file({"embeds": shard["embeds"].detach().cpu().contiguous()}, tmp, metadata=header)
 
     def clear(self) -> None:
         if self.reused:
