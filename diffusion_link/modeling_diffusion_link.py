@@ -215,14 +215,29 @@ class ModelCardMixin:
                 repo_id, commit_message=commit_message, commit_description=commit_description, private=private,
                 token=token, revision=revision, create_pr=create_pr, max_shard_size=max_shard_size, tags=tags,
             )
+        return self.push_folder_to_hub(
+            lambda folder: self.save_pretrained(folder, max_shard_size=max_shard_size), repo_id,
+            model_card_kwargs=model_card_kwargs, tags=tags, token=token, private=private,
+            commit_message=commit_message, commit_description=commit_description, revision=revision,
+            create_pr=create_pr,
+        )
+
+    def push_folder_to_hub(self, save, repo_id: str, *, model_card_kwargs: dict | None = None, tags=None,
+                           **upload_kwargs):
+        """`save(folder)` into a temporary folder, put this model's card for `repo_id` in it, and upload it (the
+        pipeline's `push_to_hub` uses this with its own `save_pretrained`). `upload_kwargs`: `token`, `private`,
+        `commit_message`, `commit_description`, `revision`, `create_pr`."""
         card_kwargs = {"repo_id": repo_id, **(model_card_kwargs or {})}
         card_kwargs["tags"] = [*card_kwargs.get("tags", ()), *(getattr(self, "model_tags", None) or []), *(tags or [])]
         with tempfile.TemporaryDirectory() as folder:
-            self.save_pretrained(folder, max_shard_size=max_shard_size, model_card_kwargs=card_kwargs)
-            return self._upload_with_card(
-                folder, repo_id, token=token, private=private, commit_message=commit_message,
-                commit_description=commit_description, revision=revision, create_pr=create_pr,
-            )
+            save(folder)
+            cards = _model_cards_module()
+            readme = os.path.join(folder, "README.md")
+            if cards is not None and os.path.exists(readme):
+                os.remove(readme)  # the card `save` wrote points at a local folder; this one loads from `repo_id`
+            if cards is not None:
+                cards.save_model_card(folder, self.config, **card_kwargs)
+            return self._upload_with_card(folder, repo_id, **upload_kwargs)
 
     def _upload_with_card(self, folder, repo_id: str, *, token=None, private=None, commit_message=None,
                           commit_description=None, revision=None, create_pr=False):

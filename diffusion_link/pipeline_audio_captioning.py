@@ -70,6 +70,18 @@ class AudioCaptionPipeline(Pipeline):
         ids = self.tokenizer(prompt, add_special_tokens=False).input_ids if prompt else []
         self._prompt_ids = torch.tensor([ids], dtype=torch.long) if ids else None
 
+    def push_to_hub(self, repo_id: str, *, max_shard_size: int | str | None = "50GB", tags: list[str] | None = None,
+                    model_card_kwargs: dict | None = None, **upload_kwargs):
+        """transformers' `push_to_hub` of the whole pipeline folder (model, tokenizer, feature extractor, pipeline
+        code), with the captioner's model card in place of transformers' generic one (see the model's
+        `push_to_hub`). `upload_kwargs`: `token`, `private`, `commit_message`, `commit_description`, `revision`,
+        `create_pr`."""
+        push_folder = getattr(self.model, "push_folder_to_hub", None)
+        if push_folder is None:  # a model class without card support
+            return super().push_to_hub(repo_id, max_shard_size=max_shard_size, tags=tags, **upload_kwargs)
+        return push_folder(lambda folder: self.save_pretrained(folder, max_shard_size=max_shard_size), repo_id,
+                           model_card_kwargs=model_card_kwargs, tags=tags, **upload_kwargs)
+
     # ------------------------------------------------------------------ parameters
     def _sanitize_parameters(
         self,

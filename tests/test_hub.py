@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from huggingface_hub import ModelCard
 
 from .conftest import run_python, set_hf_home, write_wav
 from .hub_server import HubServer
@@ -67,6 +68,10 @@ def test_captioner_push_to_hub_then_pipeline_by_repo_id_with_remote_code(hub, sa
     pushed = set(repo.commits[repo.refs["main"]])
     saved = {p.relative_to(saved_tiny_captioner).as_posix() for p in saved_tiny_captioner.rglob("*") if p.is_file()}
     assert saved <= pushed and "model.safetensors" in saved and "pipeline_audio_captioning.py" in saved
+    # Our captioner card, written for the repo id, not transformers' generic one.
+    card = ModelCard(repo.commits[repo.refs["main"]]["README.md"].content.decode())
+    assert card.data.library_name == "transformers" and "diffusion-link" in card.data.tags
+    assert "user/captioner" in card.text and str(saved_tiny_captioner) not in card.text
 
     set_hf_home(monkeypatch, tmp_path / "hf-home-pull")
     out = run_python(
