@@ -313,6 +313,31 @@ class DiffusionLinkPreTrainedModel(ModelCardMixin, PreTrainedModel):
             init.zeros_(module.ema_num_updates)
 
 
+def _schedulers(config: DiffusionLinkConfig) -> tuple[DDPMScheduler, DDIMScheduler]:
+    """The training (DDPM) and `link()` (DDIM, trailing spacing, eta 0) schedulers of `config`."""
+    noise_scheduler = DDPMScheduler(
+        num_train_timesteps=config.num_train_timesteps,
+        beta_schedule=config.beta_schedule,
+        beta_start=config.beta_start,
+        beta_end=config.beta_end,
+        prediction_type="sample",
+        clip_sample=False,
+        thresholding=False,
+    )
+    inference_scheduler = DDIMScheduler(
+        num_train_timesteps=config.num_train_timesteps,
+        beta_schedule=config.beta_schedule,
+        beta_start=config.beta_start,
+        beta_end=config.beta_end,
+        prediction_type="sample",
+        clip_sample=False,
+        thresholding=False,
+        set_alpha_to_one=True,
+        timestep_spacing="trailing",
+    )
+    return noise_scheduler, inference_scheduler
+
+
 class DiffusionLinkBridge(DiffusionLinkPreTrainedModel):
     r"""
     Diffusion-Link: a residual-MLP diffusion model over single embeddings that maps audio embeddings onto the
@@ -339,26 +364,10 @@ class DiffusionLinkBridge(DiffusionLinkPreTrainedModel):
         self.register_buffer("embed_mean", torch.zeros(config.embedding_dim))
         self.register_buffer("embed_std", torch.full((config.embedding_dim,), config.embedding_dim**-0.5))
         self.register_buffer("ema_num_updates", torch.zeros((), dtype=torch.long))
-        self.noise_scheduler = DDPMScheduler(
-            num_train_timesteps=config.num_train_timesteps,
-            beta_schedule=config.beta_schedule,
-            beta_start=config.beta_start,
-            beta_end=config.beta_end,
-            prediction_type="sample",
-            clip_sample=False,
-            thresholding=False,
-        )
-        self.inference_scheduler = DDIMScheduler(
-            num_train_timesteps=config.num_train_timesteps,
-            beta_schedule=config.beta_schedule,
-            beta_start=config.beta_start,
-            beta_end=config.beta_end,
-            prediction_type="sample",
-            clip_sample=False,
-            thresholding=False,
-            set_alpha_to_one=True,
-            timestep_spacing="trailing",
-        )
+        # The schedulers' tables are plain tensors, not weights: built on the CPU even when from_pretrained
+        # instantiates the model on the meta device (else a cosine schedule's tables would stay empty there).
+        with torch.device("cpu"):
+            self.noise_scheduler, self.inference_scheduler = _schedulers(config)
         self.post_init()
         self.reset_ema()
 

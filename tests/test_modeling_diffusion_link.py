@@ -331,6 +331,20 @@ def test_save_load_gives_identical_link(tiny_bridge, tmp_path):
     assert all(p.requires_grad for p in loaded.denoiser.parameters())
 
 
+@pytest.mark.parametrize("beta_schedule", ["linear", "scaled_linear", "squaredcos_cap_v2"])
+def test_every_beta_schedule_survives_save_and_load(tiny_bridge_config, tmp_path, beta_schedule):
+    # from_pretrained builds the model on the meta device; the schedulers' tables must still hold numbers.
+    torch.manual_seed(0)
+    bridge = DiffusionLinkBridge(DiffusionLinkConfig(**{**tiny_bridge_config.to_diff_dict(), "beta_schedule": beta_schedule})).eval()
+    x = unit(4, 12)
+    expected = bridge.link(x, generator=torch.Generator().manual_seed(3))
+    bridge.save_pretrained(tmp_path)
+    loaded = DiffusionLinkBridge.from_pretrained(tmp_path)
+    for scheduler in (loaded.noise_scheduler, loaded.inference_scheduler):
+        assert scheduler.alphas_cumprod.device.type == "cpu"
+    torch.testing.assert_close(loaded.link(x, generator=torch.Generator().manual_seed(3)), expected, atol=0, rtol=0)
+
+
 def test_saved_folder_loads_with_remote_code_in_a_fresh_process(tiny_bridge, tmp_path):
     x = unit(4, 12)
     expected = tiny_bridge.link(x, generator=torch.Generator().manual_seed(3))
