@@ -211,34 +211,52 @@ def heads(args, encoder, split, towers) -> dict:
 def bridge(args, towers, head) -> tuple[DiffusionLinkBridge, dict]:
     """Train the bridge on 4 of the 5 head folds; pick its depth on the 5th, which it never saw."""
     out = os.path.join(args.work_dir, "bridge")
-    ntrain = len(head["oof"])
-    labels = head["labels"][:ntrain]
-    esc_text, corpus = towers["esc_text"], towers["corpus_text"]
-    held = head["folds"] == 0
     if not os.path.exists(os.path.join(out, "model.safetensors")):
-        fit_audio, fit_labels = head["oof"][~held], labels[~held]
-        pairs_audio = fit_audio.repeat_interleave(5, dim=0)  # each clip with each of its class's 5 captions
-        pairs_text = torch.stack([esc_text[int(l) * 5 + k] for l in fit_labels for k in range(5)])
-        train_file = os.path.join(args.work_dir, "bridge_train.safetensors")
-        save_embeddings(train_file, {"audio_embeds": pairs_audio, "text_embeds": pairs_text, "unpaired_text_embeds": corpus})
+        train_file = bridge_train_file(args.work_dir, towers, head)
         from training import train_bridge
 
-        train_bridge.main([
-            "--train_file", train_file, "--output_dir", out, "--hidden_size", str(args.bridge_hidden_size),
-            "--num_blocks", "3",
-            "--max_steps", str(args.bridge_steps), "--per_device_train_batch_size", "256", "--learning_rate", "1e-3",
-            "--lr_scheduler_type", "cosine", "--warmup_steps", "100", "--weight_decay", "0.0",
-            "--logging_steps", "200", "--save_strategy", "no", "--seed", str(args.seed), "--disable_tqdm", "true",
-        ])
+        train_bridge.main(bridge_arguments(args, train_file, out))
     model = DiffusionLinkBridge.from_pretrained(out).eval()
-    prototypes, val, val_labels = head["prototypes"], head["oof"][held], labels[held]
-    raw_accuracy = class_accuracy(val, val_labels, prototypes)
-    scores = {s: class_accuracy(model.link(val, strength=s), val_labels, prototypes) for s in STRENGTHS}
-    model.config.strength = max(STRENGTHS, key=lambda s: (scores[s], -s))  # best, then the shallowest
-    report = {"validation_clips": int(held.sum()), "validation_class_accuracy_raw": raw_accuracy,
-              "validation_class_accuracy_by_strength": scores, "picked_strength": model.config.strength}
+    report = pick_strength(model, head)
     logger.info("  bridge: %s", json.dumps(report))
     return model, report
+
+
+def bridge_train_file(work_dir: str, towers, head) -> str:
+    """The bridge's training embeddings: the out-of-fold clips of head folds 1-4, each paired with each of its
+    class's 5 captions, and the AudioCaps + Clotho captions as unpaired text. Fold 0 is left for `pick_strength`."""
+    train_file = os.path.join(work_dir, "bridge_train.safetensors")
+    if not os.path.exists(train_file):
+        held = head["folds"] == 0
+        labels = head["labels"][: len(head["oof"])]
+        fit_audio, fit_labels = head["oof"][~held], labels[~held]
+        pairs_audio = fit_audio.repeat_interleave(5, dim=0)  # each clip with each of its class's 5 captions
+        pairs_text = torch.stack([towers["esc_text"][int(l) * 5 + k] for l in fit_labels for k in range(5)])
+        save_embeddings(train_file, {"audio_embeds": pairs_audio, "text_embeds": pairs_text,
+                                     "unpaired_text_embeds": towers["corpus_text"]})
+    return train_file
+
+
+def bridge_arguments(args, train_file: str, out: str) -> list[str]:
+    """The `training/train_bridge.py` command line of the starter's bridge (shared with training/experiment.py)."""
+    return [
+        "--train_file", train_file, "--output_dir", out, "--hidden_size", str(args.bridge_hidden_size),
+        "--num_blocks", "3",
+        "--max_steps", str(args.bridge_steps), "--per_device_train_batch_size", "256", "--learning_rate", "1e-3",
+        "--lr_scheduler_type", "cosine", "--warmup_steps", "100", "--weight_decay", "0.0",
+        "--logging_steps", "200", "--save_strategy", "no", "--seed", str(args.seed), "--disable_tqdm", "true",
+    ]
+
+
+def pick_strength(model: DiffusionLinkBridge, head, strengths=STRENGTHS) -> dict:
+    """Set `model.config.strength` to the depth with the best class accuracy on head fold 0 (the shallowest of ties)."""
+    held = head["folds"] == 0
+    val, val_labels = head["oof"][held], head["labels"][: len(head["oof"])][held]
+    prototypes = head["prototypes"]
+    scores = {s: class_accuracy(model.link(val, strength=s), val_labels, prototypes) for s in strengths}
+    model.config.strength = max(strengths, key=lambda s: (scores[s], -s))
+    return {"validation_clips": int(held.sum()), "validation_class_accuracy_raw": class_accuracy(val, val_labels, prototypes),
+            "validation_class_accuracy_by_strength": scores, "picked_strength": model.config.strength}
 
 
 # ---------------------------------------------------------------------------------------------------- 5. decoder
@@ -257,18 +275,23 @@ def decoder(args, towers, encoder_dir: str, bridge_model: DiffusionLinkBridge) -
         bridge_model.save_pretrained(bridge_dir)
         from training import train_captioner
 
-        train_captioner.main([
-            "--audio_tower_name_or_path", encoder_dir, "--language_model_name_or_path", LM_REFERENCE,
-            "--bridge_name_or_path", bridge_dir, "--feature_extractor_name_or_path", encoder_dir,
-            "--train_file", train_file, "--mode", "zero_shot", "--output_dir", out,
-            "--prefix_length", "4", "--prompt", PROMPT, "--lora_r", "8", "--lora_alpha", "16",
-            "--lora_target_modules", "q_proj,v_proj", "--max_caption_tokens", "32",
-            "--max_steps", str(args.decoder_steps), "--per_device_train_batch_size", "16",
-            "--learning_rate", "2e-4", "--projector_learning_rate", "1e-3", "--lr_scheduler_type", "cosine",
-            "--warmup_steps", "30", "--weight_decay", "0.0", "--logging_steps", "25", "--save_strategy", "steps",
-            "--save_steps", "100", "--save_total_limit", "1", "--seed", str(args.seed), "--disable_tqdm", "true",
-        ])
+        train_captioner.main(decoder_arguments(args, encoder_dir, bridge_dir, train_file, out))
     return with_bridge(DiffusionLinkForAudioCaptioning.from_pretrained(out), bridge_model).eval()
+
+
+def decoder_arguments(args, encoder_dir: str, bridge_dir: str, train_file: str, out: str) -> list[str]:
+    """The `training/train_captioner.py` command line of the zero-shot decoder (shared with training/experiment.py)."""
+    return [
+        "--audio_tower_name_or_path", encoder_dir, "--language_model_name_or_path", LM_REFERENCE,
+        "--bridge_name_or_path", bridge_dir, "--feature_extractor_name_or_path", encoder_dir,
+        "--train_file", train_file, "--mode", "zero_shot", "--output_dir", out,
+        "--prefix_length", "4", "--prompt", PROMPT, "--lora_r", "8", "--lora_alpha", "16",
+        "--lora_target_modules", "q_proj,v_proj", "--max_caption_tokens", "32",
+        "--max_steps", str(args.decoder_steps), "--per_device_train_batch_size", "16",
+        "--learning_rate", "2e-4", "--projector_learning_rate", "1e-3", "--lr_scheduler_type", "cosine",
+        "--warmup_steps", "30", "--weight_decay", "0.0", "--logging_steps", "25", "--save_strategy", "steps",
+        "--save_steps", "100", "--save_total_limit", "1", "--seed", str(args.seed), "--disable_tqdm", "true",
+    ]
 
 
 def with_bridge(captioner: DiffusionLinkForAudioCaptioning, bridge_model: DiffusionLinkBridge):

@@ -1,0 +1,64 @@
+"""The experiment's bookkeeping: seed summaries, the headline lines and the Markdown table (the run itself needs the
+starter's data and about an hour; its results are committed in training/results/)."""
+
+import math
+
+import pytest
+
+from training import experiment
+
+
+def row(**values):
+    base = {key: 0.5 for key, _ in experiment.COLUMNS}
+    base.update(values)
+    return base
+
+
+def test_summarize_gives_mean_and_population_std_over_seeds():
+    out = experiment.summarize([row(cider_d=0.1, examples=["a"]), row(cider_d=0.3, examples=["b"])])
+    assert out["cider_d"]["mean"] == pytest.approx(0.2)
+    assert out["cider_d"]["std"] == pytest.approx(0.1)
+    assert out["cider_d"]["n"] == 2
+    assert "examples" not in out  # only numbers are summarised
+
+
+def summary_of(values: dict[str, dict]) -> dict:
+    return {name: experiment.summarize([row(**v)]) for name, v in values.items()}
+
+
+def test_headline_gain_ratio_and_peer_comparison():
+    summary = summary_of({
+        "identity": {"cider_d": 0.20, "class_accuracy": 0.40},
+        "mean-shift": {"cider_d": 0.25, "class_accuracy": 0.45},
+        "caption-memory": {"cider_d": 0.35, "class_accuracy": 0.50},
+        "diffusion-link": {"cider_d": 0.30, "class_accuracy": 0.60},
+        "text oracle": {"cider_d": 0.60, "class_accuracy": 0.80},
+    })
+    h = experiment.headline(summary)
+    assert h["cider_d_gain_over_identity"] == pytest.approx(0.5)
+    assert h["class_accuracy_ratio_to_oracle"] == pytest.approx(0.75)
+    assert h["cider_d_beats_every_peer"] is False and h["cider_d_best_peer"] == "caption-memory"
+    assert h["class_accuracy_beats_every_peer"] is True
+
+
+def test_markdown_has_every_row_column_and_headline():
+    summary = summary_of({name: {} for name in ("identity", "mean-shift", "diffusion-link", "text oracle")})
+    summary["diffusion-link"] = experiment.summarize([row(cider_d=0.3), row(cider_d=0.5)])
+    result = {
+        "command": "python training/experiment.py", "wall_seconds": 600, "environment": {"cpu_count": 2},
+        "seeds": [0, 1], "summary": summary, "ablation_summary": {"EMA off": summary["identity"]},
+        "headline": experiment.headline(summary), "depths": {"diffusion-link": [0.025, 0.05]},
+        "noise_injection_std": 0.06,
+    }
+    text = experiment.markdown(result)
+    for name in (*summary, "EMA off", "CIDEr-D", "METEOR", "R@1", "+52.5 %"):
+        assert name in text
+    assert "0.400 ± 0.100" in text  # the two diffusion-link seeds
+    header = next(line for line in text.splitlines() if line.startswith("| method"))
+    assert header.count("|") == len(experiment.COLUMNS) + 2
+    assert not math.isnan(result["headline"]["cider_d_gain_over_identity"])
+
+
+def test_cell_marks_a_missing_metric():
+    assert experiment.cell(None) == "n/a"
+    assert experiment.cell({"mean": 0.25, "std": 0.0, "n": 1}) == "0.250"

@@ -1,0 +1,426 @@
+#!/usr/bin/env python
+"""The paper's table on the starter world: every bridge, one decoder, the 150 held-out ESC-50 clips.
+
+    python training/experiment.py [--data ../shared/data] [--seeds 0 1 2] [--output training/results]
+
+Diffusion-Link (arXiv 2510.11330) claims that its bridge (1) closes the audio-text modality gap more than earlier
+bridges and (2) lifts zero-shot captioning a lot (+52.5 % CIDEr on AudioCaps). This script measures both on the
+starter model's space (aiSFX audio head into all-MiniLM-L6-v2 text space, SmolLM2-135M decoder trained on text
+embeddings only), with the starter's own split: the 150 test clips train and tune nothing.
+
+Rows (one decoder, trained zero-shot on AudioCaps + Clotho caption embeddings, unless said otherwise):
+
+| row | decoder input |
+|---|---|
+| identity | the raw audio embedding |
+| mean-shift | audio - audio mean + text mean (means from the training clips and the caption corpus) |
+| noise-injection | raw audio, into a decoder trained with CapDec noise on its text embeddings (std = the RMS per-coordinate audio-text difference of the training pairs) |
+| text-only diffusion | the audio embedding noised to s* and denoised by a bridge trained on text alone ("Diffusion Bridge") |
+| caption-memory | a softmax-weighted mix of the corpus caption embeddings nearest to the audio (DeCap/DRCap-style) |
+| diffusion-link | the audio embedding through Diffusion-Link |
+| text oracle | the text embedding of one of the clip's class captions |
+
+Both diffusion bridges are trained as the starter's bridge is (`training/build_starter.py`: 4 of the 5 head folds
+paired with their class captions, plus the caption corpus) and get their depth s*/T by the starter's rule, the best
+class accuracy of bridged embeddings on the fifth fold. Columns: class accuracy (the caption's nearest class
+description by MiniLM is the true class), CIDEr-D, BLEU-4, ROUGE-L, METEOR (needs Java) and MiniLM semantic
+similarity against the clip's five class captions, and the gap figures of `diffusion_link.modality_gap` against the
+first class caption. Ablations of Diffusion-Link: s* in {25, 50, 100, 200, 400} of T=1000, DDIM steps {1, 2, 5, 10},
+topology loss off, EMA off. Every bridge is trained once per seed, and the seed also draws the link noise; rows with
+no randomness (greedy decoding of a fixed input) have a spread of 0.
+
+Outputs in `--output`: `experiment.json` (every figure, per seed and mean ± std, the environment and wall time),
+`experiment.md` (the tables), `experiment_methods.png` and `experiment_ablations.png`. Trained bridges, the
+noise-injection decoder and the captions of each row are cached in `--work_dir`, so a rerun only fills in what is
+missing. The starter build's cache (`--starter_work_dir`) provides the frozen tower embeddings and the decoder's
+training data; it is rebuilt when absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
+
+from diffusion_link import (  # noqa: E402
+    CaptionMemoryBridge,
+    DiffusionLinkBridge,
+    DiffusionLinkForAudioCaptioning,
+    MeanShiftBridge,
+    StarterAudioTextEncoder,
+    modality_gap,
+)
+from diffusion_link.atomic_files import atomic_open, atomic_path  # noqa: E402
+from diffusion_link.metrics import caption_score_details  # noqa: E402
+from diffusion_link.pretrained_references import cache_dir  # noqa: E402
+from training import build_starter as starter  # noqa: E402
+from training.starter_data import class_captions, esc50_split  # noqa: E402
+
+
+logger = logging.getLogger("experiment")
+
+STARTER_CAPTIONER = os.path.join(REPO_ROOT, "diffusion_link", "starter", "captioner")
+CAPTION_METRICS = ("cider_d", "bleu_4", "rouge_l", "meteor", "semantic_similarity")
+GAP_METRICS = ("paired_cosine", "nearest_text_cosine", "centroid_distance", "retrieval_r1", "modality_separability")
+# Depth candidates of the validation pick (s*/T); the text-only bridge's own default, 0.6, is among them.
+PICK_STRENGTHS = (0.025, 0.05, 0.1, 0.2, 0.4, 0.6)
+ABLATION_STRENGTHS = (0.025, 0.05, 0.1, 0.2, 0.4)
+ABLATION_STEPS = (1, 2, 5, 10)
+MAX_NEW_TOKENS = 30
+
+
+class World:
+    """The frozen parts every row shares: tower embeddings, heads, the decoder, the class captions."""
+
+    def __init__(self, args):
+        self.args = args
+        starter_args = argparse.Namespace(data=args.data, seed=0, head_steps=600, work_dir=args.starter_work_dir,
+                                          decoder_steps=args.decoder_steps, bridge_hidden_size=384,
+                                          bridge_steps=args.bridge_steps)
+        self.starter_args = starter_args
+        os.makedirs(args.starter_work_dir, exist_ok=True)
+        split = esc50_split(args.data)
+        self.encoder = StarterAudioTextEncoder.from_bases()
+        self.towers = starter.tower_embeddings(starter_args, self.encoder, split)
+        self.head = cached_heads(args.work_dir, starter_args, self.encoder, split, self.towers)
+        ntrain = len(self.head["oof"])
+        self.labels = self.head["labels"][ntrain:]
+        self.test_audio = self.head["test"]
+        captions = [caps for _, caps in class_captions()]
+        self.references = [captions[int(label)] for label in self.labels]
+        self.paired_text = torch.stack([self.towers["esc_text"][int(label) * 5] for label in self.labels])
+        self.decoder = DiffusionLinkForAudioCaptioning.from_pretrained(args.captioner).eval()
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(args.captioner)
+        self.text_tokenizer = starter.encoder_tokenizer()
+        self.prompt = torch.tensor([self.tokenizer(starter.PROMPT, add_special_tokens=False).input_ids])
+
+    def caption(self, embeds: torch.Tensor, decoder=None) -> list[str]:
+        decoder = decoder or self.decoder
+        captions = []
+        for start in range(0, len(embeds), 16):
+            ids = decoder.generate(text_embeds=embeds[start : start + 16], input_ids=self.prompt,
+                                   max_new_tokens=MAX_NEW_TOKENS)
+            captions += [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+        return captions
+
+
+def cached_heads(work_dir: str, starter_args, encoder, split, towers) -> dict:
+    from safetensors.torch import load_file, save_file
+
+    path = os.path.join(work_dir, "heads.safetensors")
+    if not os.path.exists(path):
+        head = starter.heads(starter_args, encoder, split, towers)
+        save_file({k: head[k].contiguous() for k in ("oof", "folds", "test", "labels", "prototypes")}, path)
+    return load_file(path)
+
+
+# ---------------------------------------------------------------------------------------------------- training
+def trained_bridge(world: World, kind: str, seed: int) -> DiffusionLinkBridge:
+    """A bridge of `kind` ("diffusion_link", "no_topology" or "text_only_diffusion") trained with `seed`, its depth
+    picked on head fold 0 (cached in `work_dir/bridges`)."""
+    out = os.path.join(world.args.work_dir, "bridges", f"{kind}_seed{seed}")
+    if not os.path.exists(os.path.join(out, "model.safetensors")):
+        from training import train_bridge
+
+        train_file = starter.bridge_train_file(world.args.work_dir, world.towers, world.head)
+        argv = starter.bridge_arguments(argparse.Namespace(**{**vars(world.starter_args), "seed": seed}), train_file, out)
+        if kind == "no_topology":
+            argv += ["--topology_loss_weight", "0"]
+        elif kind == "text_only_diffusion":
+            argv += ["--bridge_type", "text_only_diffusion"]
+        start = time.time()
+        train_bridge.main(argv)
+        logger.info("  trained %s (seed %d) in %.0f s", kind, seed, time.time() - start)
+    model = DiffusionLinkBridge.from_pretrained(out).eval()
+    report = starter.pick_strength(model, world.head, PICK_STRENGTHS)
+    logger.info("  %s seed %d: picked s*/T=%s (%s)", kind, seed, model.config.strength,
+                json.dumps(report["validation_class_accuracy_by_strength"]))
+    return model
+
+
+def noise_std(world: World) -> float:
+    """CapDec's rule: noise as large as the gap, here the RMS per-coordinate difference of the training pairs."""
+    ntrain = len(world.head["oof"])
+    paired = world.towers["esc_text"][world.head["labels"][:ntrain] * 5]
+    return round(float((world.head["oof"] - paired).pow(2).mean().sqrt()), 2)
+
+
+def noise_injection_decoder(world: World) -> DiffusionLinkForAudioCaptioning:
+    """The starter's decoder recipe with CapDec noise on the training text embeddings (cached)."""
+    out = os.path.join(world.args.work_dir, "noise_decoder")
+    if not os.path.exists(os.path.join(out, "model.safetensors")):
+        from training import train_captioner
+
+        work = world.args.starter_work_dir
+        train_file = os.path.join(work, "decoder_train.safetensors")
+        if not os.path.exists(train_file):
+            raise FileNotFoundError(f"{train_file} is missing: run `python training/build_starter.py` first.")
+        bridge_dir = os.path.join(work, "bridge_picked")  # read by the builder; a zero-shot decoder never uses it
+        argv = starter.decoder_arguments(world.starter_args, os.path.join(work, "encoder"), bridge_dir, train_file, out)
+        train_captioner.main(argv + ["--noise_injection_std", str(noise_std(world))])
+    return DiffusionLinkForAudioCaptioning.from_pretrained(out).eval()
+
+
+# ---------------------------------------------------------------------------------------------------- scoring
+def score_row(world: World, name: str, embeds: torch.Tensor, decoder=None, gap_embeds: torch.Tensor | None = None) -> dict:
+    """Caption `embeds`, score the captions and the embeddings; captions are cached by row name."""
+    path = os.path.join(world.args.work_dir, "captions", f"{name}.json")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            captions = json.load(f)
+    else:
+        captions = world.caption(embeds, decoder)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with atomic_open(path, encoding="utf-8") as f:
+            json.dump(captions, f)
+    details = caption_score_details(captions, world.references, CAPTION_METRICS)
+    caption_embeds = starter.embed_minilm(world.encoder, world.text_tokenizer, [c or "silence" for c in captions], name)
+    row = {"class_accuracy": starter.class_accuracy(caption_embeds, world.labels, world.head["prototypes"])}
+    row.update({k: details.scores[k] for k in CAPTION_METRICS if k in details.scores})
+    gap = modality_gap(embeds if gap_embeds is None else gap_embeds, world.paired_text)
+    row.update({k: gap[k] for k in GAP_METRICS})
+    row["examples"] = captions[:3]
+    logger.info("  %s: class accuracy %.3f, CIDEr-D %.3f; e.g. %r", name, row["class_accuracy"], row["cider_d"],
+                captions[0])
+    return row
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Mean and (population) std over seeds of every figure."""
+    out = {}
+    for key in runs[0]:
+        if isinstance(runs[0][key], (int, float)):
+            values = [r[key] for r in runs]
+            out[key] = {"mean": statistics.fmean(values), "std": statistics.pstdev(values), "n": len(values)}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- the table
+def run(args) -> dict:
+    world = World(args)
+    raw, seeds = world.test_audio, args.seeds
+    corpus = world.towers["corpus_text"]
+    rows: dict[str, list[dict]] = {}
+    depths: dict[str, list[float]] = {}
+
+    rows["identity"] = [score_row(world, "identity", raw)]
+    mean_shift = MeanShiftBridge(raw.shape[1]).fit(world.head["oof"], corpus)
+    rows["mean-shift"] = [score_row(world, "mean_shift", mean_shift.link(raw))]
+    noise_decoder = noise_injection_decoder(world)
+    rows["noise-injection"] = [score_row(world, "noise_injection", raw, decoder=noise_decoder)]
+    del noise_decoder
+    memory = CaptionMemoryBridge(raw.shape[1]).fit(corpus)
+    rows["caption-memory"] = [score_row(world, "caption_memory", memory.link(raw))]
+
+    ablations: dict[str, list[dict]] = {}
+    for kind, label in (("text_only_diffusion", "text-only diffusion"), ("diffusion_link", "diffusion-link")):
+        for seed in seeds:
+            model = trained_bridge(world, kind, seed)
+            depths.setdefault(label, []).append(model.config.strength)
+            linked = model.link(raw, generator=torch.Generator().manual_seed(seed))
+            rows.setdefault(label, []).append(score_row(world, f"{kind}_seed{seed}", linked))
+            if kind != "diffusion_link":
+                continue
+            strength = model.config.strength
+            for s in ABLATION_STRENGTHS:
+                linked = model.link(raw, strength=s, generator=torch.Generator().manual_seed(seed))
+                ablations.setdefault(f"s*={round(s * 1000)}", []).append(
+                    score_row(world, f"dl_seed{seed}_strength{s}", linked))
+            for steps in ABLATION_STEPS:
+                linked = model.link(raw, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed))
+                ablations.setdefault(f"DDIM steps={steps}", []).append(
+                    score_row(world, f"dl_seed{seed}_steps{steps}", linked))
+            model.config.inference_weights = "raw"
+            linked = model.link(raw, generator=torch.Generator().manual_seed(seed))
+            ablations.setdefault("EMA off", []).append(score_row(world, f"dl_seed{seed}_raw_weights", linked))
+            no_topology = trained_bridge(world, "no_topology", seed)
+            no_topology.config.strength = strength  # the same depth as its Diffusion-Link twin: one change at a time
+            linked = no_topology.link(raw, generator=torch.Generator().manual_seed(seed))
+            ablations.setdefault("topology loss off", []).append(score_row(world, f"dl_seed{seed}_no_topology", linked))
+
+    oracle_rows = []
+    for seed in seeds:
+        rng = torch.Generator().manual_seed(seed)
+        picks = [int(label) * 5 + int(torch.randint(5, (1,), generator=rng)) for label in world.labels]
+        oracle = world.towers["esc_text"][picks]
+        oracle_rows.append(score_row(world, f"text_oracle_seed{seed}", oracle))
+    rows["text oracle"] = oracle_rows
+    # Peer rows feed the decoder something other than their gap embeddings: noise-injection reads raw audio.
+    return {"rows": rows, "ablations": ablations, "depths": depths, "noise_injection_std": noise_std(world)}
+
+
+def headline(summary: dict) -> dict:
+    dl, identity, oracle = summary["diffusion-link"], summary["identity"], summary["text oracle"]
+    peers = [m for m in summary if m not in ("diffusion-link", "identity", "text oracle")]
+    out = {}
+    for key in ("cider_d", "class_accuracy"):
+        out[f"{key}_gain_over_identity"] = dl[key]["mean"] / identity[key]["mean"] - 1
+        out[f"{key}_ratio_to_oracle"] = dl[key]["mean"] / oracle[key]["mean"]
+        out[f"{key}_beats_every_peer"] = all(dl[key]["mean"] > summary[p][key]["mean"] for p in [*peers, "identity"])
+        out[f"{key}_best_peer"] = max(peers, key=lambda p: summary[p][key]["mean"])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- reports
+COLUMNS = (("class_accuracy", "class acc"), ("cider_d", "CIDEr-D"), ("bleu_4", "BLEU-4"), ("rouge_l", "ROUGE-L"),
+           ("meteor", "METEOR"), ("semantic_similarity", "sem. sim."), ("paired_cosine", "paired cos"),
+           ("centroid_distance", "centroid dist"), ("retrieval_r1", "R@1"), ("modality_separability", "separability"))
+
+
+def cell(stats: dict | None) -> str:
+    if stats is None:
+        return "n/a"
+    if stats["n"] > 1:
+        return f"{stats['mean']:.3f} ± {stats['std']:.3f}"
+    return f"{stats['mean']:.3f}"
+
+
+def markdown(result: dict) -> str:
+    lines = [f"Command: `{result['command']}`. Wall time of this run: {result['wall_seconds'] / 60:.0f} min on "
+             f"{result['environment']['cpu_count']} CPU cores (parts already in `--work_dir` are reused; a first run also "
+             "trains the noise-injection decoder, about 40 min). "
+             f"{len(result['seeds'])} seeds ({', '.join(map(str, result['seeds']))}); mean ± std over seeds. "
+             "150 held-out ESC-50 clips; references: the clip's 5 class captions.", ""]
+    for title, table in (("Methods", result["summary"]), ("Diffusion-Link ablations", result["ablation_summary"])):
+        lines += [f"### {title}", "", "| method | " + " | ".join(c for _, c in COLUMNS) + " |",
+                  "|---|" + "---:|" * len(COLUMNS)]
+        for name, stats in table.items():
+            lines.append(f"| {name} | " + " | ".join(cell(stats.get(k)) for k, _ in COLUMNS) + " |")
+        lines.append("")
+    h = result["headline"]
+    lines += ["### Headline", "",
+              f"- CIDEr-D gain of Diffusion-Link over identity: {h['cider_d_gain_over_identity']:+.1%} (the paper: +52.5 % on AudioCaps).",
+              f"- Class-accuracy gain over identity: {h['class_accuracy_gain_over_identity']:+.1%}.",
+              f"- Ratio to the text oracle: CIDEr-D {h['cider_d_ratio_to_oracle']:.2f}, class accuracy {h['class_accuracy_ratio_to_oracle']:.2f}.",
+              f"- Beats every peer: CIDEr-D {'yes' if h['cider_d_beats_every_peer'] else 'no'} (best peer: {h['cider_d_best_peer']}), "
+              f"class accuracy {'yes' if h['class_accuracy_beats_every_peer'] else 'no'} (best peer: {h['class_accuracy_best_peer']}).",
+              f"- Depths picked on the validation fold (s*/T per seed): "
+              + "; ".join(f"{k} {v}" for k, v in result["depths"].items()) + ".",
+              f"- Noise-injection std: {result['noise_injection_std']}.", ""]
+    return "\n".join(lines)
+
+
+def plots(result: dict, output: str) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    names = list(result["summary"])
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key, title in ((axes[0], "class_accuracy", "class accuracy"), (axes[1], "cider_d", "CIDEr-D")):
+        means = [result["summary"][n][key]["mean"] for n in names]
+        stds = [result["summary"][n][key]["std"] for n in names]
+        colors = ["tab:red" if n == "diffusion-link" else "tab:gray" if n == "text oracle" else "tab:blue" for n in names]
+        ax.bar(range(len(names)), means, yerr=stds, color=colors, capsize=3)
+        ax.set_xticks(range(len(names)), names, rotation=35, ha="right")
+        ax.set_title(f"{title}, 150 held-out ESC-50 clips")
+    fig.tight_layout()
+    paths.append(os.path.join(output, "experiment_methods.png"))
+    with atomic_path(paths[-1]) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    ablations, identity = result["ablation_summary"], result["summary"]["identity"]
+    for ax, prefix, xs, xlabel in ((axes[0], "s*=", [round(s * 1000) for s in ABLATION_STRENGTHS], "s* (of T=1000)"),
+                                   (axes[1], "DDIM steps=", list(ABLATION_STEPS), "DDIM steps")):
+        for key, color in (("class_accuracy", "tab:blue"), ("cider_d", "tab:red")):
+            means = [ablations[f"{prefix}{x}"][key]["mean"] for x in xs]
+            stds = [ablations[f"{prefix}{x}"][key]["std"] for x in xs]
+            ax.errorbar(xs, means, yerr=stds, marker="o", color=color, capsize=3, label=key)
+            ax.axhline(identity[key]["mean"], color=color, linestyle=":", linewidth=1)
+        ax.set_xscale("log")
+        ax.minorticks_off()
+        ax.set_xticks(xs, [str(x) for x in xs])
+        ax.set_xlabel(xlabel)
+        ax.legend(title="dotted: identity")
+    axes[0].set_title("Diffusion-Link depth")
+    axes[1].set_title("Diffusion-Link DDIM steps (at the picked depth)")
+    fig.tight_layout()
+    paths.append(os.path.join(output, "experiment_ablations.png"))
+    with atomic_path(paths[-1]) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    return paths
+
+
+def environment() -> dict:
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=None, help="The shared data folder (default $DIFFUSION_LINK_DATA or ../shared/data).")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--output", default=os.path.join(REPO_ROOT, "training", "results"))
+    parser.add_argument("--work_dir", default=os.path.join(cache_dir(), "experiment"))
+    parser.add_argument("--starter_work_dir", default=os.path.join(cache_dir(), "starter_build"))
+    parser.add_argument("--captioner", default=STARTER_CAPTIONER, help="The decoder every row but noise-injection reads.")
+    parser.add_argument("--bridge_steps", type=int, default=3000)
+    parser.add_argument("--decoder_steps", type=int, default=700, help="Steps of the noise-injection decoder.")
+    parser.add_argument("--render_only", action="store_true",
+                        help="Rewrite experiment.md and the plots from `--output`/experiment.json; run nothing.")
+    args = parser.parse_args(argv)
+    if args.render_only:
+        with open(os.path.join(args.output, "experiment.json"), encoding="utf-8") as f:
+            result = json.load(f)
+        write_reports(result, args.output)
+        return result
+    if len(set(args.seeds)) != len(args.seeds) or not args.seeds:
+        parser.error(f"--seeds must be distinct, got {args.seeds}")
+    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.INFO)
+    os.makedirs(args.work_dir, exist_ok=True)
+    os.makedirs(args.output, exist_ok=True)
+    start = time.time()
+    torch.manual_seed(0)
+    measured = run(args)
+    summary = {name: summarize(runs) for name, runs in measured["rows"].items()}
+    order = ("identity", "mean-shift", "noise-injection", "text-only diffusion", "caption-memory", "diffusion-link",
+             "text oracle")
+    summary = {name: summary[name] for name in order}
+    result = {
+        "command": "python training/experiment.py" + (f" --seeds {' '.join(map(str, args.seeds))}" if args.seeds != [0, 1, 2] else ""),
+        "seeds": args.seeds,
+        "summary": summary,
+        "ablation_summary": {name: summarize(runs) for name, runs in measured["ablations"].items()},
+        "headline": headline(summary),
+        "depths": measured["depths"],
+        "noise_injection_std": measured["noise_injection_std"],
+        "per_seed": {"rows": measured["rows"], "ablations": measured["ablations"]},
+        "environment": environment(),
+        "wall_seconds": round(time.time() - start, 1),
+    }
+    with atomic_open(os.path.join(args.output, "experiment.json"), encoding="utf-8") as f:
+        json.dump(result, f, indent=2)
+    write_reports(result, args.output)
+    return result
+
+
+def write_reports(result: dict, output: str) -> None:
+    with atomic_open(os.path.join(output, "experiment.md"), encoding="utf-8") as f:
+        f.write(markdown(result))
+    for path in plots(result, output):
+        logger.info("wrote %s", path)
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
