@@ -175,7 +175,7 @@ def noise_injection_decoder(world: World) -> DiffusionLinkForAudioCaptioning:
 
 
 # ---------------------------------------------------------------------------------------------------- scoring
-def score_row(world: World, name: str, embeds: torch.Tensor, decoder=None, gap_embeds: torch.Tensor | None = None) -> dict:
+def score_row(world: World, name: str, embeds: torch.Tensor, decoder=None) -> dict:
     """Caption `embeds`, score the captions and the embeddings; captions are cached by row name."""
     path = os.path.join(world.args.work_dir, "captions", f"{name}.json")
     if os.path.exists(path):
@@ -190,7 +190,7 @@ def score_row(world: World, name: str, embeds: torch.Tensor, decoder=None, gap_e
     caption_embeds = starter.embed_minilm(world.encoder, world.text_tokenizer, [c or "silence" for c in captions], name)
     row = {"class_accuracy": starter.class_accuracy(caption_embeds, world.labels, world.head["prototypes"])}
     row.update({k: details.scores[k] for k in CAPTION_METRICS if k in details.scores})
-    gap = modality_gap(embeds if gap_embeds is None else gap_embeds, world.paired_text)
+    gap = modality_gap(embeds, world.paired_text)  # of the decoder's input
     row.update({k: gap[k] for k in GAP_METRICS})
     row["examples"] = captions[:3]
     logger.info("  %s: class accuracy %.3f, CIDEr-D %.3f; e.g. %r", name, row["class_accuracy"], row["cider_d"],
@@ -258,7 +258,6 @@ def run(args) -> dict:
         oracle = world.towers["esc_text"][picks]
         oracle_rows.append(score_row(world, f"text_oracle_seed{seed}", oracle))
     rows["text oracle"] = oracle_rows
-    # Peer rows feed the decoder something other than their gap embeddings: noise-injection reads raw audio.
     return {"rows": rows, "ablations": ablations, "depths": depths, "noise_injection_std": noise_std(world)}
 
 
