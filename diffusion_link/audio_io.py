@@ -20,6 +20,15 @@ class AudioDecodeError(ValueError):
     """A file or byte string could not be decoded as audio."""
 
 
+def _soundfile():
+    """The `soundfile` module, or an ImportError that says how to get it."""
+    if not is_soundfile_available():
+        raise ImportError("Decoding audio files needs soundfile (pip install soundfile).")
+    if is_soundfile_available():  # guarded import: a Hub copy of this file does not require soundfile up front
+        import soundfile as sf
+    return sf
+
+
 def decode_audio(source: str | os.PathLike | bytes) -> tuple[np.ndarray, int]:
     """Decode a file path or encoded bytes to `(samples, sampling_rate)`.
 
@@ -27,10 +36,7 @@ def decode_audio(source: str | os.PathLike | bytes) -> tuple[np.ndarray, int]:
     Raises `FileNotFoundError` for a missing path and `AudioDecodeError` (a `ValueError`) naming the source when it
     cannot be decoded.
     """
-    if not is_soundfile_available():
-        raise ImportError("Decoding audio files needs soundfile (pip install soundfile).")
-    if is_soundfile_available():  # guarded import: a Hub copy of this file does not require soundfile up front
-        import soundfile as sf
+    sf = _soundfile()
 
     if isinstance(source, (bytes, bytearray)):
         name, handle = "<bytes>", io.BytesIO(bytes(source))
@@ -236,7 +242,6 @@ def window_bounds(num_samples: int, rate: int, chunk_length_s: float, stride_s: 
     return bounds
 
 
-
 STREAM_BLOCK_FRAMES = 1 << 16  # frames decoded per read when a file is streamed (about 1.4 s at 48 kHz)
 
 
@@ -308,7 +313,7 @@ class AudioFileStream:
 
     def _resampled_blocks(self) -> Iterator[np.ndarray]:
         """Mono float32 blocks at `target_rate`; sets `num_samples` (the length `resample` gives) at the end."""
-        import soundfile as sf
+        sf = _soundfile()
 
         streamer = None
         if self.sampling_rate != self.target_rate:
@@ -328,7 +333,7 @@ class AudioFileStream:
                     # Row by row the same float32 mean as `to_mono_float` over the whole file.
                     mono = block[:, 0] if block.shape[1] == 1 else block.mean(axis=1)
                     mono = np.ascontiguousarray(mono, dtype=np.float32)
-                    if not np.isfinite(mono).all():
+                    if not all_finite(mono):
                         raise ValueError(f"{self.name}: audio contains NaN or Inf samples.")
                     frames += len(mono)
                     if len(mono):
@@ -356,10 +361,7 @@ def open_audio_stream(path: str | os.PathLike, target_rate: int, min_duration_s:
     Raises what `prepare_audio` raises for the same file: `FileNotFoundError`, `AudioDecodeError` naming the file,
     `ValueError` for more than 8 channels or fewer frames than `min_duration_s`.
     """
-    if not is_soundfile_available():
-        raise ImportError("Decoding audio files needs soundfile (pip install soundfile).")
-    if is_soundfile_available():  # guarded import: a Hub copy of this file does not require soundfile up front
-        import soundfile as sf
+    sf = _soundfile()
 
     name = os.fspath(path)
     if not os.path.isfile(name):
