@@ -155,8 +155,10 @@ class AudioCaptionPipeline(Pipeline):
         # windows are cut first), and only their captions are kept: a streamed file never sits in memory whole.
         done: list[list[dict]] = [[] for _ in prepared]
         pending: list[tuple[int, dict]] = []
+        audible = 0  # non-silent windows in `pending`
 
         def run_pending():
+            nonlocal audible
             outputs = self.forward({"windows": [w for _, w in pending]}, **forward)
             for k, (index, window) in enumerate(pending):
                 record = {"timestamp": window["timestamp"], "is_silent": window["is_silent"],
@@ -165,6 +167,7 @@ class AudioCaptionPipeline(Pipeline):
                     record["embeddings"] = outputs["embeddings"][k]
                 done[index].append(record)
             pending.clear()
+            audible = 0
 
         for index, item in enumerate(prepared):
             if isinstance(item, Exception):
@@ -174,13 +177,15 @@ class AudioCaptionPipeline(Pipeline):
                     if window["is_silent"]:  # never embedded: its samples need not wait for the next model call
                         window = {**window, "samples": None}
                     pending.append((index, window))
-                    if sum(not w["is_silent"] for _, w in pending) == batch_size:
+                    audible += not window["is_silent"]
+                    if audible == batch_size:
                         run_pending()
             except (ValueError, TypeError, OSError) as err:
                 if on_error == "raise":
                     raise
                 prepared[index] = err
                 pending[:] = [p for p in pending if p[0] != index]
+                audible = sum(not w["is_silent"] for _, w in pending)
         if pending:
             run_pending()
         results = []
