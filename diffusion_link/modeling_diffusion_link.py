@@ -315,7 +315,7 @@ class DiffusionLinkPreTrainedModel(ModelCardMixin, PreTrainedModel):
 
 def _schedulers(config: DiffusionLinkConfig) -> tuple[DDPMScheduler, DDIMScheduler]:
     """The training (DDPM) and `link()` (DDIM, trailing spacing, eta 0) schedulers of `config`."""
-    noise_scheduler = DDPMScheduler(
+    common = dict(
         num_train_timesteps=config.num_train_timesteps,
         beta_schedule=config.beta_schedule,
         beta_start=config.beta_start,
@@ -324,17 +324,8 @@ def _schedulers(config: DiffusionLinkConfig) -> tuple[DDPMScheduler, DDIMSchedul
         clip_sample=False,
         thresholding=False,
     )
-    inference_scheduler = DDIMScheduler(
-        num_train_timesteps=config.num_train_timesteps,
-        beta_schedule=config.beta_schedule,
-        beta_start=config.beta_start,
-        beta_end=config.beta_end,
-        prediction_type="sample",
-        clip_sample=False,
-        thresholding=False,
-        set_alpha_to_one=True,
-        timestep_spacing="trailing",
-    )
+    noise_scheduler = DDPMScheduler(**common)
+    inference_scheduler = DDIMScheduler(**common, set_alpha_to_one=True, timestep_spacing="trailing")
     return noise_scheduler, inference_scheduler
 
 
