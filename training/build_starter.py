@@ -374,15 +374,11 @@ def evaluate(args, captioner: DiffusionLinkForAudioCaptioning, tokenizer, towers
     esc_text = towers["esc_text"]
     rng = torch.Generator().manual_seed(args.seed)
     oracle = torch.stack([esc_text[int(l) * 5 + int(torch.randint(5, (1,), generator=rng))] for l in labels])
-    prompt = torch.tensor([tokenizer(PROMPT, add_special_tokens=False).input_ids])
     minilm = StarterAudioTextEncoder.from_bases()
     text_tok = encoder_tokenizer()
     results = {"class_accuracy": {}, "examples": {}}
     for name, embeds in (("identity", raw), ("diffusion_link", bridged), ("text_oracle", oracle)):
-        captions = []
-        for start in range(0, len(embeds), 16):
-            ids = captioner.generate(text_embeds=embeds[start : start + 16], input_ids=prompt, max_new_tokens=20)
-            captions += [t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+        captions = caption_embeddings(captioner, tokenizer, embeds, max_new_tokens=20)
         caption_embeds = embed_minilm(minilm, text_tok, [c or "silence" for c in captions], name)
         results["class_accuracy"][name] = class_accuracy(caption_embeds, labels, head["prototypes"])
         results["examples"][name] = captions[:10]
@@ -392,6 +388,16 @@ def evaluate(args, captioner: DiffusionLinkForAudioCaptioning, tokenizer, towers
     results["gap_bridged"] = modality_gap(bridged, paired_text)
     results["ratio_to_oracle"] = results["class_accuracy"]["diffusion_link"] / max(results["class_accuracy"]["text_oracle"], 1e-9)
     return results
+
+
+def caption_embeddings(captioner, tokenizer, embeds: torch.Tensor, max_new_tokens: int, batch: int = 16) -> list[str]:
+    """Greedy captions of (N, D) decoder-input embeddings after the starter's prompt."""
+    prompt = torch.tensor([tokenizer(PROMPT, add_special_tokens=False).input_ids])
+    captions = []
+    for start in range(0, len(embeds), batch):
+        ids = captioner.generate(text_embeds=embeds[start : start + batch], input_ids=prompt, max_new_tokens=max_new_tokens)
+        captions += [t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+    return captions
 
 
 # ---------------------------------------------------------------------------------------------------- main

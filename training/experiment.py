@@ -105,16 +105,9 @@ class World:
 
         self.tokenizer = AutoTokenizer.from_pretrained(args.captioner)
         self.text_tokenizer = starter.encoder_tokenizer()
-        self.prompt = torch.tensor([self.tokenizer(starter.PROMPT, add_special_tokens=False).input_ids])
 
     def caption(self, embeds: torch.Tensor, decoder=None) -> list[str]:
-        decoder = decoder or self.decoder
-        captions = []
-        for start in range(0, len(embeds), 16):
-            ids = decoder.generate(text_embeds=embeds[start : start + 16], input_ids=self.prompt,
-                                   max_new_tokens=MAX_NEW_TOKENS)
-            captions += [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
-        return captions
+        return starter.caption_embeddings(decoder or self.decoder, self.tokenizer, embeds, MAX_NEW_TOKENS)
 
 
 def cached_heads(work_dir: str, starter_args, encoder, split, towers) -> dict:
