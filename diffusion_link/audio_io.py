@@ -382,38 +382,3 @@ def _check_length(num_samples: int, rate: int, name: str, min_duration_s: float 
             f"{name}: audio is {num_samples} samples ({num_samples / int(rate):.3f} s) long; at least {min_duration_s} s "
             "is needed for a caption."
         )
-
-# The front end aiSFX was trained on (ISMIR 2022, computed there with Essentia): 44.1 kHz, 2048-sample Hann frames
-# every 1024 samples, 96 HTK-mel power bands whose weights sum to one, log10(1e4 x + 1), divided by the paper's
-# maximum so values fall in about [0, 1]. The waveform is peak-normalised first, as aiSFX's librosa front end does.
-AISFX_SAMPLING_RATE = 44100
-AISFX_FRAME, AISFX_HOP, AISFX_MELS = 2048, 1024, 96
-AISFX_LOG_MEL_MAX = 9.457798957824707
-_MEL_CACHE: dict = {}
-
-
-def aisfx_log_mel(waveform: np.ndarray) -> np.ndarray:
-    """(num_samples,) mono float32 at 44.1 kHz -> (frames, 96) float32 log-mel, frames every 1024 samples."""
-    import torch
-
-    waveform = np.asarray(waveform, dtype=np.float32)
-    peak = float(np.max(np.abs(waveform))) if len(waveform) else 0.0
-    signal = torch.from_numpy(waveform / peak if peak > 0 else waveform)
-    spectrum = torch.stft(
-        signal, n_fft=AISFX_FRAME, hop_length=AISFX_HOP, window=torch.hann_window(AISFX_FRAME),
-        center=True, pad_mode="constant", return_complex=True,
-    ).abs().pow(2)  # (1025, frames)
-    mel = torch.from_numpy(_aisfx_mel_filters()).T @ spectrum  # (96, frames)
-    return (torch.log10(1e4 * mel + 1.0) / AISFX_LOG_MEL_MAX).T.contiguous().numpy().astype(np.float32)
-
-
-def _aisfx_mel_filters() -> np.ndarray:
-    if "aisfx" not in _MEL_CACHE:
-        from transformers.audio_utils import mel_filter_bank
-
-        filters = mel_filter_bank(
-            num_frequency_bins=AISFX_FRAME // 2 + 1, num_mel_filters=AISFX_MELS, min_frequency=0.0,
-            max_frequency=AISFX_SAMPLING_RATE / 2, sampling_rate=AISFX_SAMPLING_RATE, norm=None, mel_scale="htk",
-        )  # (1025, 96)
-        _MEL_CACHE["aisfx"] = (filters / np.maximum(filters.sum(axis=0, keepdims=True), 1e-12)).astype(np.float32)
-    return _MEL_CACHE["aisfx"]

@@ -10,7 +10,6 @@ from transformers import PretrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from .configuration_diffusion_link import DiffusionLinkConfig
-from .configuration_starter_encoder import StarterEncoderConfig
 
 
 BRIDGE_TYPES = ("diffusion_link", "identity", "mean_shift")
@@ -172,10 +171,6 @@ class DiffusionLinkCaptionerConfig(PretrainedConfig):
         return self.text_config
 
 
-# Model types of audio towers defined in this package (flat siblings, so they resolve in a Hub copy too).
-LOCAL_AUDIO_CONFIGS: dict[str, type] = {StarterEncoderConfig.model_type: StarterEncoderConfig}
-
-
 def _resolve_sub_config(name: str, value, default_model_type: str) -> PretrainedConfig:
     if isinstance(value, PretrainedConfig):
         return value
@@ -185,11 +180,24 @@ def _resolve_sub_config(name: str, value, default_model_type: str) -> Pretrained
         raise TypeError(f"`{name}` must be a dict or a PretrainedConfig, got {type(value).__name__}.")
     value = dict(value)
     model_type = value.pop("model_type", default_model_type)
-    if model_type in LOCAL_AUDIO_CONFIGS:
-        return LOCAL_AUDIO_CONFIGS[model_type](**value)
     if model_type not in CONFIG_MAPPING:
-        raise ValueError(f"`{name}` has an unknown model_type {model_type!r}.")
+        _register_package_towers()
+    if model_type not in CONFIG_MAPPING:
+        raise ValueError(
+            f"`{name}` has an unknown model_type {model_type!r}: import the package that registers it with "
+            "`AutoConfig.register` first."
+        )
     return CONFIG_MAPPING[model_type](**value)
+
+
+def _register_package_towers() -> None:
+    """Import diffusion_link, if installed, so that its own towers (the starter encoder) are registered with
+    `AutoConfig` / `AutoModel`. Their code is not copied next to saved captioners: a captioner whose tower is the
+    starter needs the package anyway (the starter's frozen bases are files of installed packages)."""
+    try:
+        import diffusion_link  # noqa: F401
+    except ImportError:
+        pass
 
 
 def _check_positive_int(name: str, value) -> None:

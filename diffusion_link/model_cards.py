@@ -4,7 +4,7 @@
 The card reflects the model's config (sizes, `strength`, steps, bridge type, the base models a captioner refers to)
 and, when given, evaluation results as a `model-index`. `save_pretrained` of both models writes it next to the weights
 (never over an existing README.md) and their `push_to_hub` uploads it; see `ModelCardMixin` in
-`modeling_diffusion_link.py`.
+`model_card_mixin.py`.
 
 The templates ship as package data (`diffusion_link/hub_cards/`, mapped from the top-level `hub_cards/` by
 `setup.py`); in a source checkout or an editable install they are read from `hub_cards/` itself.

@@ -2,7 +2,7 @@
 embeddings into the text-embedding distribution.
 
 This file is copied next to the weights by ``save_pretrained`` (custom code on the Hub), so it imports only torch,
-transformers, diffusers and the flat sibling ``configuration_diffusion_link``.
+transformers, diffusers and flat siblings.
 """
 
 from __future__ import annotations
@@ -10,8 +10,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -19,18 +17,18 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler
 from diffusers.models.embeddings import get_timestep_embedding
-from huggingface_hub import HfApi
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
-from transformers.utils import ModelOutput, logging
+from transformers.utils import ModelOutput
 
 from .configuration_diffusion_link import DiffusionLinkConfig, check_strength
+from .model_card_mixin import ModelCardMixin
+from .pretrained_loading import check_pretrained_config, checked_from_pretrained, own_aligned_memory
 
 
 GeneratorArg = torch.Generator | Sequence[torch.Generator] | None
 
-logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -113,159 +111,6 @@ class DiffusionLinkDenoiser(nn.Module):
         return self.out_proj(self.out_norm(hidden_states))  # (B, D)
 
 
-_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
-_LOADING_PROBLEMS = ("missing_keys", "unexpected_keys", "mismatched_keys")
-
-
-def check_pretrained_config(config_class: type, path, kwargs: dict) -> None:
-    """Raise `ValueError` naming `path` when its config.json is missing or of another `model_type`.
-
-    transformers builds a default config for a folder without config.json and only warns about a foreign
-    `model_type`; either way the weights then load into the wrong architecture. Skipped when `config=` is given.
-    """
-    if kwargs.get("config") is not None:
-        return
-    config_dict, _ = config_class.get_config_dict(path, **{k: kwargs[k] for k in _HUB_KWARGS if k in kwargs})
-    found = config_dict.get("model_type")
-    if found != config_class.model_type:
-        what = "no config.json (or one without a `model_type`)" if not found else f"a config.json of model_type {found!r}"
-        raise ValueError(f"{path} has {what}; expected a {config_class.model_type!r} checkpoint.")
-
-
-def checked_from_pretrained(load, path, *args, **kwargs):
-    """Call transformers' `from_pretrained` (`load`), refusing weights that do not match the model.
-
-    transformers 5 randomly initialises missing weights and ignores unexpected ones with only a log report, and
-    raises a bare `RuntimeError` for shape mismatches; here each of these raises a `ValueError` naming `path` and the
-    keys (`ignore_mismatched_sizes=True` still allows re-initialising mismatched shapes). Weights are read from
-    safetensors only unless `use_safetensors=False` is passed (a pickle `pytorch_model.bin` is never the default, and
-    transformers reads it with `torch.load(weights_only=True)` even then).
-    """
-    return_info = kwargs.pop("output_loading_info", False)
-    allow_mismatch = kwargs.get("ignore_mismatched_sizes", False)
-    kwargs["ignore_mismatched_sizes"] = True  # collect the mismatched keys instead of a RuntimeError without them
-    kwargs.setdefault("use_safetensors", True)
-    model, info = load(path, *args, output_loading_info=True, **kwargs)
-    problems = {name: sorted(str(key) for key in info.get(name) or ()) for name in _LOADING_PROBLEMS}
-    if allow_mismatch:
-        problems["mismatched_keys"] = []
-    problems = {name: keys for name, keys in problems.items() if keys}
-    if problems:
-        details = "; ".join(f"{name.replace('_', ' ')} ({len(keys)}): {keys[:5]}" for name, keys in problems.items())
-        raise ValueError(f"The weights in {path} do not match {type(model).__name__}({model.config.model_type}): {details}.")
-    return (model, info) if return_info else model
-
-
-# `save_pretrained(push_to_hub=True)` arguments that go to the upload rather than to the local save.
-_UPLOAD_KWARGS = ("repo_id", "commit_message", "commit_description", "private", "create_pr", "revision")
-
-
-class ModelCardMixin:
-    """Model cards for `PreTrainedModel`s of this package: `save_pretrained` writes README.md and `push_to_hub`
-    uploads it.
-
-    transformers' own `push_to_hub` (and `save_pretrained(push_to_hub=True)`) saves a generic README.md over the
-    folder's after `save_pretrained` (`create_and_tag_model_card`), so both are replaced here: the folder is saved
-    with our card, then uploaded as it is with `HfApi.upload_folder`. A README.md already in the repo is kept, as
-    transformers does (replace it on purpose with `diffusion_link.model_cards.model_card(...).push_to_hub(repo_id)`).
-
-    The card comes from `diffusion_link.model_cards` (templates shipped with the package). A Hub copy of this file
-    running without the package installed writes no card and pushes like transformers.
-    """
-
-    def save_pretrained(self, save_directory, *args, model_card_kwargs: dict | None = None, **kwargs):
-        """transformers' `save_pretrained`, plus the model card `save_directory/README.md`, written only when the
-        folder has none (a card of your own is never replaced). `model_card_kwargs` go to
-        `diffusion_link.model_cards.model_card` (`eval_results`, `base_model`, `datasets`, `license`, ...).
-        With `push_to_hub=True` (and `repo_id`, `token`, `commit_message`, ...) the folder is then uploaded as in
-        `push_to_hub`."""
-        cards = _model_cards_module()
-        if cards is None:
-            return super().save_pretrained(save_directory, *args, **kwargs)
-        push_to_hub = kwargs.pop("push_to_hub", False)
-        upload_kwargs = {key: kwargs.pop(key) for key in _UPLOAD_KWARGS if key in kwargs}
-        result = super().save_pretrained(save_directory, *args, **kwargs)
-        if not kwargs.get("is_main_process", args[0] if args else True):
-            return result
-        cards.save_model_card(save_directory, self.config, **(model_card_kwargs or {}))
-        if push_to_hub:
-            repo_id = upload_kwargs.pop("repo_id", os.path.basename(os.path.normpath(save_directory)))
-            return self._upload_with_card(save_directory, repo_id, token=kwargs.get("token"), **upload_kwargs)
-        return result
-
-    def push_to_hub(
-        self,
-        repo_id: str,
-        *,
-        commit_message: str | None = None,
-        commit_description: str | None = None,
-        private: bool | None = None,
-        token: bool | str | None = None,
-        revision: str | None = None,
-        create_pr: bool = False,
-        max_shard_size: int | str | None = "50GB",
-        tags: list[str] | None = None,
-        model_card_kwargs: dict | None = None,
-    ):
-        """Save to a temporary folder with our model card (see `save_pretrained`; the card's code examples load
-        from `repo_id`) and upload it to `repo_id`; the other arguments are transformers' `push_to_hub`'s.
-        `tags` (and `model_tags`) are added to the card. A README.md already in the repo is kept."""
-        if _model_cards_module() is None:
-            return super().push_to_hub(
-                repo_id, commit_message=commit_message, commit_description=commit_description, private=private,
-                token=token, revision=revision, create_pr=create_pr, max_shard_size=max_shard_size, tags=tags,
-            )
-        return self.push_folder_to_hub(
-            lambda folder: self.save_pretrained(folder, max_shard_size=max_shard_size), repo_id,
-            model_card_kwargs=model_card_kwargs, tags=tags, token=token, private=private,
-            commit_message=commit_message, commit_description=commit_description, revision=revision,
-            create_pr=create_pr,
-        )
-
-    def push_folder_to_hub(self, save, repo_id: str, *, model_card_kwargs: dict | None = None, tags=None,
-                           **upload_kwargs):
-        """`save(folder)` into a temporary folder, put this model's card for `repo_id` in it, and upload it (the
-        pipeline's `push_to_hub` uses this with its own `save_pretrained`). `upload_kwargs`: `token`, `private`,
-        `commit_message`, `commit_description`, `revision`, `create_pr`."""
-        card_kwargs = {"repo_id": repo_id, **(model_card_kwargs or {})}
-        card_kwargs["tags"] = [*card_kwargs.get("tags", ()), *(getattr(self, "model_tags", None) or []), *(tags or [])]
-        with tempfile.TemporaryDirectory() as folder:
-            save(folder)
-            cards = _model_cards_module()
-            readme = os.path.join(folder, "README.md")
-            if cards is not None and os.path.exists(readme):
-                os.remove(readme)  # the card `save` wrote points at a local folder; this one loads from `repo_id`
-            if cards is not None:
-                cards.save_model_card(folder, self.config, **card_kwargs)
-            return self._upload_with_card(folder, repo_id, **upload_kwargs)
-
-    def _upload_with_card(self, folder, repo_id: str, *, token=None, private=None, commit_message=None,
-                          commit_description=None, revision=None, create_pr=False):
-        api = HfApi(token=token)
-        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-        if revision is not None and not create_pr:
-            api.create_branch(repo_id, branch=revision, exist_ok=True)
-        ignore = None
-        if api.file_exists(repo_id, "README.md", revision=revision):
-            logger.info(f"{repo_id} already has a README.md; it is kept (our model card is not uploaded).")
-            ignore = ["README.md"]
-        return api.upload_folder(
-            repo_id=repo_id, folder_path=folder, commit_message=commit_message or f"Upload {type(self).__name__}",
-            commit_description=commit_description, revision=revision, create_pr=create_pr, ignore_patterns=ignore,
-        )
-
-
-def _model_cards_module():
-    """`diffusion_link.model_cards`, or None in a Hub copy of this file without the package (it holds the templates).
-
-    An absolute import in a `try` block: transformers neither copies it next to the weights nor requires it."""
-    try:
-        from diffusion_link import model_cards
-    except ImportError:
-        return None
-    return model_cards
-
-
 class DiffusionLinkPreTrainedModel(ModelCardMixin, PreTrainedModel):
     config: DiffusionLinkConfig
     config_class = DiffusionLinkConfig
@@ -280,13 +125,8 @@ class DiffusionLinkPreTrainedModel(ModelCardMixin, PreTrainedModel):
         check_pretrained_config(cls.config_class, pretrained_model_name_or_path, kwargs)
         loaded = checked_from_pretrained(super().from_pretrained, pretrained_model_name_or_path, *args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded
+        own_aligned_memory((*model.parameters(), *model.buffers()))  # bit-exact `link()` after loading
         # `from_pretrained` re-creates every parameter with requires_grad=True; frozen parts must be frozen again.
-        # Weights memory-mapped from safetensors can sit at unaligned addresses, where CPU kernels take other code
-        # paths and results differ in the last bit. Fresh (aligned) copies make a loaded bridge reproduce the saved
-        # one exactly; the bridge is small, so this costs nothing.
-        with torch.no_grad():
-            for tensor in (*model.parameters(), *model.buffers()):
-                tensor.data = tensor.data.clone()
         model.apply_freezing()
         return loaded
 

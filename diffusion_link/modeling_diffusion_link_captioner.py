@@ -23,19 +23,15 @@ from transformers.utils import ModelOutput, is_peft_available
 from .baselines import IdentityBridge, MeanShiftBridge
 from .configuration_diffusion_link_captioner import DiffusionLinkCaptionerConfig
 from .encoding import pooled_embeddings
-from .modeling_diffusion_link import (
-    DiffusionLinkBridge,
-    GeneratorArg,
-    ModelCardMixin,
+from .model_card_mixin import ModelCardMixin
+from .modeling_diffusion_link import DiffusionLinkBridge, GeneratorArg
+from .pretrained_loading import (
     check_pretrained_config,
     checked_from_pretrained,
+    hub_kwargs,
+    own_aligned_memory,
+    resolve_base_reference,
 )
-from .modeling_starter_encoder import StarterAudioTextEncoder
-from .pretrained_references import resolve_reference
-
-
-# Audio towers defined in this package, by config class name (flat siblings, so they resolve in a Hub copy too).
-LOCAL_AUDIO_TOWERS: dict[str, type] = {"StarterEncoderConfig": StarterAudioTextEncoder}
 
 
 @dataclass
@@ -199,7 +195,7 @@ class DiffusionLinkForAudioCaptioning(DiffusionLinkCaptionerPreTrainedModel):
         if isinstance(audio_tower, str):
             audio_tower = load_audio_tower(audio_tower)
         if isinstance(language_model, str):
-            language_model = AutoModelForCausalLM.from_pretrained(resolve_reference(language_model), dtype=dtype)
+            language_model = AutoModelForCausalLM.from_pretrained(resolve_base_reference(language_model), dtype=dtype)
         if base_weights == "referenced" and not (tower_ref and lm_ref):
             base_weights = "embedded"  # nothing to refer to
         if isinstance(bridge, str):
@@ -228,7 +224,7 @@ class DiffusionLinkForAudioCaptioning(DiffusionLinkCaptionerPreTrainedModel):
         config = kwargs.get("config")
         if config is None:
             config = DiffusionLinkCaptionerConfig.from_pretrained(
-                pretrained_model_name_or_path, **_hub_kwargs(kwargs)
+                pretrained_model_name_or_path, **hub_kwargs(kwargs)
             )
         if getattr(config, "base_weights", "embedded") == "referenced":
             kwargs.pop("config", None)
@@ -238,9 +234,7 @@ class DiffusionLinkForAudioCaptioning(DiffusionLinkCaptionerPreTrainedModel):
             if isinstance(model, tuple):
                 model = model[0]
         # Small trained parts get fresh (aligned) memory, so a loaded model reproduces the saved one bit for bit.
-        with torch.no_grad():
-            for tensor in (*model.bridge.parameters(), *model.bridge.buffers(), *model.multi_modal_projector.parameters()):
-                tensor.data = tensor.data.clone()
+        own_aligned_memory((*model.bridge.parameters(), *model.bridge.buffers(), *model.multi_modal_projector.parameters()))
         model.apply_freezing()
         return model
 
@@ -252,10 +246,10 @@ class DiffusionLinkForAudioCaptioning(DiffusionLinkCaptionerPreTrainedModel):
         dtype = kwargs.get("dtype")
         audio_tower = load_audio_tower(config.audio_tower_name_or_path)
         language_model = AutoModelForCausalLM.from_pretrained(
-            resolve_reference(config.language_model_name_or_path), dtype=dtype
+            resolve_base_reference(config.language_model_name_or_path), dtype=dtype
         )
         model = cls(config, audio_tower=audio_tower, language_model=language_model)
-        weights = cached_file(path, "model.safetensors", **_hub_kwargs(kwargs))
+        weights = cached_file(path, "model.safetensors", **hub_kwargs(kwargs))
         state = load_file(weights)
         expected = set(model.trained_state_dict())
         missing, unexpected = expected - set(state), set(state) - expected
@@ -424,22 +418,14 @@ def build_bridge(config: DiffusionLinkCaptionerConfig) -> nn.Module:
 
 
 def build_audio_tower(config: DiffusionLinkCaptionerConfig) -> nn.Module:
-    local = LOCAL_AUDIO_TOWERS.get(type(config.audio_config).__name__)
-    if local is not None:
-        return local(config.audio_config)
+    """A randomly initialised tower of `config.audio_config`'s type, through `AutoModel` (towers of other packages,
+    the starter encoder included, are registered with `AutoConfig` / `AutoModel` when their package is imported)."""
     return AutoModel.from_config(config.audio_config)
 
 
 def load_audio_tower(reference: str) -> nn.Module:
-    """Load an audio tower by Hub id, local folder or `package:` reference (see `pretrained_references`)."""
-    from transformers import AutoConfig
-
-    path = resolve_reference(reference)
-    config = AutoConfig.from_pretrained(path)
-    local = LOCAL_AUDIO_TOWERS.get(type(config).__name__)
-    if local is not None:
-        return local.from_pretrained(path)
-    return AutoModel.from_pretrained(path)
+    """Load an audio tower with `AutoModel` by Hub id, local folder or `package:` reference."""
+    return AutoModel.from_pretrained(resolve_base_reference(reference))
 
 
 def _check_embeds(name: str, embeds: torch.Tensor, dim: int) -> None:
@@ -466,8 +452,3 @@ def _require_peft(what: str) -> None:
         raise ImportError(
             f"{what} needs peft (pip install peft). A checkpoint exported with `merge_and_unload()` loads without it."
         )
-
-
-def _hub_kwargs(kwargs: dict) -> dict:
-    keys = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
-    return {k: kwargs[k] for k in keys if k in kwargs}

@@ -1,0 +1,63 @@
+"""The code a saved captioner carries to the Hub: one flat set of modules that imports only torch, transformers,
+diffusers (numpy and the standard library aside) and each other, and nothing of the starter model."""
+
+import ast
+import os
+import sys
+
+import pytest
+
+
+# What `pipe.save_pretrained` copies next to a CLAP/LLaMA captioner (`custom_object_save` follows relative imports).
+CAPTIONER_CODE = [
+    "audio_io.py",
+    "baselines.py",
+    "configuration_diffusion_link.py",
+    "configuration_diffusion_link_captioner.py",
+    "encoding.py",
+    "model_card_mixin.py",
+    "modeling_diffusion_link.py",
+    "modeling_diffusion_link_captioner.py",
+    "pipeline_audio_captioning.py",
+    "pretrained_loading.py",
+]
+ALLOWED_ROOTS = {"torch", "transformers", "diffusers", "numpy"}
+
+
+@pytest.fixture(scope="module")
+def saved_captioner(tmp_path_factory):
+    from diffusion_link.testing import tiny_captioner
+
+    folder = tmp_path_factory.mktemp("captioner")
+    tiny_captioner().save_pretrained(folder)
+    return folder
+
+
+def test_a_saved_clap_llama_captioner_holds_exactly_these_files(saved_captioner):
+    files = sorted(os.listdir(saved_captioner))
+    assert [f for f in files if f.endswith(".py")] == CAPTIONER_CODE
+    assert [f for f in files if not f.endswith(".py")] == [
+        "README.md", "config.json", "model.safetensors", "preprocessor_config.json", "tokenizer.json",
+        "tokenizer_config.json",
+    ]
+
+
+def test_saved_code_carries_nothing_of_the_starter(saved_captioner):
+    for name in CAPTIONER_CODE:
+        text = open(saved_captioner / name, encoding="utf-8").read().lower()
+        for marker in ("aisfx", "gguf", "starter_encoder", "starterencoder", "starteraudiotextencoder"):
+            assert marker not in text, f"{name} mentions {marker!r}"
+
+
+def test_saved_code_imports_only_the_allowed_libraries_at_module_level(saved_captioner):
+    for name in CAPTIONER_CODE:
+        tree = ast.parse(open(saved_captioner / name, encoding="utf-8").read())
+        for node in tree.body:  # module level: what a Hub copy needs just to be imported
+            if isinstance(node, ast.Import):
+                roots = {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                roots = {node.module.split(".")[0]}
+            else:
+                continue
+            foreign = roots - ALLOWED_ROOTS - set(sys.stdlib_module_names) - {"__future__"}
+            assert not foreign, f"{name} imports {sorted(foreign)} at module level"
