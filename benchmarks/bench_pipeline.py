@@ -80,13 +80,13 @@ def main() -> dict:
         assert len(out) == args.batch
 
     # The same prefixes, outside the timed region.
-    from diffusion_link.encoding import embed_audio
     from diffusion_link.audio_io import prepare_audio
 
     model = pipe.model
     waves = [prepare_audio(c, pipe.feature_extractor.sampling_rate, rate).waveform for c in clips]
     with torch.no_grad():
-        embeds = model.link(embed_audio(model.audio_tower, pipe.feature_extractor, waves, batch_size=args.batch))
+        embeds = model.link(model.embed_audio(waveforms=waves, feature_extractor=pipe.feature_extractor,
+                                              batch_size=args.batch))
         inputs_embeds, mask, _ = model._with_prefix(model.prefix_from_embeds(embeds), None, None, None)
 
     def run_bare():

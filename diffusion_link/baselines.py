@@ -20,17 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .configuration_diffusion_link import DiffusionLinkConfig
-
-
-def check_embeddings(name: str, embeds: torch.Tensor, embedding_dim: int) -> torch.Tensor:
-    """Raise `TypeError`/`ValueError` unless `embeds` is a finite, non-empty (batch, embedding_dim) tensor."""
-    if not isinstance(embeds, torch.Tensor):
-        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(embeds).__name__}.")
-    if embeds.ndim != 2 or embeds.shape[-1] != embedding_dim or embeds.shape[0] == 0:
-        raise ValueError(f"`{name}` must have shape (batch, {embedding_dim}), got {tuple(embeds.shape)}.")
-    if not torch.isfinite(embeds).all():
-        raise ValueError(f"`{name}` contains NaN or Inf values.")
-    return embeds
+from .validation import check_embeddings, check_positive_int
 
 
 class IdentityBridge(nn.Module):
@@ -111,12 +101,11 @@ class CaptionMemoryBridge(nn.Module):
 
     def __init__(self, embedding_dim: int, temperature: float = 0.01, top_k: int | None = None):
         super().__init__()
-        if not isinstance(embedding_dim, int) or embedding_dim < 1:
-            raise ValueError(f"`embedding_dim` must be a positive int, got {embedding_dim!r}.")
+        check_positive_int("embedding_dim", embedding_dim)
         if not temperature > 0:
             raise ValueError(f"`temperature` must be > 0, got {temperature!r}.")
-        if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-            raise ValueError(f"`top_k` must be a positive int or None, got {top_k!r}.")
+        if top_k is not None:
+            check_positive_int("top_k", top_k)
         self.embedding_dim = embedding_dim
         self.temperature = temperature
         self.top_k = top_k

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig
 
+from .validation import check_positive_int
+
 
 _NORMALIZATIONS = ("l2", "none")
 _STD_MODES = ("per_dim", "scalar")
@@ -102,15 +104,15 @@ class DiffusionLinkConfig(PretrainedConfig):
         noise_seed: int = 0,
         **kwargs,
     ):
-        _check_positive_int("embedding_dim", embedding_dim)
-        _check_positive_int("hidden_size", hidden_size)
-        _check_positive_int("num_blocks", num_blocks)
-        _check_positive_int("timestep_embedding_dim", timestep_embedding_dim)
+        check_positive_int("embedding_dim", embedding_dim)
+        check_positive_int("hidden_size", hidden_size)
+        check_positive_int("num_blocks", num_blocks)
+        check_positive_int("timestep_embedding_dim", timestep_embedding_dim)
         if timestep_embedding_dim % 2:
             raise ValueError(f"`timestep_embedding_dim` must be even (sin and cos halves), got {timestep_embedding_dim}.")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"`dropout` must lie in [0, 1), got {dropout}.")
-        _check_positive_int("num_train_timesteps", num_train_timesteps)
+        check_positive_int("num_train_timesteps", num_train_timesteps)
         if beta_schedule not in ("linear", "scaled_linear", "squaredcos_cap_v2"):
             raise ValueError(
                 "`beta_schedule` must be one of 'linear', 'scaled_linear', 'squaredcos_cap_v2', "
@@ -128,7 +130,7 @@ class DiffusionLinkConfig(PretrainedConfig):
         if x0_parameterization not in ("direct", "skip"):
             raise ValueError(f"`x0_parameterization` must be 'direct' or 'skip', got {x0_parameterization!r}.")
         check_strength(strength)
-        _check_positive_int("num_inference_steps", num_inference_steps)
+        check_positive_int("num_inference_steps", num_inference_steps)
         if topology_loss_weight < 0:
             raise ValueError(f"`topology_loss_weight` must be >= 0, got {topology_loss_weight}.")
         if not 0.0 <= ema_decay < 1.0:
@@ -169,8 +171,3 @@ def check_strength(strength: float) -> None:
     """Raise a `ValueError` unless `strength` (the fraction of the schedule `link()` noises to) lies in (0, 1]."""
     if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 < strength <= 1.0:
         raise ValueError(f"`strength` must be a float in (0, 1], got {strength!r}.")
-
-
-def _check_positive_int(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be a positive int, got {value!r}.")

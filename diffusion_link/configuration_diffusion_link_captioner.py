@@ -10,6 +10,7 @@ from transformers import PretrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from .configuration_diffusion_link import DiffusionLinkConfig
+from .validation import check_positive_int
 
 
 BRIDGE_TYPES = ("diffusion_link", "identity", "mean_shift")
@@ -89,7 +90,7 @@ class DiffusionLinkCaptionerConfig(PretrainedConfig):
         self.text_config = _resolve_sub_config("text_config", text_config, default_model_type="llama")
         if embedding_dim is None:
             embedding_dim = getattr(self.audio_config, "projection_dim", None)
-        _check_positive_int("embedding_dim", embedding_dim)
+        check_positive_int("embedding_dim", embedding_dim)
         if bridge_type not in BRIDGE_TYPES:
             raise ValueError(f"`bridge_type` must be one of {BRIDGE_TYPES}, got {bridge_type!r}.")
         if bridge_config is None:
@@ -101,10 +102,10 @@ class DiffusionLinkCaptionerConfig(PretrainedConfig):
                 f"`bridge_config.embedding_dim` ({bridge_config.embedding_dim}) must equal the audio tower's embedding "
                 f"size ({embedding_dim})."
             )
-        _check_positive_int("prefix_length", prefix_length)
+        check_positive_int("prefix_length", prefix_length)
         if projector_hidden_size is None:
             projector_hidden_size = 3 * embedding_dim
-        _check_positive_int("projector_hidden_size", projector_hidden_size)
+        check_positive_int("projector_hidden_size", projector_hidden_size)
         if not isinstance(prompt, str):
             raise TypeError(f"`prompt` must be a string (\"\" for none), got {type(prompt).__name__}.")
         if isinstance(lora_r, bool) or not isinstance(lora_r, int) or lora_r < 0:
@@ -198,8 +199,3 @@ def _register_package_towers() -> None:
         import diffusion_link  # noqa: F401
     except ImportError:
         pass
-
-
-def _check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be a positive int, got {value!r}.")

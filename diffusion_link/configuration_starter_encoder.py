@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from transformers import BertConfig, PretrainedConfig
 
+from .validation import check_positive_int
+
 
 TEXT_PROJECTIONS = ("identity", "mlp")
 
@@ -65,8 +67,7 @@ class StarterEncoderConfig(PretrainedConfig):
             )
         for name, value in (("projection_dim", projection_dim), ("head_hidden_size", head_hidden_size),
                             ("block_frames", block_frames), ("block_hop", block_hop)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+            check_positive_int(name, value)
         if not 0.0 <= head_dropout < 1.0:
             raise ValueError(f"`head_dropout` must lie in [0, 1), got {head_dropout}.")
         self.text_config = text_config

@@ -53,7 +53,7 @@ def gap_report(pipe, data: str, output_dir: str) -> dict | None:
 
     from .audio_io import load_audio
     from .defaults import STARTER_DIR
-    from .encoding import embed_audio, embed_text
+    from .encoding import embed_text
     from .metrics import format_gap_table, modality_gap, plot_modality_gap
     from .pretrained_references import resolve_reference
 
@@ -69,7 +69,7 @@ def gap_report(pipe, data: str, output_dir: str) -> dict | None:
     model = pipe.model
     rate = pipe.feature_extractor.sampling_rate
     waves = [load_audio(os.path.join(audio_dir, clip["filename"]), rate) for clip in test]
-    audio = embed_audio(model.audio_tower, pipe.feature_extractor, waves, batch_size=16)
+    audio = model.embed_audio(waveforms=waves, feature_extractor=pipe.feature_extractor, batch_size=16)
     tokenizer = AutoTokenizer.from_pretrained(resolve_reference(model.audio_tower.config.text_model_name_or_path))
     text = embed_text(model.audio_tower, tokenizer, [classes[clip["category"]][0] for clip in test])
     with torch.no_grad():

@@ -18,6 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .atomic_files import atomic_path
+from .validation import check_embeddings
 
 
 PAIRED_KEYS = ("audio_embeds", "text_embeds")
@@ -30,7 +31,7 @@ def save_embeddings(
     metadata: dict[str, list[str] | str] | None = None,
 ) -> None:
     """Write an embedding file atomically (a temporary file renamed into place, so a kill leaves no half file)."""
-    check_embeddings(tensors, source=str(path))
+    check_embedding_file(tensors, source=str(path))
     header = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
     # clone(): rows given twice (the same tensor as audio and text) must still become separate tensors on disk.
     with atomic_path(path) as tmp:
@@ -48,7 +49,7 @@ def load_embeddings(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
             header = f.metadata() or {}
     except Exception as err:  # safetensors raises its own error types for corrupt headers
         raise ValueError(f"Could not read {path} as a safetensors embedding file: {err}") from err
-    check_embeddings(tensors, source=path)
+    check_embedding_file(tensors, source=path)
     metadata = {}
     for key, value in header.items():
         try:
@@ -58,7 +59,7 @@ def load_embeddings(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     return tensors, metadata
 
 
-def check_embeddings(tensors: dict[str, torch.Tensor], source: str = "embeddings") -> int:
+def check_embedding_file(tensors: dict[str, torch.Tensor], source: str = "embeddings") -> int:
     """Validate the format above and return D. Raises `ValueError` naming `source` on any violation."""
     known = set(PAIRED_KEYS) | {UNPAIRED_KEY}
     unknown = set(tensors) - known
@@ -71,12 +72,10 @@ def check_embeddings(tensors: dict[str, torch.Tensor], source: str = "embeddings
         raise ValueError(f"{source}: `audio_embeds` and `text_embeds` come together (paired rows), found {present}.")
     dims = set()
     for key in present:
-        t = tensors[key]
-        if t.ndim != 2 or t.shape[0] == 0:
-            raise ValueError(f"{source}: `{key}` must be a non-empty (N, D) matrix, got shape {tuple(t.shape)}.")
-        if not torch.isfinite(t).all():
-            raise ValueError(f"{source}: `{key}` contains NaN or Inf values.")
-        dims.add(t.shape[1])
+        try:
+            dims.add(check_embeddings(key, tensors[key]).shape[1])
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{source}: {err}") from err
     if len(dims) != 1:
         raise ValueError(f"{source}: all embeddings must share one D, got {({k: tuple(tensors[k].shape) for k in present})}.")
     if "audio_embeds" in tensors and tensors["audio_embeds"].shape[0] != tensors["text_embeds"].shape[0]:

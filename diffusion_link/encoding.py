@@ -33,6 +33,13 @@ def audio_windows(waveform: np.ndarray, window: int) -> list[np.ndarray]:
 
 
 @torch.no_grad()
+def audio_embeddings(model, **features) -> torch.Tensor:
+    """Features of one window each (`input_features`, plus `is_longer` or `attention_mask`) -> (B, D) L2-normalised
+    float32 audio embeddings of `model.get_audio_features`."""
+    return F.normalize(pooled_embeddings(model.get_audio_features(**features)).float(), dim=-1)
+
+
+@torch.no_grad()
 def embed_audio(
     model,
     feature_extractor,
@@ -60,7 +67,7 @@ def embed_audio(
         )
         # CLAP's extractor adds `is_longer`; the starter's a frame `attention_mask`; both go to the tower.
         inputs = {k: v.to(device) for k, v in inputs.items() if k in ("input_features", "is_longer", "attention_mask")}
-        chunks.append(F.normalize(pooled_embeddings(model.get_audio_features(**inputs)).float(), dim=-1))
+        chunks.append(audio_embeddings(model, **inputs))
     per_window = torch.cat(chunks)  # (num_windows, D)
     owner = torch.tensor(owner, device=per_window.device)
     summed = torch.zeros(len(waveforms), per_window.shape[1], device=per_window.device).index_add_(0, owner, per_window)

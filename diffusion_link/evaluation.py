@@ -53,6 +53,7 @@ from transformers.utils.logging import tqdm
 from .atomic_files import atomic_open, atomic_path
 from .audio_io import AUDIO_EXTENSIONS
 from .metrics.caption_scores import CAPTION_METRICS, COCO_METRICS
+from .validation import check_positive_int
 
 
 if TYPE_CHECKING:
@@ -328,8 +329,7 @@ def evaluate_captioner(
         raise ValueError(f"{len(unreferenced)} files have no non-empty reference caption: {unreferenced[:10]}.")
     metrics = resolve_metrics(metrics)
     for name, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens), ("num_beams", num_beams)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+        check_positive_int(name, value)
     if gap not in GAP_MODES:
         raise ValueError(f"`gap` must be one of {GAP_MODES}, got {gap!r}.")
 

@@ -8,7 +8,6 @@ transformers, diffusers and flat siblings.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -25,6 +24,8 @@ from transformers.utils import ModelOutput
 from .configuration_diffusion_link import DiffusionLinkConfig, check_strength
 from .model_card_mixin import ModelCardMixin
 from .pretrained_loading import check_pretrained_config, checked_from_pretrained, own_aligned_memory
+from .seeding import content_generators
+from .validation import check_embeddings, check_positive_int
 
 
 GeneratorArg = torch.Generator | Sequence[torch.Generator] | None
@@ -219,7 +220,7 @@ class DiffusionLinkBridge(DiffusionLinkPreTrainedModel):
     @torch.no_grad()
     def fit_normalization(self, text_embeds: torch.Tensor) -> None:
         """Set `embed_mean` / `embed_std` from (N, D) text embeddings (the distribution the bridge moves audio to)."""
-        text_embeds = self._check_embeds("text_embeds", text_embeds)
+        text_embeds = check_embeddings("text_embeds", text_embeds, self.config.embedding_dim, allow_vector=True)
         if text_embeds.shape[0] < 2:
             raise ValueError(f"`fit_normalization` needs at least 2 text embeddings, got {text_embeds.shape[0]}.")
         if self.config.input_normalization == "l2":
@@ -286,10 +287,11 @@ class DiffusionLinkBridge(DiffusionLinkPreTrainedModel):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if text_embeds is None:
             raise ValueError("`text_embeds` is required to train the bridge (it is the target of both branches).")
-        text_embeds = self._check_embeds("text_embeds", text_embeds)
+        dim = self.config.embedding_dim
+        text_embeds = check_embeddings("text_embeds", text_embeds, dim, allow_vector=True)
         batch_size = text_embeds.shape[0]
         if audio_embeds is not None:
-            audio_embeds = self._check_embeds("audio_embeds", audio_embeds, batch_size=batch_size)
+            audio_embeds = check_embeddings("audio_embeds", audio_embeds, dim, num_rows=batch_size, allow_vector=True)
             if audio_mask is None:
                 audio_mask = torch.ones(batch_size, dtype=torch.bool, device=text_embeds.device)
             elif audio_mask.shape != (batch_size,):
@@ -372,8 +374,7 @@ class DiffusionLinkBridge(DiffusionLinkPreTrainedModel):
         strength = self.config.strength if strength is None else strength
         check_strength(strength)
         steps = self.config.num_inference_steps if num_inference_steps is None else num_inference_steps
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"`num_inference_steps` must be a positive int, got {steps!r}.")
+        check_positive_int("num_inference_steps", steps)
         s_star = round(strength * self.config.num_train_timesteps)
         if s_star < steps:
             raise ValueError(
@@ -411,7 +412,7 @@ class DiffusionLinkBridge(DiffusionLinkPreTrainedModel):
             `torch.FloatTensor` of shape `(B, D)` (or `(D,)`): the bridged embeddings, in the input's dtype.
         """
         squeeze = isinstance(audio_embeds, torch.Tensor) and audio_embeds.ndim == 1
-        audio_embeds = self._check_embeds("audio_embeds", audio_embeds)
+        audio_embeds = check_embeddings("audio_embeds", audio_embeds, self.config.embedding_dim, allow_vector=True)
         timesteps = self.link_timesteps(strength, num_inference_steps)
         batch_size = audio_embeds.shape[0]
         denoiser = self.ema_denoiser if self.config.inference_weights == "ema" else self.denoiser
@@ -437,7 +438,9 @@ class DiffusionLinkBridge(DiffusionLinkPreTrainedModel):
         """(B, D) standard normal noise on the CPU, one row per input row."""
         batch_size, dim = audio_embeds.shape
         if generator is None:
-            generators = [torch.Generator().manual_seed(seed) for seed in self._row_seeds(audio_embeds)]
+            # Seeded from each row's own values (and `noise_seed`): deterministic and batch-invariant, while rows
+            # still get independent noise (one noise vector for all rows would shift every output the same way).
+            generators = content_generators(audio_embeds, key=str(self.config.noise_seed).encode())
         elif isinstance(generator, torch.Generator):
             return torch.randn(batch_size, dim, generator=generator, device=generator.device).cpu()
         else:
@@ -445,37 +448,6 @@ class DiffusionLinkBridge(DiffusionLinkPreTrainedModel):
             if len(generators) != batch_size:
                 raise ValueError(f"Got a list of {len(generators)} generators for a batch of {batch_size} embeddings.")
         return torch.stack([torch.randn(dim, generator=g, device=g.device).cpu() for g in generators])
-
-    def _row_seeds(self, embeds: torch.Tensor) -> list[int]:
-        # Seeding each row from its own values (and `noise_seed`) makes `link()` deterministic and batch-invariant
-        # while rows still get independent noise: one noise vector shared by all rows would shift every output the
-        # same way.
-        key = str(self.config.noise_seed).encode()
-        rows = embeds.detach().to(device="cpu", dtype=torch.float32).contiguous().numpy()
-        return [
-            int.from_bytes(hashlib.blake2b(row.tobytes(), digest_size=8, key=key).digest(), "little") >> 1
-            for row in rows
-        ]
-
-    # ------------------------------------------------------------------ validation
-    def _check_embeds(self, name: str, embeds: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
-        dim = self.config.embedding_dim
-        if not isinstance(embeds, torch.Tensor):
-            raise TypeError(f"`{name}` must be a torch.Tensor of shape (batch, {dim}), got {type(embeds).__name__}.")
-        if embeds.ndim == 1:
-            embeds = embeds[None]
-        if embeds.ndim != 2 or embeds.shape[-1] != dim:
-            raise ValueError(f"`{name}` must have shape (batch, {dim}), got {tuple(embeds.shape)}.")
-        if embeds.shape[0] == 0:
-            raise ValueError(f"`{name}` is an empty batch (shape {tuple(embeds.shape)}).")
-        if batch_size is not None and embeds.shape[0] != batch_size:
-            raise ValueError(f"`{name}` has {embeds.shape[0]} rows but `text_embeds` has {batch_size}.")
-        if not embeds.is_floating_point():
-            raise TypeError(f"`{name}` must be a floating-point tensor, got {embeds.dtype}.")
-        if not torch.isfinite(embeds).all():
-            bad = (~torch.isfinite(embeds)).any(dim=-1).nonzero().flatten().tolist()
-            raise ValueError(f"`{name}` contains NaN or Inf values (rows {bad[:10]}).")
-        return embeds
 
 
 def _ddim_step(

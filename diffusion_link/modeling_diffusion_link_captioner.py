@@ -22,7 +22,7 @@ from transformers.utils import ModelOutput, is_peft_available
 
 from .baselines import IdentityBridge, MeanShiftBridge
 from .configuration_diffusion_link_captioner import DiffusionLinkCaptionerConfig
-from .encoding import pooled_embeddings
+from .encoding import audio_embeddings, embed_audio
 from .model_card_mixin import ModelCardMixin
 from .modeling_diffusion_link import DiffusionLinkBridge, GeneratorArg
 from .pretrained_loading import (
@@ -32,6 +32,7 @@ from .pretrained_loading import (
     own_aligned_memory,
     resolve_base_reference,
 )
+from .validation import check_embeddings
 
 
 @dataclass
@@ -276,10 +277,31 @@ class DiffusionLinkForAudioCaptioning(DiffusionLinkCaptionerPreTrainedModel):
 
     # ------------------------------------------------------------------ the three stages
     @torch.no_grad()
-    def embed_audio(self, input_features: torch.Tensor, **tower_kwargs) -> torch.Tensor:
-        """Audio features -> (B, D) L2-normalised audio embeddings from the frozen tower."""
-        output = self.audio_tower.get_audio_features(input_features=input_features, **tower_kwargs)
-        return F.normalize(pooled_embeddings(output).float(), dim=-1)
+    def embed_audio(
+        self,
+        input_features: torch.Tensor | None = None,
+        *,
+        waveforms: list | None = None,
+        feature_extractor=None,
+        batch_size: int = 16,
+        **tower_kwargs,
+    ) -> torch.Tensor:
+        """(B, D) L2-normalised audio embeddings from the frozen tower, on the model's device, from one of:
+
+        - `input_features` (with `is_longer` / `attention_mask` in `tower_kwargs`): one window each, as the tower's
+          feature extractor made them;
+        - `waveforms` and the tower's `feature_extractor`: (num_samples,) mono float32 waveforms at the extractor's
+          rate. One longer than the encoder's window (10 s for CLAP) is split into consecutive windows whose
+          embeddings are averaged, deterministically and covering the whole clip; the pipeline takes this path.
+        """
+        if (input_features is None) == (waveforms is None):
+            raise ValueError("Pass exactly one of `input_features` and `waveforms` to `embed_audio`.")
+        if input_features is not None:
+            return audio_embeddings(self.audio_tower, input_features=input_features, **tower_kwargs)
+        if feature_extractor is None:
+            raise ValueError("`embed_audio(waveforms=...)` needs the tower's `feature_extractor`.")
+        device = next(self.audio_tower.parameters()).device
+        return embed_audio(self.audio_tower, feature_extractor, waveforms, batch_size=batch_size).to(device)
 
     @torch.no_grad()
     def link(
@@ -307,7 +329,7 @@ class DiffusionLinkForAudioCaptioning(DiffusionLinkCaptionerPreTrainedModel):
             raise ValueError(f"Pass exactly one of `input_features`, `audio_embeds`, `text_embeds`; got {given or 'none'}.")
         dim = self.config.embedding_dim
         if text_embeds is not None:
-            _check_embeds("text_embeds", text_embeds, dim)
+            check_embeddings("text_embeds", text_embeds, dim)
             embeds = F.normalize(text_embeds.float(), dim=-1)
             if self.training and self.config.noise_injection_std > 0:
                 # CapDec: train the decoder on noisy text embeddings so that it tolerates the gap at test time.
@@ -315,7 +337,7 @@ class DiffusionLinkForAudioCaptioning(DiffusionLinkCaptionerPreTrainedModel):
             return embeds
         if input_features is not None:
             audio_embeds = self.embed_audio(input_features, **tower_kwargs)
-        _check_embeds("audio_embeds", audio_embeds, dim)
+        check_embeddings("audio_embeds", audio_embeds, dim)
         return self.link(audio_embeds, strength=strength, num_inference_steps=num_inference_steps, generator=generator)
 
     def _with_prefix(self, prefix, input_ids, attention_mask, labels):
@@ -426,15 +448,6 @@ def build_audio_tower(config: DiffusionLinkCaptionerConfig) -> nn.Module:
 def load_audio_tower(reference: str) -> nn.Module:
     """Load an audio tower with `AutoModel` by Hub id, local folder or `package:` reference."""
     return AutoModel.from_pretrained(resolve_base_reference(reference))
-
-
-def _check_embeds(name: str, embeds: torch.Tensor, dim: int) -> None:
-    if not isinstance(embeds, torch.Tensor):
-        raise TypeError(f"`{name}` must be a torch.Tensor of shape (batch, {dim}), got {type(embeds).__name__}.")
-    if embeds.ndim != 2 or embeds.shape[-1] != dim:
-        raise ValueError(f"`{name}` must have shape (batch, {dim}), got {tuple(embeds.shape)}.")
-    if not torch.isfinite(embeds).all():
-        raise ValueError(f"`{name}` contains NaN or Inf values.")
 
 
 def _tower_kwargs(is_longer, feature_attention_mask) -> dict:

@@ -6,7 +6,6 @@ module level; soundfile / librosa are imported when a file must be decoded or re
 
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import Any
 
@@ -16,7 +15,7 @@ from transformers import Pipeline
 
 from .audio_io import MIN_DURATION_S, AudioFileStream, PreparedAudio, is_silent, open_audio_stream, prepare_audio
 from .audio_io import window_bounds
-from .encoding import embed_audio
+from .seeding import content_generators
 
 
 DEFAULT_MAX_NEW_TOKENS = 30
@@ -241,13 +240,13 @@ class AudioCaptionPipeline(Pipeline):
         for start in range(0, len(audible), batch_size):
             rows = audible[start : start + batch_size]
             # (b, D); a window longer than the encoder's input (10 s for CLAP) is the mean of its pieces.
-            embeds = embed_audio(self.model.audio_tower, self.feature_extractor, [windows[i]["samples"] for i in rows],
-                                 batch_size=batch_size).to(self.device)
-            seeds = [content_seed(windows[i]["samples"]) for i in rows]
-            generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+            samples = [windows[i]["samples"] for i in rows]
+            embeds = self.model.embed_audio(waveforms=samples, feature_extractor=self.feature_extractor,
+                                            batch_size=batch_size)
+            # The bridge's forward noise of each window is seeded from its samples: batch-invariant results.
             ids = self.model.generate(
                 audio_embeds=embeds, input_ids=self._prompt_ids, strength=strength,
-                num_inference_steps=num_inference_steps, generator=generators, **generate_kwargs,
+                num_inference_steps=num_inference_steps, generator=content_generators(samples), **generate_kwargs,
             )
             for i, text in zip(rows, self.tokenizer.batch_decode(ids, skip_special_tokens=True)):
                 captions[i] = text.strip()
@@ -255,7 +254,7 @@ class AudioCaptionPipeline(Pipeline):
                 # The bridge again with the same seeds: the embeddings the decoder read (the bridge is a small MLP,
                 # so this costs little next to decoding and embedding the audio a second time).
                 bridged = self.model.link(embeds, strength=strength, num_inference_steps=num_inference_steps,
-                                          generator=[torch.Generator().manual_seed(seed) for seed in seeds])
+                                          generator=content_generators(samples))
                 for k, i in enumerate(rows):
                     embeddings[i] = {"audio_embeds": embeds[k].cpu(), "bridged_embeds": bridged[k].float().cpu()}
         out = {"captions": captions}
@@ -300,8 +299,3 @@ def _file_path(inputs) -> str | None:
         inputs = inputs.get("path")
     return os.fspath(inputs) if isinstance(inputs, (str, os.PathLike)) else None
 
-
-def content_seed(samples: np.ndarray) -> int:
-    """A seed from the window's own samples, so its noise does not depend on batch position or other inputs."""
-    digest = hashlib.blake2b(np.ascontiguousarray(samples, dtype=np.float32).tobytes(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1

@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .validation import check_positive_int
+
 
 def synthetic_gap_embeddings(
     num_pairs: int,
@@ -59,8 +61,7 @@ def synthetic_gap_embeddings(
         `"unpaired_text_embeds": (M, D)` when M > 0.
     """
     for name, value in (("num_pairs", num_pairs), ("embedding_dim", embedding_dim), ("num_concepts", num_concepts)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+        check_positive_int(name, value)
     if num_unpaired_text < 0:
         raise ValueError(f"`num_unpaired_text` must be >= 0, got {num_unpaired_text}.")
     dim = embedding_dim

@@ -24,7 +24,7 @@ def test_round_trip_with_metadata(tmp_path):
         ({"audio_embeds": torch.randn(3, 5), "text_embeds": torch.randn(2, 5)}, "same number of rows"),
         ({"audio_embeds": torch.randn(3, 5), "text_embeds": torch.randn(3, 4)}, "one D"),
         ({"text_embeds": torch.randn(3, 5), "audio_embeds": torch.randn(3, 5), "labels": torch.randn(3)}, "unknown"),
-        ({"text_embeds": torch.randn(0, 5), "audio_embeds": torch.randn(0, 5)}, "non-empty"),
+        ({"text_embeds": torch.randn(0, 5), "audio_embeds": torch.randn(0, 5)}, "empty batch"),
         ({"unpaired_text_embeds": torch.full((2, 5), float("nan"))}, "NaN"),
         ({"text_embeds": torch.randn(3, 5)}, "come together"),
     ],

@@ -48,7 +48,7 @@ def test_retrieval_of_shuffled_pairs_is_at_chance():
     "audio, text, message",
     [
         (torch.randn(20, 8), torch.randn(20, 7), "same shape"),
-        (torch.randn(20), torch.randn(20), r"\(N, D\)"),
+        (torch.randn(20), torch.randn(20), r"\(batch, D\)"),
         (torch.randn(4, 8), torch.randn(4, 8), "at least 10 pairs"),
         (torch.full((20, 8), float("nan")), torch.randn(20, 8), "NaN"),
     ],

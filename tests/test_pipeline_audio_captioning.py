@@ -259,8 +259,7 @@ def test_compressed_formats_decode_without_ffmpeg(pipe, tmp_path, fmt, subtype):
 
 
 def test_return_embeddings_gives_what_the_decoder_read(pipe):
-    from diffusion_link.encoding import embed_audio
-    from diffusion_link.pipeline_audio_captioning import content_seed
+    from diffusion_link.seeding import content_seed
 
     x = noise(seed=3)
     plain = pipe(x, sampling_rate=RATE)
@@ -268,9 +267,29 @@ def test_return_embeddings_gives_what_the_decoder_read(pipe):
     assert {k: v for k, v in out[0].items() if not k.endswith("_embeds")} == plain  # captions unchanged
     assert "audio_embeds" not in out[1] and out[1]["is_silent"]  # silence is never embedded
     wave = prepare_audio(x, pipe.feature_extractor.sampling_rate, sampling_rate=RATE).waveform
-    raw = embed_audio(pipe.model.audio_tower, pipe.feature_extractor, [wave])
+    raw = pipe.model.embed_audio(waveforms=[wave], feature_extractor=pipe.feature_extractor)
     torch.testing.assert_close(out[0]["audio_embeds"], raw[0], rtol=0, atol=0)
     bridged = pipe.model.link(raw, generator=[torch.Generator().manual_seed(content_seed(wave))])
     torch.testing.assert_close(out[0]["bridged_embeds"], bridged[0], rtol=0, atol=0)
     chunked = pipe(x, sampling_rate=RATE, chunk_length_s=0.5, return_embeddings=True)
     assert all(c["audio_embeds"].shape == raw[0].shape for c in chunked["chunks"])
+
+
+def test_model_and_pipeline_embed_long_audio_the_same_way(pipe):
+    """A waveform longer than the encoder's window: the model's `embed_audio(waveforms=...)` (what the pipeline
+    calls) averages consecutive windows, deterministically; nothing past the first window is dropped."""
+    fe = pipe.feature_extractor
+    window = fe.nb_max_samples
+    wave = np.concatenate([noise(window / fe.sampling_rate, rate=fe.sampling_rate, seed=4),
+                           noise(1.0, rate=fe.sampling_rate, seed=5, amplitude=0.05)])
+    wave = prepare_audio(wave, fe.sampling_rate, sampling_rate=fe.sampling_rate).waveform
+    long = pipe.model.embed_audio(waveforms=[wave], feature_extractor=fe)
+    pieces = pipe.model.embed_audio(waveforms=[wave[:window], wave[window:]], feature_extractor=fe)
+    torch.testing.assert_close(long[0], torch.nn.functional.normalize(pieces.sum(0), dim=0), rtol=0, atol=1e-6)
+    assert not torch.allclose(long[0], pieces[0])  # the tail counts
+    out = pipe({"array": wave, "sampling_rate": fe.sampling_rate}, return_embeddings=True, max_new_tokens=2)
+    torch.testing.assert_close(out["audio_embeds"], long[0], rtol=0, atol=1e-6)  # batches of 1 there, of 2 here
+    with pytest.raises(ValueError, match="exactly one"):
+        pipe.model.embed_audio()
+    with pytest.raises(ValueError, match="feature_extractor"):
+        pipe.model.embed_audio(waveforms=[wave])

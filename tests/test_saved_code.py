@@ -20,6 +20,8 @@ CAPTIONER_CODE = [
     "modeling_diffusion_link_captioner.py",
     "pipeline_audio_captioning.py",
     "pretrained_loading.py",
+    "seeding.py",
+    "validation.py",
 ]
 ALLOWED_ROOTS = {"torch", "transformers", "diffusers", "numpy"}
 

@@ -1,5 +1,5 @@
-"""Metrics: the modality gap between paired audio and text embeddings (with tables and plots), and caption scores
-(BLEU, ROUGE-L, CIDEr-D, METEOR, semantic similarity; also as local `evaluate` modules)."""
+"""Metrics: the modality gap between paired audio and text embeddings (with tables and plots), caption scores
+(BLEU, ROUGE-L, CIDEr-D, METEOR, semantic similarity; also as local `evaluate` modules) and class accuracy."""
 
 from .bleu import corpus_bleu
 from .caption_scores import (
@@ -11,6 +11,7 @@ from .caption_scores import (
     caption_scores,
 )
 from .caption_tokenizer import coco_tokenize, tokenize_captions
+from .class_accuracy import caption_class_accuracy, class_accuracy, class_prototypes
 from .cider import corpus_cider_d
 from .evaluate_modules import evaluate_module_path
 from .gap_plots import plot_modality_gap
@@ -25,7 +26,10 @@ __all__ = [
     "CaptionMetricResult",
     "CaptionScoreDetails",
     "caption_score_details",
+    "caption_class_accuracy",
     "caption_scores",
+    "class_accuracy",
+    "class_prototypes",
     "coco_tokenize",
     "compare_bridges",
     "corpus_bleu",

@@ -6,6 +6,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..validation import check_embeddings
+
 
 def modality_gap(
     audio_embeds: torch.Tensor,
@@ -33,8 +35,8 @@ def modality_gap(
           (0.5 means the modalities cannot be told apart);
         - `num_pairs`: N.
     """
-    audio = _check("audio_embeds", audio_embeds)
-    text = _check("text_embeds", text_embeds)
+    audio = _as_embeddings("audio_embeds", audio_embeds)
+    text = _as_embeddings("text_embeds", text_embeds)
     if audio.shape != text.shape:
         raise ValueError(
             f"`audio_embeds` and `text_embeds` must be paired rows of the same shape, got {tuple(audio.shape)} and "
@@ -72,13 +74,8 @@ def _probe_accuracy(audio: torch.Tensor, text: torch.Tensor, folds: int, seed: i
     return float(scores.mean())
 
 
-def _check(name: str, embeds: torch.Tensor) -> torch.Tensor:
+def _as_embeddings(name: str, embeds) -> torch.Tensor:
+    """A (N, D) tensor or numpy array, validated, as a float32 CPU tensor."""
     if isinstance(embeds, np.ndarray):
         embeds = torch.from_numpy(embeds)
-    if not isinstance(embeds, torch.Tensor):
-        raise TypeError(f"`{name}` must be a torch.Tensor or numpy array of shape (N, D), got {type(embeds).__name__}.")
-    if embeds.ndim != 2:
-        raise ValueError(f"`{name}` must have shape (N, D), got {tuple(embeds.shape)}.")
-    if not torch.isfinite(embeds).all():
-        raise ValueError(f"`{name}` contains NaN or Inf values.")
-    return embeds.detach().cpu().float()
+    return check_embeddings(name, embeds).detach().cpu().float()
