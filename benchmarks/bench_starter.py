@@ -3,8 +3,9 @@
 
     python benchmarks/bench_starter.py [--data ../shared/data] [--predictions captions.jsonl]
 
-- **Class accuracy**: a caption counts as right when its nearest class (the mean MiniLM embedding of the class's five
-  captions in `diffusion_link/starter/esc50_captions.json`) is the clip's class. Three decoder inputs:
+- **Class accuracy** (`diffusion_link.metrics.caption_class_accuracy`): a caption counts as right when its nearest
+  class (the mean MiniLM embedding of the class's five captions in `diffusion_link/starter/esc50_captions.json`) is
+  the clip's class; an empty caption counts as wrong. Three decoder inputs:
   - `diffusion_link`: the audio through the pipeline, bridge included (what `diffusion-link caption` prints); with
     `--predictions`, the JSON lines that `diffusion-link caption ... --output` wrote are scored instead;
   - `identity`: the raw audio embedding, no bridge (the baseline the paper improves on);
@@ -26,23 +27,6 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
-
-
-def class_prototypes(encoder, tokenizer, classes: dict[str, list[str]]) -> torch.Tensor:
-    """(C, D) L2-normalised mean MiniLM embedding of each class's captions, in `classes` order."""
-    from diffusion_link.encoding import embed_text
-
-    names = list(classes)
-    texts = embed_text(encoder, tokenizer, [c for n in names for c in classes[n]])
-    return F.normalize(texts.view(len(names), len(classes[names[0]]), -1).mean(1), dim=-1)
-
-
-def class_accuracy(captions: list[str], labels: list[int], encoder, tokenizer, prototypes: torch.Tensor) -> float:
-    from diffusion_link.encoding import embed_text
-
-    embeds = embed_text(encoder, tokenizer, [c if c.strip() else "nothing" for c in captions])
-    return float(((embeds @ prototypes.T).argmax(1) == torch.tensor(labels)).float().mean())
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -59,6 +43,7 @@ def main(argv: list[str] | None = None) -> dict:
     from diffusion_link.audio_io import load_audio
     from diffusion_link.defaults import STARTER_DIR, default_captioner
     from diffusion_link.encoding import embed_audio, embed_text
+    from diffusion_link.metrics import caption_class_accuracy, class_prototypes
     from diffusion_link.pretrained_references import resolve_reference
 
     hf_logging.set_verbosity_error()
@@ -77,7 +62,9 @@ def main(argv: list[str] | None = None) -> dict:
     model = pipe.model
     encoder = model.audio_tower
     minilm_tokenizer = AutoTokenizer.from_pretrained(resolve_reference(encoder.config.text_model_name_or_path))
-    prototypes = class_prototypes(encoder, minilm_tokenizer, classes)
+    reference_texts = [c for name in names for c in classes[name]]
+    reference_labels = [k for k, name in enumerate(names) for _ in classes[name]]
+    prototypes = class_prototypes(embed_text(encoder, minilm_tokenizer, reference_texts), torch.tensor(reference_labels))
 
     # Speed first, before anything else fills the caches: one clip, then batches of 8.
     pipe(files[0], max_new_tokens=args.max_new_tokens)  # warm-up
@@ -110,7 +97,8 @@ def main(argv: list[str] | None = None) -> dict:
         return out
 
     captions = {"diffusion_link": bridged, "identity": decode(audio), "text_oracle": decode(oracle)}
-    accuracy = {k: class_accuracy(v, labels, encoder, minilm_tokenizer, prototypes) for k, v in captions.items()}
+    accuracy = {k: caption_class_accuracy(v, labels, prototypes, lambda texts: embed_text(encoder, minilm_tokenizer, texts))
+                for k, v in captions.items()}
     for k, v in captions.items():
         print(f"{k:15s} class accuracy {accuracy[k]:.3f}   e.g. {v[:3]}")
     result = {

@@ -52,6 +52,7 @@ from diffusion_link import (  # noqa: E402
 )
 from diffusion_link.audio_io import load_audio  # noqa: E402
 from diffusion_link.embedding_data import load_embeddings, save_embeddings  # noqa: E402
+from diffusion_link.metrics import caption_class_accuracy, class_accuracy, class_prototypes  # noqa: E402
 from diffusion_link.pretrained_references import cache_dir, resolve_reference  # noqa: E402
 from training.starter_data import class_captions, data_dir, esc50_split, read_audiocaps_clotho_captions  # noqa: E402
 
@@ -167,11 +168,6 @@ def project_audio(encoder, audio: torch.Tensor) -> torch.Tensor:
     return F.normalize(encoder.audio_projection(audio), dim=-1)
 
 
-def class_accuracy(embeds: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor) -> float:
-    """Share of rows whose most similar class prototype (the mean of a class's caption embeddings) is their class."""
-    return float(((F.normalize(embeds, dim=-1) @ prototypes.T).argmax(1) == labels).float().mean())
-
-
 @stage("heads")
 def heads(args, encoder, split, towers) -> dict:
     ntrain = len(split["train"])
@@ -191,7 +187,7 @@ def heads(args, encoder, split, towers) -> dict:
     state = train_head(encoder, train_audio, train_labels, text, text_labels, args.head_steps, args.seed)
     encoder.load_state_dict(state, strict=False)
     test = project_audio(encoder, audio[ntrain:])
-    prototypes = F.normalize(torch.stack([text[text_labels == c].mean(0) for c in range(50)]), dim=-1)
+    prototypes = class_prototypes(text, text_labels)
     sims = test @ text.T
     r1 = float((text_labels[sims.argmax(1)] == labels[ntrain:]).float().mean())
     report = {
@@ -379,8 +375,8 @@ def evaluate(args, captioner: DiffusionLinkForAudioCaptioning, tokenizer, towers
     results = {"class_accuracy": {}, "examples": {}}
     for name, embeds in (("identity", raw), ("diffusion_link", bridged), ("text_oracle", oracle)):
         captions = caption_embeddings(captioner, tokenizer, embeds, max_new_tokens=20)
-        caption_embeds = embed_minilm(minilm, text_tok, [c or "silence" for c in captions], name)
-        results["class_accuracy"][name] = class_accuracy(caption_embeds, labels, head["prototypes"])
+        results["class_accuracy"][name] = caption_class_accuracy(
+            captions, labels, head["prototypes"], lambda texts: embed_minilm(minilm, text_tok, texts, name))
         results["examples"][name] = captions[:10]
         logger.info("  %s: class accuracy %.3f; e.g. %s", name, results["class_accuracy"][name], captions[:3])
     paired_text = torch.stack([esc_text[int(l) * 5] for l in labels])

@@ -62,7 +62,7 @@ from diffusion_link import (  # noqa: E402
     modality_gap,
 )
 from diffusion_link.atomic_files import atomic_open, atomic_path  # noqa: E402
-from diffusion_link.metrics import caption_score_details  # noqa: E402
+from diffusion_link.metrics import caption_class_accuracy, caption_score_details  # noqa: E402
 from diffusion_link.pretrained_references import cache_dir  # noqa: E402
 from training import build_starter as starter  # noqa: E402
 from training.starter_data import class_captions, esc50_split  # noqa: E402
@@ -180,8 +180,9 @@ def score_row(world: World, name: str, embeds: torch.Tensor, decoder=None) -> di
         with atomic_open(path, encoding="utf-8") as f:
             json.dump(captions, f)
     details = caption_score_details(captions, world.references, CAPTION_METRICS)
-    caption_embeds = starter.embed_minilm(world.encoder, world.text_tokenizer, [c or "silence" for c in captions], name)
-    row = {"class_accuracy": starter.class_accuracy(caption_embeds, world.labels, world.head["prototypes"])}
+    row = {"class_accuracy": caption_class_accuracy(
+        captions, world.labels, world.head["prototypes"],
+        lambda texts: starter.embed_minilm(world.encoder, world.text_tokenizer, texts, name))}
     row.update({k: details.scores[k] for k in CAPTION_METRICS if k in details.scores})
     gap = modality_gap(embeds, world.paired_text)  # of the decoder's input
     row.update({k: gap[k] for k in GAP_METRICS})
