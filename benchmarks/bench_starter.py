@@ -41,8 +41,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     import diffusion_link  # noqa: F401  (registers the task)
     from diffusion_link.audio_io import load_audio
-    from diffusion_link.defaults import STARTER_DIR, default_captioner
-    from diffusion_link.encoding import embed_audio, embed_text
+    from diffusion_link.default_model import STARTER_DIR, default_captioner
+    from diffusion_link.embedding_extraction import embed_audio, embed_text
     from diffusion_link.metrics import caption_class_accuracy, class_prototypes
     from diffusion_link.pretrained_references import resolve_reference
 

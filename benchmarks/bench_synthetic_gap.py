@@ -35,7 +35,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
 from diffusion_link import DiffusionLinkBridge, IdentityBridge, MeanShiftBridge  # noqa: E402
-from diffusion_link.embedding_data import save_embeddings  # noqa: E402
+from diffusion_link.embedding_files import save_embeddings  # noqa: E402
 from diffusion_link.metrics import compare_bridges, format_gap_table, modality_gap, plot_modality_gap  # noqa: E402
 from diffusion_link.synthetic import synthetic_gap_embeddings  # noqa: E402
 from training import train_bridge  # noqa: E402

@@ -7,12 +7,12 @@ task.
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from .baselines import CaptionMemoryBridge, IdentityBridge, MeanShiftBridge, text_only_diffusion_config
+from .peer_bridges import CaptionMemoryBridge, IdentityBridge, MeanShiftBridge, text_only_diffusion_config
 from .configuration_diffusion_link import DiffusionLinkConfig
 from .configuration_diffusion_link_captioner import PIPELINE_TASK, DiffusionLinkCaptionerConfig
 from .configuration_starter_encoder import StarterEncoderConfig
 from .convert_laion_clap import clap_from_laion_checkpoint
-from .defaults import default_captioner
+from .default_model import default_captioner
 from .feature_extraction_starter import StarterFeatureExtractor
 from .metrics import modality_gap
 from .modeling_diffusion_link import DiffusionLinkBridge, DiffusionLinkOutput

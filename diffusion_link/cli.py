@@ -29,7 +29,7 @@ CSV_FIELDS = ("file", "generated_text", "is_silent", "duration_s", "sampling_rat
 
 def default_model() -> str | None:
     """The model `caption` uses without `--model`: the committed starter captioner."""
-    from .defaults import default_captioner
+    from .default_model import default_captioner
 
     return default_captioner()
 
@@ -155,7 +155,7 @@ def _open_sink(output: str | None):
 
 
 def _gap(args: argparse.Namespace) -> int:
-    from .embedding_data import load_embeddings
+    from .embedding_files import load_embeddings
     from .metrics import format_gap_table, modality_gap, plot_modality_gap
 
     tensors, _ = load_embeddings(args.embeddings)

@@ -52,8 +52,8 @@ def gap_report(pipe, data: str, output_dir: str) -> dict | None:
     from transformers import AutoTokenizer
 
     from .audio_io import load_audio
-    from .defaults import STARTER_DIR
-    from .encoding import embed_text
+    from .default_model import STARTER_DIR
+    from .embedding_extraction import embed_text
     from .metrics import format_gap_table, modality_gap, plot_modality_gap
     from .pretrained_references import resolve_reference
 
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import pipeline
     from transformers.utils import logging as hf_logging
 
-    from .defaults import default_captioner
+    from .default_model import default_captioner
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()

@@ -454,7 +454,7 @@ def _load_pipeline(pipe_or_model, trust_remote_code: bool):
 @torch.no_grad()
 def _gap_section(model, tokenizer, audio_embeds, bridged_embeds, texts, num_files, output_dir, strength,
                  num_inference_steps, gap) -> dict[str, Any]:
-    from .encoding import embed_text
+    from .embedding_extraction import embed_text
     from .metrics import modality_gap, plot_modality_gap
 
     if gap == "off":

@@ -20,9 +20,9 @@ from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
 from transformers.utils import ModelOutput, is_peft_available
 
-from .baselines import IdentityBridge, MeanShiftBridge
+from .peer_bridges import IdentityBridge, MeanShiftBridge
 from .configuration_diffusion_link_captioner import DiffusionLinkCaptionerConfig
-from .encoding import audio_embeddings, embed_audio
+from .embedding_extraction import audio_embeddings, embed_audio
 from .model_card_mixin import ModelCardMixin
 from .modeling_diffusion_link import DiffusionLinkBridge, GeneratorArg
 from .pretrained_loading import (

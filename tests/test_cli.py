@@ -4,7 +4,7 @@ import torch
 
 from diffusion_link import DiffusionLinkBridge, DiffusionLinkConfig
 from diffusion_link.cli import main
-from diffusion_link.embedding_data import save_embeddings
+from diffusion_link.embedding_files import save_embeddings
 from diffusion_link.synthetic import synthetic_gap_embeddings
 
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from diffusion_link.embedding_data import save_embeddings
+from diffusion_link.embedding_files import save_embeddings
 from diffusion_link.synthetic import synthetic_gap_embeddings
 
 from .conftest import REPO_ROOT, write_wav

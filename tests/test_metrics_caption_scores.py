@@ -278,7 +278,7 @@ def test_semantic_similarity_embeds_like_the_starter_text_tower():
     import torch
 
     from diffusion_link.configuration_starter_encoder import StarterEncoderConfig
-    from diffusion_link.encoding import embed_text
+    from diffusion_link.embedding_extraction import embed_text
     from diffusion_link.metrics.semantic_similarity import load_sentence_encoder
     from diffusion_link.modeling_starter_encoder import StarterAudioTextEncoder
 

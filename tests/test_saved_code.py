@@ -11,13 +11,13 @@ import pytest
 # What `pipe.save_pretrained` copies next to a CLAP/LLaMA captioner (`custom_object_save` follows relative imports).
 CAPTIONER_CODE = [
     "audio_io.py",
-    "baselines.py",
     "configuration_diffusion_link.py",
     "configuration_diffusion_link_captioner.py",
-    "encoding.py",
+    "embedding_extraction.py",
     "model_card_mixin.py",
     "modeling_diffusion_link.py",
     "modeling_diffusion_link_captioner.py",
+    "peer_bridges.py",
     "pipeline_audio_captioning.py",
     "pretrained_loading.py",
     "seeding.py",

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from diffusion_link import DiffusionLinkBridge
-from diffusion_link.embedding_data import save_embeddings
+from diffusion_link.embedding_files import save_embeddings
 from diffusion_link.synthetic import synthetic_gap_embeddings
 from training import train_bridge
 

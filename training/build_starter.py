@@ -51,7 +51,7 @@ from diffusion_link import (  # noqa: E402
     modality_gap,
 )
 from diffusion_link.audio_io import load_audio  # noqa: E402
-from diffusion_link.embedding_data import load_embeddings, save_embeddings  # noqa: E402
+from diffusion_link.embedding_files import load_embeddings, save_embeddings  # noqa: E402
 from diffusion_link.metrics import caption_class_accuracy, class_accuracy, class_prototypes  # noqa: E402
 from diffusion_link.pretrained_references import cache_dir, resolve_reference  # noqa: E402
 from training.starter_data import class_captions, data_dir, esc50_split, read_audiocaps_clotho_captions  # noqa: E402

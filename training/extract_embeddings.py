@@ -11,7 +11,7 @@
 - The encoder is anything `AutoModel` loads with `get_audio_features` / `get_text_features` (transformers'
   `ClapModel` first) and `AutoProcessor` loads a feature extractor and tokenizer for.
 
-The output is the safetensors format of `diffusion_link.embedding_data` (`audio_embeds`, `text_embeds`,
+The output is the safetensors format of `diffusion_link.embedding_files` (`audio_embeds`, `text_embeds`,
 `unpaired_text_embeds`), with the file names, captions and unpaired captions in its metadata
 (`file_names`, `captions`, `unpaired_captions`), so the captioner can train from it directly.
 
@@ -41,8 +41,8 @@ from transformers import AutoModel, AutoProcessor, HfArgumentParser
 
 from diffusion_link.atomic_files import atomic_path
 from diffusion_link.audio_io import load_audio
-from diffusion_link.embedding_data import save_embeddings
-from diffusion_link.encoding import embed_audio, embed_text
+from diffusion_link.embedding_files import save_embeddings
+from diffusion_link.embedding_extraction import embed_audio, embed_text
 
 
 logger = logging.getLogger(__name__)

@@ -5,7 +5,7 @@
     python training/train_bridge.py --train_file embeds.safetensors --output_dir out --max_steps 2000
     torchrun --nproc_per_node=2 training/train_bridge.py config.json      # DDP (gloo on CPU)
 
-The train file is the safetensors format of `diffusion_link.embedding_data`: paired `audio_embeds` / `text_embeds`
+The train file is the safetensors format of `diffusion_link.embedding_files`: paired `audio_embeds` / `text_embeds`
 rows and optional `unpaired_text_embeds`. D is read from the data. The EMA of the denoiser is updated after every
 optimiser step by a callback; it is part of the model's weights, so checkpoints carry it and `resume_from_checkpoint`
 restores it. The result is a `save_pretrained` folder (`AutoModel.from_pretrained(out, trust_remote_code=True)`).
@@ -29,7 +29,7 @@ if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)  # `python training/<script>.py` puts only training/ on the path
 
 from diffusion_link import DiffusionLinkBridge, DiffusionLinkConfig, modality_gap, text_only_diffusion_config  # noqa: E402
-from diffusion_link.embedding_data import UNPAIRED_KEY, load_embeddings  # noqa: E402
+from diffusion_link.embedding_files import UNPAIRED_KEY, load_embeddings  # noqa: E402
 from training.checkpoints import last_complete_checkpoint  # noqa: E402
 
 

@@ -50,8 +50,8 @@ if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)  # `python training/<script>.py` puts only training/ on the path
 
 from diffusion_link import AudioCaptionPipeline, DiffusionLinkForAudioCaptioning  # noqa: E402
-from diffusion_link.embedding_data import UNPAIRED_KEY, load_embeddings  # noqa: E402
-from diffusion_link.encoding import embed_text  # noqa: E402
+from diffusion_link.embedding_files import UNPAIRED_KEY, load_embeddings  # noqa: E402
+from diffusion_link.embedding_extraction import embed_text  # noqa: E402
 from diffusion_link.metrics import COCO_METRICS, caption_scores  # noqa: E402
 from diffusion_link.pretrained_references import resolve_reference  # noqa: E402
 from training.checkpoints import last_complete_checkpoint  # noqa: E402

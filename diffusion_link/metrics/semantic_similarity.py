@@ -21,7 +21,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..encoding import embed_text
+from ..embedding_extraction import embed_text
 from ..pretrained_references import resolve_reference
 
 
@@ -33,7 +33,7 @@ REDUCTIONS = ("mean", "max")
 
 class MeanPooledTextEncoder(nn.Module):
     """A transformers text model (e.g. `BertModel`) with `get_text_features` = L2-normalised mean pooling, so that
-    `diffusion_link.encoding.embed_text` can batch it like any joint encoder's text side."""
+    `diffusion_link.embedding_extraction.embed_text` can batch it like any joint encoder's text side."""
 
     def __init__(self, text_model: nn.Module):
         super().__init__()
