@@ -19,7 +19,7 @@ _LINK_STARTS = ("noised", "inserted")
 class DiffusionLinkConfig(PretrainedConfig):
     r"""
     Configuration of a [`DiffusionLinkBridge`]: a residual MLP denoiser over one embedding vector, trained with the
-    diffusers `DDPMScheduler` and sampled with `DDIMScheduler`.
+    diffusers `DDPMScheduler` and sampled with deterministic DDIM updates on the same noise schedule.
 
     Args:
         embedding_dim (`int`, *optional*, defaults to 512):

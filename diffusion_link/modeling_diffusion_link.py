@@ -14,7 +14,7 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers import DDPMScheduler
 from diffusers.models.embeddings import get_timestep_embedding
 from torch import nn
 from transformers import PreTrainedModel
@@ -154,9 +154,11 @@ class DiffusionLinkPreTrainedModel(ModelCardMixin, PreTrainedModel):
             init.zeros_(module.ema_num_updates)
 
 
-def _schedulers(config: DiffusionLinkConfig) -> tuple[DDPMScheduler, DDIMScheduler]:
-    """The training (DDPM) and `link()` (DDIM, trailing spacing, eta 0) schedulers of `config`."""
-    common = dict(
+def noise_scheduler_of(config: DiffusionLinkConfig) -> DDPMScheduler:
+    """The diffusers `DDPMScheduler` of `config`: its beta schedule, its `alphas_cumprod` table and its `add_noise`
+    (the forward process q(x_t | x_0)) serve training and `link()` alike. It never clips or thresholds: embeddings
+    are not images in [-1, 1]."""
+    return DDPMScheduler(
         num_train_timesteps=config.num_train_timesteps,
         beta_schedule=config.beta_schedule,
         beta_start=config.beta_start,
@@ -165,9 +167,6 @@ def _schedulers(config: DiffusionLinkConfig) -> tuple[DDPMScheduler, DDIMSchedul
         clip_sample=False,
         thresholding=False,
     )
-    noise_scheduler = DDPMScheduler(**common)
-    inference_scheduler = DDIMScheduler(**common, set_alpha_to_one=True, timestep_spacing="trailing")
-    return noise_scheduler, inference_scheduler
 
 
 class DiffusionLinkBridge(DiffusionLinkPreTrainedModel):
@@ -179,8 +178,13 @@ class DiffusionLinkBridge(DiffusionLinkPreTrainedModel):
       embedding both from the noised text and from the noised paired audio (cross-sample prediction), plus a topology
       loss on in-batch cosine similarities.
     - Inference ([`~DiffusionLinkBridge.link`]) forward-noises an audio embedding to s* = `strength` * T and runs
-      `num_inference_steps` deterministic DDIM steps (diffusers' `DDIMScheduler`, eta = 0) back to x0, with the EMA
-      weights.
+      `num_inference_steps` deterministic DDIM updates (eta = 0, [`ddim_step`]) back to x0, with the EMA weights.
+
+    One scheduler: diffusers' `DDPMScheduler` (`noise_scheduler`) holds the noise schedule and does the forward
+    noising for both. The reverse steps are the DDIM update written out in [`ddim_step`], because diffusers'
+    `DDIMScheduler.step` derives each previous timestep from a uniform spacing of T and cannot express every shallow
+    schedule `link()` needs (t = 599 in 5 steps, for one); where it can, the two give the same numbers (a test pins
+    this against `DDIMScheduler.step`).
 
     Embeddings are standardised by `(x - embed_mean) / embed_std` before the diffusion and mapped back after it. Both
     statistics are persistent buffers (saved with the weights), set from text embeddings by
@@ -199,7 +203,7 @@ class DiffusionLinkBridge(DiffusionLinkPreTrainedModel):
         # The schedulers' tables are plain tensors, not weights: built on the CPU even when from_pretrained
         # instantiates the model on the meta device (else a cosine schedule's tables would stay empty there).
         with torch.device("cpu"):
-            self.noise_scheduler, self.inference_scheduler = _schedulers(config)
+            self.noise_scheduler = noise_scheduler_of(config)
         self.post_init()
         self.reset_ema()
 
@@ -419,17 +423,17 @@ class DiffusionLinkBridge(DiffusionLinkPreTrainedModel):
         param = next(denoiser.parameters())
 
         latents = self.normalize(audio_embeds.to(device=param.device, dtype=param.dtype))  # (B, D)
-        alphas_cumprod = self.inference_scheduler.alphas_cumprod.to(device=param.device, dtype=param.dtype)
+        alphas_cumprod = self.noise_scheduler.alphas_cumprod.to(device=param.device, dtype=param.dtype)
         if self.config.link_start == "noised":
             noise = self._link_noise(audio_embeds, generator).to(device=param.device, dtype=param.dtype)
             start = torch.full((batch_size,), timesteps[0], dtype=torch.long, device=param.device)
-            latents = self.inference_scheduler.add_noise(latents, noise, start)
+            latents = self.noise_scheduler.add_noise(latents, noise, start)
 
         with _eval_mode(denoiser):
             for i, t in enumerate(timesteps):
                 t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
                 x0_pred = self.predict_x0(latents, torch.tensor([t], device=param.device), denoiser)  # (B, D)
-                latents = _ddim_step(alphas_cumprod, x0_pred, t, t_prev, latents)
+                latents = ddim_step(alphas_cumprod, x0_pred, t, t_prev, latents)
 
         out = self.denormalize(latents).to(audio_embeds.dtype)
         return out[0] if squeeze else out
@@ -450,14 +454,16 @@ class DiffusionLinkBridge(DiffusionLinkPreTrainedModel):
         return torch.stack([torch.randn(dim, generator=g, device=g.device).cpu() for g in generators])
 
 
-def _ddim_step(
+def ddim_step(
     alphas_cumprod: torch.Tensor, x0_pred: torch.Tensor, t: int, t_prev: int, sample: torch.Tensor
 ) -> torch.Tensor:
-    """Deterministic DDIM update (eta = 0, eq. 12 of Song et al. 2021) for an x0-predicting model.
+    """The deterministic DDIM update (eta = 0, eq. 12 of Song et al. 2021) that `link()` runs, for an x0-predicting
+    model: x_{t_prev} = sqrt(a_prev) x0 + sqrt(1 - a_prev) eps, with eps = (x_t - sqrt(a_t) x0) / sqrt(1 - a_t) and
+    a = `alphas_cumprod` (the `DDPMScheduler`'s table).
 
-    Identical to `DDIMScheduler.step(prediction_type="sample", eta=0)`, but from t to an explicit t_prev: diffusers'
-    DDIM derives t_prev from a uniform spacing of T and cannot express the shallow schedules `link()` needs (600 / 5
-    steps, for instance). t_prev = -1 is x0 itself (`set_alpha_to_one`).
+    The same numbers as `DDIMScheduler.step(prediction_type="sample", eta=0)`, but from t to an explicit t_prev:
+    diffusers' DDIM derives t_prev from a uniform spacing of T and cannot express the shallow schedules `link()` needs
+    (600 / 5 steps, for instance). t_prev = -1 is x0 itself (`set_alpha_to_one`).
     """
     if t_prev < 0:
         return x0_pred

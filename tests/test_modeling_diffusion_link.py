@@ -9,7 +9,7 @@ from diffusers import DDIMScheduler
 from transformers import AutoConfig, AutoModel
 
 from diffusion_link import DiffusionLinkBridge, DiffusionLinkConfig, DiffusionLinkOutput
-from diffusion_link.modeling_diffusion_link import _ddim_step
+from diffusion_link.modeling_diffusion_link import ddim_step
 
 from .conftest import run_python
 
@@ -28,12 +28,12 @@ def test_denoiser_predicts_one_vector_per_row(tiny_bridge):
     torch.testing.assert_close(shared, per_row)
 
 
-def test_schedulers_come_from_diffusers_and_never_clip(tiny_bridge):
-    assert type(tiny_bridge.noise_scheduler).__name__ == "DDPMScheduler"
-    assert type(tiny_bridge.inference_scheduler).__name__ == "DDIMScheduler"
-    for scheduler in (tiny_bridge.noise_scheduler, tiny_bridge.inference_scheduler):
-        assert scheduler.config.clip_sample is False and scheduler.config.thresholding is False
-        assert scheduler.config.num_train_timesteps == 1000 and scheduler.config.prediction_type == "sample"
+def test_one_diffusers_scheduler_that_never_clips(tiny_bridge):
+    scheduler = tiny_bridge.noise_scheduler
+    assert type(scheduler).__name__ == "DDPMScheduler"
+    assert not hasattr(tiny_bridge, "inference_scheduler")  # link() steps with `ddim_step` on this one's table
+    assert scheduler.config.clip_sample is False and scheduler.config.thresholding is False
+    assert scheduler.config.num_train_timesteps == 1000 and scheduler.config.prediction_type == "sample"
 
 
 def test_ema_weights_are_frozen_and_start_as_a_copy(tiny_bridge_config):
@@ -209,7 +209,25 @@ def test_ddim_update_equals_diffusers_step():
     sample, x0 = torch.randn(4, 12), torch.randn(4, 12)
     for t in [99, 79, 19]:
         expected = ddim.step(x0, t, sample).prev_sample
-        torch.testing.assert_close(_ddim_step(ddim.alphas_cumprod, x0, t, t - 20, sample), expected)
+        torch.testing.assert_close(ddim_step(ddim.alphas_cumprod, x0, t, t - 20, sample), expected)
+
+
+def test_link_equals_a_loop_over_diffusers_ddim_where_diffusers_can_express_the_schedule(tiny_bridge):
+    # s* = 100 in 5 steps is diffusers' "trailing" spacing cut below s*: link() must be that DDIM loop, number for number.
+    ddim = DDIMScheduler(num_train_timesteps=1000, prediction_type="sample", clip_sample=False, set_alpha_to_one=True,
+                         timestep_spacing="trailing")
+    ddim.set_timesteps(1000 // (100 // 5))
+    timesteps = [int(t) for t in ddim.timesteps if t < 100]
+    x = unit(3, 12)
+    noise = torch.randn(3, 12, generator=torch.Generator().manual_seed(0))
+    latents = ddim.add_noise(tiny_bridge.normalize(x), noise, torch.full((3,), timesteps[0]))
+    with torch.no_grad():
+        for t in timesteps:
+            x0 = tiny_bridge.predict_x0(latents, torch.tensor([t]), tiny_bridge.ema_denoiser)
+            latents = ddim.step(x0, t, latents).prev_sample
+    expected = tiny_bridge.denormalize(latents)
+    linked = tiny_bridge.link(x, strength=0.1, num_inference_steps=5, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(linked, expected)
 
 
 def test_link_golden_sum(tiny_bridge_config):
@@ -340,8 +358,7 @@ def test_every_beta_schedule_survives_save_and_load(tiny_bridge_config, tmp_path
     expected = bridge.link(x, generator=torch.Generator().manual_seed(3))
     bridge.save_pretrained(tmp_path)
     loaded = DiffusionLinkBridge.from_pretrained(tmp_path)
-    for scheduler in (loaded.noise_scheduler, loaded.inference_scheduler):
-        assert scheduler.alphas_cumprod.device.type == "cpu"
+    assert loaded.noise_scheduler.alphas_cumprod.device.type == "cpu"
     torch.testing.assert_close(loaded.link(x, generator=torch.Generator().manual_seed(3)), expected, atol=0, rtol=0)
 
 
