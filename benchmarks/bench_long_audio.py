@@ -49,12 +49,14 @@ def peak_rss_mb() -> float:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    from diffusion_link.pipeline_audio_captioning import DEFAULT_MAX_NEW_TOKENS
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="A captioner folder or Hub id (default: the starter).")
     parser.add_argument("--duration_s", type=float, default=3600.0)
     parser.add_argument("--rate", type=int, default=16000, help="Sampling rate of the synthetic file.")
     parser.add_argument("--chunk_length_s", type=float, default=10.0)
-    parser.add_argument("--max_new_tokens", type=int, default=30)
+    parser.add_argument("--max_new_tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--in_memory", action="store_true", help="Decode the whole file first (the old behaviour).")
     args = parser.parse_args(argv)

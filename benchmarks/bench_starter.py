@@ -30,10 +30,12 @@ import torch
 
 
 def main(argv: list[str] | None = None) -> dict:
+    from diffusion_link.pipeline_audio_captioning import DEFAULT_MAX_NEW_TOKENS
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=os.environ.get("DIFFUSION_LINK_DATA") or os.path.join("..", "shared", "data"))
     parser.add_argument("--predictions", help="JSON lines written by `diffusion-link caption --output`, to score.")
-    parser.add_argument("--max_new_tokens", type=int, default=30)
+    parser.add_argument("--max_new_tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
     args = parser.parse_args(argv)
 
     from transformers import AutoTokenizer, pipeline

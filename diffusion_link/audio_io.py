@@ -29,6 +29,11 @@ def _soundfile():
     return sf
 
 
+
+# At most 7.1 surround: an array with more "channels" than this along its shorter axis is far more likely a
+# (channels, samples) mix-up of a tiny clip, or not audio at all, than real multichannel audio.
+MAX_CHANNELS = 8
+
 def decode_audio(source: str | os.PathLike | bytes) -> tuple[np.ndarray, int]:
     """Decode a file path or encoded bytes to `(samples, sampling_rate)`.
 
@@ -55,7 +60,7 @@ def decode_audio(source: str | os.PathLike | bytes) -> tuple[np.ndarray, int]:
 def to_mono_float(samples: np.ndarray, name: str = "audio") -> np.ndarray:
     """Convert integer PCM to float in [-1, 1] and average channels to mono.
 
-    Accepts (num_samples,), (num_samples, channels) or (channels, num_samples) with at most 8 channels (the shorter
+    Accepts (num_samples,), (num_samples, channels) or (channels, num_samples) with at most `MAX_CHANNELS` (the shorter
     axis is taken as channels). Raises `ValueError` for NaN/Inf samples or more than two dimensions.
     """
     samples = np.asarray(samples)
@@ -70,8 +75,8 @@ def to_mono_float(samples: np.ndarray, name: str = "audio") -> np.ndarray:
         samples = samples.reshape(0)  # no frames (e.g. an empty stereo file): the mean over channels would be NaN
     elif samples.ndim == 2:
         channel_axis = int(np.argmin(samples.shape))
-        if samples.shape[channel_axis] > 8:
-            raise ValueError(f"{name}: expected mono or up to 8 channels, got an array of shape {samples.shape}.")
+        if samples.shape[channel_axis] > MAX_CHANNELS:
+            raise ValueError(f"{name}: expected mono or up to {MAX_CHANNELS} channels, got an array of shape {samples.shape}.")
         samples = samples.mean(axis=channel_axis)  # documented: multichannel audio is averaged to mono
     elif samples.ndim != 1:
         raise ValueError(f"{name}: expected a 1-D or 2-D (samples, channels) array, got shape {samples.shape}.")
@@ -151,7 +156,8 @@ def peak_level(samples: np.ndarray) -> float:
 
 
 def is_silent(samples: np.ndarray, threshold_dbfs: float = SILENCE_THRESHOLD_DBFS) -> bool:
-    """True when the RMS level is below `threshold_dbfs` (default -60 dBFS): nothing there worth a caption."""
+    """True when the RMS level is below `threshold_dbfs` (default `SILENCE_THRESHOLD_DBFS`): nothing there worth a
+    caption."""
     return level_dbfs(samples, "rms") < threshold_dbfs
 
 
@@ -359,7 +365,7 @@ def open_audio_stream(path: str | os.PathLike, target_rate: int, min_duration_s:
     """Check a file's header and return an `AudioFileStream` over it (nothing is decoded yet).
 
     Raises what `prepare_audio` raises for the same file: `FileNotFoundError`, `AudioDecodeError` naming the file,
-    `ValueError` for more than 8 channels or fewer frames than `min_duration_s`.
+    `ValueError` for more than `MAX_CHANNELS` channels or fewer frames than `min_duration_s`.
     """
     sf = _soundfile()
 
@@ -370,8 +376,8 @@ def open_audio_stream(path: str | os.PathLike, target_rate: int, min_duration_s:
         info = sf.info(name)
     except Exception as err:
         raise AudioDecodeError(f"Could not decode audio from {name}: {err}") from err
-    if info.channels > 8:
-        raise ValueError(f"{name}: expected mono or up to 8 channels, got {info.channels} channels.")
+    if info.channels > MAX_CHANNELS:
+        raise ValueError(f"{name}: expected mono or up to {MAX_CHANNELS} channels, got {info.channels} channels.")
     _check_length(info.frames, info.samplerate, name, min_duration_s)
     return AudioFileStream(name, target_rate, int(info.samplerate), int(info.channels), name)
 

@@ -227,6 +227,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .pipeline_audio_captioning import DEFAULT_MAX_NEW_TOKENS
+
     parser = argparse.ArgumentParser(prog="diffusion-link", description="Diffusion-Link: audio-text modality gap tools.")
     commands = parser.add_subparsers(dest="command", required=True)
     cap = commands.add_parser("caption", help="Caption audio files, folders or globs.")
@@ -236,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--output", help="Write results here (.jsonl or .csv; appended, and files already in it are skipped).")
     cap.add_argument("--on-error", choices=("raise", "skip", "report"), default="report",
                      help="A file that fails: stop (raise), leave it out (skip), or write its error (report). Default report.")
-    cap.add_argument("--max-new-tokens", type=int, default=30)
+    cap.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
     cap.add_argument("--num-beams", type=int, default=1)
     cap.add_argument("--chunk-length-s", type=float, help="Caption windows of this length, with timestamps.")
     cap.add_argument("--stride-s", type=float, help="Seconds between window starts (default: the window length).")
@@ -268,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="Caption metrics, or the groups `default` (exact_match token_f1 bleu_1..4 rouge_l cider_d, "
                     "the default) and `coco`; e.g. `--metrics default meteor semantic_similarity`.")
     ev.add_argument("--batch-size", type=int, default=8, help="Files per model call (default 8).")
-    ev.add_argument("--max-new-tokens", type=int, default=30)
+    ev.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
     ev.add_argument("--num-beams", type=int, default=1)
     ev.add_argument("--strength", type=float, default=None, help="Bridge link() strength (default: the bridge's).")
     ev.add_argument("--num-inference-steps", type=int, default=None, help="Bridge DDIM steps (default: the bridge's).")

@@ -53,6 +53,7 @@ from transformers.utils.logging import tqdm
 from .atomic_files import atomic_open, atomic_path
 from .audio_io import AUDIO_EXTENSIONS
 from .metrics.caption_scores import CAPTION_METRICS, COCO_METRICS
+from .pipeline_audio_captioning import DEFAULT_MAX_NEW_TOKENS
 from .validation import check_positive_int
 
 
@@ -276,7 +277,7 @@ def evaluate_captioner(
     *,
     metrics: Sequence[str] | None = None,
     batch_size: int = 8,
-    max_new_tokens: int = 30,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     num_beams: int = 1,
     strength: float | None = None,
     num_inference_steps: int | None = None,

@@ -13,11 +13,21 @@ import numpy as np
 import torch
 from transformers import Pipeline
 
-from .audio_io import MIN_DURATION_S, AudioFileStream, PreparedAudio, is_silent, open_audio_stream, prepare_audio
-from .audio_io import window_bounds
+from .audio_io import (
+    MIN_DURATION_S,
+    SILENCE_THRESHOLD_DBFS,
+    AudioFileStream,
+    PreparedAudio,
+    is_silent,
+    open_audio_stream,
+    prepare_audio,
+    window_bounds,
+)
 from .seeding import content_generators
 
 
+# The caption length every entry point uses unless told otherwise (pipeline, CLI, evaluate, training-time generation,
+# the experiment and the benchmarks import it from here): ESC-50 / AudioCaps captions are 5-20 words.
 DEFAULT_MAX_NEW_TOKENS = 30
 ON_ERROR = ("raise", "report")
 
@@ -205,7 +215,7 @@ class AudioCaptionPipeline(Pipeline):
         sampling_rate: int | None = None,
         chunk_length_s: float | None = None,
         stride_s: float | None = None,
-        silence_threshold_db: float = -60.0,
+        silence_threshold_db: float = SILENCE_THRESHOLD_DBFS,
     ) -> dict[str, Any]:
         rate = self.feature_extractor.sampling_rate
         path = _file_path(inputs)

@@ -63,6 +63,7 @@ from diffusion_link import (  # noqa: E402
 )
 from diffusion_link.atomic_files import atomic_open, atomic_path  # noqa: E402
 from diffusion_link.metrics import caption_class_accuracy, caption_score_details  # noqa: E402
+from diffusion_link.pipeline_audio_captioning import DEFAULT_MAX_NEW_TOKENS  # noqa: E402
 from diffusion_link.pretrained_references import cache_dir  # noqa: E402
 from training import build_starter as starter  # noqa: E402
 from training.starter_data import class_captions, esc50_split  # noqa: E402
@@ -77,7 +78,7 @@ GAP_METRICS = ("paired_cosine", "nearest_text_cosine", "centroid_distance", "ret
 PICK_STRENGTHS = (0.025, 0.05, 0.1, 0.2, 0.4, 0.6)
 ABLATION_STRENGTHS = (0.025, 0.05, 0.1, 0.2, 0.4)
 ABLATION_STEPS = (1, 2, 5, 10)
-MAX_NEW_TOKENS = 30
+MAX_NEW_TOKENS = DEFAULT_MAX_NEW_TOKENS
 
 
 class World:

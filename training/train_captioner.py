@@ -53,6 +53,7 @@ from diffusion_link import AudioCaptionPipeline, DiffusionLinkForAudioCaptioning
 from diffusion_link.embedding_files import UNPAIRED_KEY, load_embeddings  # noqa: E402
 from diffusion_link.embedding_extraction import embed_text  # noqa: E402
 from diffusion_link.metrics import COCO_METRICS, caption_scores  # noqa: E402
+from diffusion_link.pipeline_audio_captioning import DEFAULT_MAX_NEW_TOKENS  # noqa: E402
 from diffusion_link.pretrained_references import resolve_reference  # noqa: E402
 from training.checkpoints import last_complete_checkpoint  # noqa: E402
 
@@ -106,7 +107,9 @@ class DataArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training rows."})
     max_caption_tokens: int = field(default=48, metadata={"help": "Captions are cut to this many tokens."})
     max_eval_generations: int = field(default=64, metadata={"help": "Validation rows captioned at each eval."})
-    generation_max_new_tokens: int = field(default=30, metadata={"help": "max_new_tokens of eval generations."})
+    generation_max_new_tokens: int = field(
+        default=DEFAULT_MAX_NEW_TOKENS, metadata={"help": "max_new_tokens of eval generations."}
+    )
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -169,7 +172,7 @@ class CaptionerTrainer(Trainer):
     """The Trainer, plus caption scores of greedy generations on the validation set at each evaluation."""
 
     def __init__(self, *args, generation_dataset=None, prompt_ids=None, caption_tokenizer=None,
-                 generation_max_new_tokens: int = 30, projector_learning_rate: float | None = None, **kwargs):
+                 generation_max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, projector_learning_rate: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.projector_learning_rate = projector_learning_rate
         self.generation_dataset = generation_dataset
