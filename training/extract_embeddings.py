@@ -30,19 +30,19 @@ import json
 import logging
 import os
 import shutil
-import sys
 from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
 from safetensors import safe_open
 from safetensors.torch import save_file
-from transformers import AutoModel, AutoProcessor, HfArgumentParser
+from transformers import AutoModel, AutoProcessor
 
 from diffusion_link.atomic_files import atomic_path
 from diffusion_link.audio_io import load_audio
 from diffusion_link.embedding_files import save_embeddings
 from diffusion_link.embedding_extraction import embed_audio, embed_text
+from diffusion_link.script_arguments import parse_script_args
 
 
 logger = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ def read_captions(path: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, torch.Tensor]:
-    (args,) = HfArgumentParser(ExtractionArguments).parse_args_into_dataclasses(args=argv)
+    (args,) = parse_script_args((ExtractionArguments,), argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     model = AutoModel.from_pretrained(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
     model = model.to(args.device).eval()

@@ -17,20 +17,15 @@ import json
 import logging
 import math
 import os
-import sys
 from dataclasses import dataclass, field
 
 import torch
 from torch.utils.data import Dataset
-from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)  # `python training/<script>.py` puts only training/ on the path
-
-from diffusion_link import DiffusionLinkBridge, DiffusionLinkConfig, modality_gap, text_only_diffusion_config  # noqa: E402
-from diffusion_link.embedding_files import UNPAIRED_KEY, load_embeddings  # noqa: E402
-from training.checkpoints import last_complete_checkpoint  # noqa: E402
+from diffusion_link import DiffusionLinkBridge, DiffusionLinkConfig, modality_gap, text_only_diffusion_config
+from diffusion_link.embedding_files import UNPAIRED_KEY, load_embeddings
+from diffusion_link.script_arguments import parse_script_args, resume_checkpoint
 
 
 logger = logging.getLogger(__name__)
@@ -192,16 +187,8 @@ def build_bridge(model_args: ModelArguments, train_tensors: dict[str, torch.Tens
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
-    argv = sys.argv[1:] if argv is None else argv
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        with open(argv[0], encoding="utf-8") as f:
-            values = json.load(f)
-        values.setdefault("report_to", "none")
-        return parser.parse_dict(values)
-    if not any(a == "--report_to" or a.startswith("--report_to=") for a in argv):
-        argv = [*argv, "--report_to", "none"]
-    return parser.parse_args_into_dataclasses(args=argv)
+    """`[config.json] [--flag value ...]` (see `diffusion_link.script_arguments`)."""
+    return parse_script_args((ModelArguments, DataArguments, TrainingArguments), argv)
 
 
 def main(argv: list[str] | None = None) -> DiffusionLinkBridge:
@@ -236,12 +223,7 @@ def main(argv: list[str] | None = None) -> DiffusionLinkBridge:
         callbacks=[BridgeEMACallback()],
     )
 
-    resume = training_args.resume_from_checkpoint
-    if resume is None and training_args.output_dir and os.path.isdir(training_args.output_dir):
-        resume = last_complete_checkpoint(training_args.output_dir)  # an interrupted run picks up where it stopped
-        if resume:
-            logger.info("resuming from %s", resume)
-    trainer.train(resume_from_checkpoint=resume)
+    trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
     trainer.save_model(training_args.output_dir)
 
     if eval_dataset is not None and trainer.is_world_process_zero() and "audio_embeds" in eval_tensors:

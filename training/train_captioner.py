@@ -30,7 +30,6 @@ import csv
 import json
 import logging
 import os
-import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -39,23 +38,18 @@ from transformers import (
     AutoFeatureExtractor,
     AutoModel,
     AutoTokenizer,
-    HfArgumentParser,
     Trainer,
     TrainingArguments,
     set_seed,
 )
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)  # `python training/<script>.py` puts only training/ on the path
-
-from diffusion_link import AudioCaptionPipeline, DiffusionLinkForAudioCaptioning  # noqa: E402
-from diffusion_link.embedding_files import UNPAIRED_KEY, load_embeddings  # noqa: E402
-from diffusion_link.embedding_extraction import embed_text  # noqa: E402
-from diffusion_link.metrics import COCO_METRICS, caption_scores  # noqa: E402
-from diffusion_link.pipeline_audio_captioning import DEFAULT_MAX_NEW_TOKENS  # noqa: E402
-from diffusion_link.pretrained_references import resolve_reference  # noqa: E402
-from training.checkpoints import last_complete_checkpoint  # noqa: E402
+from diffusion_link import AudioCaptionPipeline, DiffusionLinkForAudioCaptioning
+from diffusion_link.embedding_files import UNPAIRED_KEY, load_embeddings
+from diffusion_link.embedding_extraction import embed_text
+from diffusion_link.metrics import COCO_METRICS, caption_scores
+from diffusion_link.pipeline_audio_captioning import DEFAULT_MAX_NEW_TOKENS
+from diffusion_link.pretrained_references import resolve_reference
+from diffusion_link.script_arguments import parse_script_args, resume_checkpoint
 
 
 logger = logging.getLogger(__name__)
@@ -291,16 +285,8 @@ def build_model(args: ModelArguments) -> DiffusionLinkForAudioCaptioning:
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
-    argv = sys.argv[1:] if argv is None else argv
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        with open(argv[0], encoding="utf-8") as f:
-            values = json.load(f)
-        values.setdefault("report_to", "none")
-        return parser.parse_dict(values)
-    if not any(a == "--report_to" or a.startswith("--report_to=") for a in argv):
-        argv = [*argv, "--report_to", "none"]
-    return parser.parse_args_into_dataclasses(args=argv)
+    """`[config.json] [--flag value ...]` (see `diffusion_link.script_arguments`)."""
+    return parse_script_args((ModelArguments, DataArguments, TrainingArguments), argv)
 
 
 def main(argv: list[str] | None = None) -> AudioCaptionPipeline:
@@ -352,12 +338,7 @@ def main(argv: list[str] | None = None) -> AudioCaptionPipeline:
         generation_max_new_tokens=data_args.generation_max_new_tokens,
         projector_learning_rate=model_args.projector_learning_rate,
     )
-    resume = training_args.resume_from_checkpoint
-    if resume is None and os.path.isdir(training_args.output_dir):
-        resume = last_complete_checkpoint(training_args.output_dir)
-        if resume:
-            logger.info("resuming from %s", resume)
-    trainer.train(resume_from_checkpoint=resume)
+    trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
 
     # Every process evaluates (the eval loop gathers across processes); only the first one writes.
     metrics = trainer.evaluate() if eval_dataset is not None else None

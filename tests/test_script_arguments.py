@@ -1,0 +1,50 @@
+import json
+from dataclasses import dataclass, field
+
+import pytest
+from transformers import TrainingArguments
+
+from diffusion_link.script_arguments import last_complete_checkpoint, parse_script_args, resume_checkpoint
+
+
+@dataclass
+class DataArgs:
+    train_file: str = field(metadata={"help": "required"})
+    max_rows: int = 10
+    names: list[str] = field(default_factory=lambda: ["a"])
+
+
+def test_json_then_flags_that_override_it(tmp_path):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"train_file": "from_json", "max_rows": 3, "names": ["x", "y"], "output_dir": "o"}))
+    data, training = parse_script_args((DataArgs, TrainingArguments), [str(config), "--max_rows", "5"])
+    assert (data.train_file, data.max_rows, data.names) == ("from_json", 5, ["x", "y"])
+    assert training.output_dir == "o" and training.report_to in ([], ["none"], "none")
+    (data,) = parse_script_args((DataArgs,), ["--train_file", "flag"])
+    assert (data.train_file, data.max_rows) == ("flag", 10)
+
+
+def test_bad_configs_are_named(tmp_path):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"train_file": "x", "no_such_field": 1}))
+    with pytest.raises(ValueError, match="no_such_field"):
+        parse_script_args((DataArgs,), [str(config)])
+    config.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="c.json must hold a JSON object"):
+        parse_script_args((DataArgs,), [str(config)])
+    config.write_text("{oops")
+    with pytest.raises(ValueError, match="c.json is not valid JSON"):
+        parse_script_args((DataArgs,), [str(config)])
+
+
+def test_resume_picks_the_newest_complete_checkpoint(tmp_path):
+    for step, complete in ((10, True), (20, True), (30, False)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        if complete:
+            (folder / "trainer_state.json").write_text("{}")
+    assert last_complete_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-20")
+    assert resume_checkpoint(TrainingArguments(output_dir=str(tmp_path))) == str(tmp_path / "checkpoint-20")
+    given = TrainingArguments(output_dir=str(tmp_path), resume_from_checkpoint="elsewhere")
+    assert resume_checkpoint(given) == "elsewhere"
+    assert resume_checkpoint(TrainingArguments(output_dir=str(tmp_path / "new"))) is None
