@@ -181,7 +181,8 @@ def _gap(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate_captioner, read_references_csv, read_sidecar_references, resolve_metrics
+    from .evaluation import evaluate_captioner, resolve_metrics
+    from .reference_captions import read_references_csv, read_sidecar_references
 
     if bool(args.paths) == bool(args.references):
         raise ValueError("give either --references refs.csv (with --audio-dir) or audio PATHS with sidecar .txt "
