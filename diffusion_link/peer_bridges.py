@@ -23,9 +23,14 @@ from .configuration_diffusion_link import DiffusionLinkConfig
 from .validation import check_embeddings, check_positive_int
 
 
-class IdentityBridge(nn.Module):
-    """No bridge: `link(x)` returns `x` (the "without Diffusion-Link" row of the paper)."""
+class PeerBridge(nn.Module):
+    """The `link()` interface of [`DiffusionLinkBridge`] for the bridges that do not diffuse: `link()` validates the
+    (B, D) input and calls `move`. The diffusion knobs (`strength`, `num_inference_steps`, `generator`) are accepted
+    and ignored, so every bridge is interchangeable."""
 
+    embedding_dim: int | None = None  # the required D; None accepts any
+
+    @torch.no_grad()
     def link(
         self,
         audio_embeds: torch.Tensor,
@@ -34,13 +39,22 @@ class IdentityBridge(nn.Module):
         num_inference_steps: int | None = None,
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
     ) -> torch.Tensor:
-        """(B, D) -> (B, D), unchanged. The diffusion knobs are accepted and ignored, so peers are interchangeable."""
-        if not isinstance(audio_embeds, torch.Tensor):
-            raise TypeError(f"`audio_embeds` must be a torch.Tensor, got {type(audio_embeds).__name__}.")
+        """(B, D) audio embeddings -> (B, D) moved embeddings."""
+        return self.move(check_embeddings("audio_embeds", audio_embeds, self.embedding_dim))
+
+    def move(self, audio_embeds: torch.Tensor) -> torch.Tensor:
+        """The peer's own map of validated (B, D) embeddings."""
+        raise NotImplementedError
+
+
+class IdentityBridge(PeerBridge):
+    """No bridge: `link(x)` returns `x` (the "without Diffusion-Link" row of the paper)."""
+
+    def move(self, audio_embeds: torch.Tensor) -> torch.Tensor:
         return audio_embeds
 
 
-class MeanShiftBridge(nn.Module):
+class MeanShiftBridge(PeerBridge):
     """Shift audio embeddings by the difference of the modality centroids ("Mind the Gap").
 
     Args:
@@ -67,23 +81,14 @@ class MeanShiftBridge(nn.Module):
         self.shift.copy_(text_embeds.mean(0) - audio_embeds.mean(0))
         return self
 
-    @torch.no_grad()
-    def link(
-        self,
-        audio_embeds: torch.Tensor,
-        *,
-        strength: float | None = None,
-        num_inference_steps: int | None = None,
-        generator: torch.Generator | Sequence[torch.Generator] | None = None,
-    ) -> torch.Tensor:
-        """(B, D) -> (B, D) shifted embeddings. The diffusion knobs are accepted and ignored."""
-        audio_embeds = check_embeddings("audio_embeds", audio_embeds, self.embedding_dim)
+    def move(self, audio_embeds: torch.Tensor) -> torch.Tensor:
+        """(B, D) -> (B, D) shifted embeddings."""
         if self.output_normalization == "l2":
             return F.normalize(F.normalize(audio_embeds, dim=-1) + self.shift.to(audio_embeds), dim=-1)
         return audio_embeds + self.shift.to(audio_embeds)
 
 
-class CaptionMemoryBridge(nn.Module):
+class CaptionMemoryBridge(PeerBridge):
     """Project audio embeddings onto a memory of caption embeddings (DeCap, ICLR 2023; DRCap, ICASSP 2025).
 
     `link(a) = normalize(softmax(sim(a, M) / temperature) @ M)`, where M holds the L2-normalised caption embeddings
@@ -118,17 +123,8 @@ class CaptionMemoryBridge(nn.Module):
         self.memory = F.normalize(text_embeds.float(), dim=-1).clone()
         return self
 
-    @torch.no_grad()
-    def link(
-        self,
-        audio_embeds: torch.Tensor,
-        *,
-        strength: float | None = None,
-        num_inference_steps: int | None = None,
-        generator: torch.Generator | Sequence[torch.Generator] | None = None,
-    ) -> torch.Tensor:
-        """(B, D) -> (B, D) unit-norm mixes of memory captions. The diffusion knobs are accepted and ignored."""
-        audio_embeds = check_embeddings("audio_embeds", audio_embeds, self.embedding_dim)
+    def move(self, audio_embeds: torch.Tensor) -> torch.Tensor:
+        """(B, D) -> (B, D) unit-norm mixes of memory captions."""
         if len(self.memory) == 0:
             raise ValueError("CaptionMemoryBridge has an empty memory: call `fit(text_embeds)` first.")
         memory = self.memory.to(audio_embeds.device)

@@ -4,6 +4,8 @@
   or `caption_1` .. `caption_N` (Clotho); rows of the same file are grouped (AudioCaps has one caption per row).
 - `read_sidecar_references`: audio files with sidecar text files (`dog.txt` next to `dog.wav`), one reference per
   line.
+- `read_caption_file`: a plain list of captions (text-only training data): a CSV with a `caption` column, or one
+  caption per line.
 
 Both return the audio files and, per file, its list of references; every error names the file it is about.
 """
@@ -11,11 +13,15 @@ Both return the audio files and, per file, its list of references; every error n
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import re
 from typing import Any, Sequence
 
 from .audio_io import AUDIO_EXTENSIONS
+
+
+logger = logging.getLogger(__name__)
 
 
 KEY_COLUMNS = ("file_name", "youtube_id")
@@ -132,3 +138,21 @@ def _find_youtube_clip(index: dict[str, list[str]], audio_dir: str, youtube_id: 
         if stem in index:
             return index[stem][0]
     return os.path.join(audio_dir, youtube_id)
+
+
+def read_caption_file(path: str) -> list[str]:
+    """The non-empty captions of `path` (stripped; empty ones are dropped with a warning that counts them)."""
+    with open(path, newline="", encoding="utf-8") as f:
+        if path.endswith(".csv"):
+            rows = list(csv.DictReader(f))
+            if not rows or "caption" not in rows[0]:
+                raise ValueError(f"{path}: expected a CSV with a `caption` column.")
+            captions = [r["caption"] for r in rows]
+        else:
+            captions = f.read().splitlines()
+    kept = [c.strip() for c in captions if c and c.strip()]
+    if len(kept) < len(captions):
+        logger.warning("%s: dropped %d empty captions", path, len(captions) - len(kept))
+    if not kept:
+        raise ValueError(f"{path}: no captions.")
+    return kept

@@ -42,6 +42,7 @@ from diffusion_link.atomic_files import atomic_path
 from diffusion_link.audio_io import load_audio
 from diffusion_link.embedding_files import save_embeddings
 from diffusion_link.embedding_extraction import embed_audio, embed_text
+from diffusion_link.reference_captions import read_caption_file
 from diffusion_link.script_arguments import parse_script_args
 
 
@@ -87,23 +88,6 @@ def read_pairs(path: str) -> tuple[list[str], list[str]]:
     return [r["file_name"] for r in rows], [r["caption"].strip() for r in rows]
 
 
-def read_captions(path: str) -> list[str]:
-    with open(path, newline="", encoding="utf-8") as f:
-        if path.endswith(".csv"):
-            rows = list(csv.DictReader(f))
-            if not rows or "caption" not in rows[0]:
-                raise ValueError(f"{path}: expected a CSV with a `caption` column.")
-            captions = [r["caption"] for r in rows]
-        else:
-            captions = f.read().splitlines()
-    kept = [c.strip() for c in captions if c.strip()]
-    if len(kept) != len(captions):
-        logger.warning("%s: skipped %d empty captions", path, len(captions) - len(kept))
-    if not kept:
-        raise ValueError(f"{path}: no captions.")
-    return kept
-
-
 def main(argv: list[str] | None = None) -> dict[str, torch.Tensor]:
     (args,) = parse_script_args((ExtractionArguments,), argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -144,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict[str, torch.Tensor]:
         tensors["text_embeds"] = _embed_captions(model, processor.tokenizer, captions, args.batch_size * 4, "captions", cache)
         metadata.update(file_names=files, captions=captions)
     if args.unpaired_captions_file:
-        texts = read_captions(args.unpaired_captions_file)
+        texts = read_caption_file(args.unpaired_captions_file)
         tensors["unpaired_text_embeds"] = _embed_captions(model, processor.tokenizer, texts, args.batch_size * 4, "unpaired", cache)
         metadata["unpaired_captions"] = texts
     save_embeddings(args.output_file, tensors, metadata)  # a temporary file renamed into place

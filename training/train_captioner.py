@@ -26,7 +26,6 @@ the last checkpoint, LoRA adapter included. `report_to` defaults to `none`.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -49,6 +48,7 @@ from diffusion_link.embedding_extraction import embed_text
 from diffusion_link.metrics import COCO_METRICS, caption_scores
 from diffusion_link.pipeline_audio_captioning import DEFAULT_MAX_NEW_TOKENS
 from diffusion_link.pretrained_references import resolve_reference
+from diffusion_link.reference_captions import read_caption_file
 from diffusion_link.script_arguments import parse_script_args, resume_checkpoint
 
 
@@ -212,23 +212,6 @@ class CaptionerTrainer(Trainer):
         model.train(was_training)
         references = [[data.captions[i]] for i in range(len(data))]
         return caption_scores(predictions, references, metrics=GENERATION_METRICS)
-
-
-def read_caption_file(path: str) -> list[str]:
-    with open(path, newline="", encoding="utf-8") as f:
-        if path.endswith(".csv"):
-            rows = list(csv.DictReader(f))
-            if not rows or "caption" not in rows[0]:
-                raise ValueError(f"{path}: expected a CSV with a `caption` column.")
-            captions = [r["caption"] for r in rows]
-        else:
-            captions = f.read().splitlines()
-    kept = [c.strip() for c in captions if c and c.strip()]
-    if len(kept) < len(captions):
-        logger.warning("%s: dropped %d empty captions", path, len(captions) - len(kept))
-    if not kept:
-        raise ValueError(f"{path}: no captions.")
-    return kept
 
 
 def load_rows(path: str, mode: str, model, text_tokenizer) -> CaptionEmbeddingDataset:
