@@ -113,6 +113,7 @@ class DiffusionLinkForAudioCaptioning(DiffusionLinkCaptionerPreTrainedModel):
         if config.lora_r:
             self._add_lora()
         self.post_init()
+        self.trained_parts_to_float32()  # an LM given in bf16 gets bf16 LoRA layers from peft
         self.apply_freezing()
         self.train(self.training)  # the frozen tower and bridge start (and stay) in eval mode
 
@@ -149,6 +150,17 @@ class DiffusionLinkForAudioCaptioning(DiffusionLinkCaptionerPreTrainedModel):
         self.audio_tower.eval()
         self.bridge.eval()
         return self
+
+    @torch.no_grad()
+    def trained_parts_to_float32(self) -> None:
+        """Keep the bridge, the projector and the LoRA adapters in float32 whatever `dtype` the frozen bases were
+        loaded in (`from_pretrained(..., dtype=torch.bfloat16)` would otherwise cast an embedded checkpoint whole):
+        their small updates would round away in bf16."""
+        self.bridge.float()
+        self.multi_modal_projector.float()
+        for name, param in self.language_model.named_parameters():
+            if "lora_" in name:
+                param.data = param.data.float()
 
     def num_trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
@@ -236,6 +248,7 @@ class DiffusionLinkForAudioCaptioning(DiffusionLinkCaptionerPreTrainedModel):
                 model = model[0]
         # Small trained parts get fresh (aligned) memory, so a loaded model reproduces the saved one bit for bit.
         own_aligned_memory((*model.bridge.parameters(), *model.bridge.buffers(), *model.multi_modal_projector.parameters()))
+        model.trained_parts_to_float32()
         model.apply_freezing()
         return model
 

@@ -6,7 +6,8 @@
 A script takes one JSON config (as transformers' examples do), command-line flags, or both: the JSON first, then flags
 that override its values (`train_bridge.py training/configs/starter_bridge.json --train_file x --seed 1`). Recipes
 are JSON files in `training/configs/`, read by this one path. `report_to` defaults to "none" (no tracker switches
-itself on).
+itself on), and on a machine without an accelerator `use_cpu` defaults to true, so that `torchrun` processes there
+really train data-parallel.
 """
 
 from __future__ import annotations
@@ -24,6 +25,16 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 
 logger = logging.getLogger(__name__)
+
+
+def accelerator_available() -> bool:
+    """Whether torch sees a CUDA, XPU or MPS device."""
+    import torch
+
+    xpu = getattr(torch, "xpu", None)
+    mps = getattr(torch.backends, "mps", None)
+    return bool(torch.cuda.is_available() or (xpu is not None and xpu.is_available())
+                or (mps is not None and mps.is_available()))
 
 
 def read_json_config(path: str) -> dict:
@@ -50,6 +61,10 @@ def parse_script_args(dataclass_types: Sequence[type], argv: Sequence[str] | Non
     known = {action.dest for action in parser._actions}
     if "report_to" in known:  # a Trainer script: no tracker switches itself on
         values.setdefault("report_to", "none")
+    if "use_cpu" in known and not accelerator_available():
+        # accelerate makes `torchrun` / `accelerate launch` CPU processes one gloo group only when the Trainer is asked
+        # for the CPU; otherwise each process silently trains alone on all the data.
+        values.setdefault("use_cpu", True)
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"Unknown arguments in the JSON config: {unknown}.")

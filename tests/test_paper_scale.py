@@ -164,13 +164,24 @@ def test_dtype_plan_bf16_language_model_fp32_bridge(paper_model):
 def test_without_a_dtype_the_language_model_follows_the_checkpoint_float16():
     """What a build that passes no dtype gets: transformers 5 loads with `dtype="auto"`, so Llama-2-7b-hf (whose
     config says `torch_dtype: float16`) comes up in float16, not bf16 -- TrainingArguments' `bf16=True` only adds
-    autocast. A bf16 LM needs `from_pretrained_parts(..., dtype=torch.bfloat16)`."""
+    autocast. Hence the paper recipes' `"dtype": "bfloat16"` (next test)."""
     clap, llama = ClapConfig.from_json_file(CLAP_CONFIG), LlamaConfig.from_json_file(LLAMA_CONFIG)
     with torch.device("meta"):
         model = DiffusionLinkForAudioCaptioning(paper_captioner_config(clap, llama))
     lm = model.language_model
     assert {p.dtype for n, p in lm.named_parameters() if "lora_" not in n} == {torch.float16}
     assert {p.dtype for p in model.bridge.parameters()} == {torch.float32}
+
+
+@pytest.mark.parametrize("recipe", ["paper_captioner_llama2_zero_shot.json", "paper_captioner_llama2_supervised.json"])
+def test_the_paper_recipes_load_the_language_model_in_bf16(recipe):
+    from training import train_captioner
+
+    values = json.loads(open(os.path.join(REPO_ROOT, "training", "configs", recipe), encoding="utf-8").read())
+    assert values["dtype"] == "bfloat16" and values["bf16"] is True
+    assert train_captioner.LM_DTYPES[values["dtype"]] is torch.bfloat16
+    with pytest.raises(ValueError, match="dtype"):
+        train_captioner.ModelArguments(dtype="bf16")
 
 
 def test_light_checkpoint_keys_and_size_at_paper_scale(paper_model):

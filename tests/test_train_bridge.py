@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from diffusion_link import DiffusionLinkBridge
-from diffusion_link.embedding_files import save_embeddings
+from diffusion_link.embedding_files import load_embeddings, save_embeddings
 from diffusion_link.synthetic import synthetic_gap_embeddings
 from training import train_bridge
 
@@ -129,6 +129,9 @@ def test_two_process_ddp_run_on_cpu(data_files, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
     assert state["global_step"] == 4
+    # One gloo group, not two processes each training alone: every step reads 2 x 8 rows of the epoch.
+    rows = len(train_bridge.BridgeEmbeddingDataset(load_embeddings(data_files / "train.safetensors")[0]))
+    assert state["epoch"] == pytest.approx(4 * 2 * 8 / rows)
     # Two processes of 8 rows each: 4 steps consume 64 rows.
     assert state["train_batch_size"] == 8
     model = DiffusionLinkBridge.from_pretrained(out)

@@ -149,4 +149,24 @@ def test_two_process_ddp_run_on_cpu(tiny_parts, caption_data, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = json.loads((tmp_path / "ddp" / "checkpoint-4" / "trainer_state.json").read_text())
     assert state["global_step"] == 4
+    # One gloo group, not two processes each training alone: every step reads 2 x 4 of the captions.
+    assert state["epoch"] == pytest.approx(4 * 2 * 4 / len(CAPTIONS))
     assert (tmp_path / "ddp" / "config.json").exists()
+
+
+def test_dtype_loads_the_language_model_in_bf16_and_keeps_the_trained_parts_float32(tiny_parts, caption_data, tmp_path):
+    def dtypes(model):
+        lm = model.language_model
+        return ({p.dtype for n, p in lm.named_parameters() if "lora_" not in n},
+                {p.dtype for n, p in lm.named_parameters() if "lora_" in n},
+                {p.dtype for p in (*model.bridge.parameters(), *model.multi_modal_projector.parameters())})
+
+    argv = argv_for(tiny_parts, caption_data, tmp_path, dtype="bfloat16", base_weights="embedded")
+    model = train_captioner.build_model(train_captioner.parse_args(argv)[0])
+    assert dtypes(model) == ({torch.bfloat16}, {torch.float32}, {torch.float32})
+    model.save_pretrained(tmp_path / "saved")
+    again = train_captioner.build_model(train_captioner.ModelArguments(model_name_or_path=str(tmp_path / "saved"),
+                                                                        dtype="bfloat16"))
+    assert dtypes(again) == ({torch.bfloat16}, {torch.float32}, {torch.float32})
+    ids = again.generate(text_embeds=caption_data["embeds"][:2], max_new_tokens=3)
+    assert ids.shape[0] == 2

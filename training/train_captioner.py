@@ -55,6 +55,7 @@ from diffusion_link.script_arguments import parse_script_args, resume_checkpoint
 logger = logging.getLogger(__name__)
 
 MODES = ("zero_shot", "supervised")
+LM_DTYPES = {None: None, "auto": "auto", "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 # Scores of the greedy generations at each evaluation: all pure Python, cheap next to the generation itself.
 GENERATION_METRICS = ("exact_match", "token_f1", *COCO_METRICS)
 
@@ -91,6 +92,17 @@ class ModelArguments:
     base_weights: str = field(
         default="referenced", metadata={"help": "'referenced' (save only trained parts + base names) or 'embedded'."}
     )
+    dtype: str | None = field(
+        default=None,
+        metadata={"help": "dtype of the frozen language model: 'bfloat16' (the paper's), 'float16', 'float32' or "
+                          "'auto' (the checkpoint's own). Default: transformers' choice, the checkpoint's (float16 "
+                          "for Llama-2-7b-hf; `--bf16` alone only adds autocast). Bridge, projector and LoRA stay "
+                          "float32."},
+    )
+
+    def __post_init__(self):
+        if self.dtype not in LM_DTYPES:
+            raise ValueError(f"`dtype` must be one of {sorted(k for k in LM_DTYPES if k)} or unset, got {self.dtype!r}.")
 
 
 @dataclass
@@ -245,8 +257,10 @@ def load_rows(path: str, mode: str, model, text_tokenizer) -> CaptionEmbeddingDa
 
 
 def build_model(args: ModelArguments) -> DiffusionLinkForAudioCaptioning:
+    dtype = LM_DTYPES[args.dtype]
     if args.model_name_or_path:
-        return DiffusionLinkForAudioCaptioning.from_pretrained(args.model_name_or_path)
+        extra = {} if dtype is None else {"dtype": dtype}
+        return DiffusionLinkForAudioCaptioning.from_pretrained(args.model_name_or_path, **extra)
     if not (args.audio_tower_name_or_path and args.language_model_name_or_path):
         raise ValueError("Give --model_name_or_path, or --audio_tower_name_or_path and --language_model_name_or_path.")
     bridge = None
@@ -257,6 +271,7 @@ def build_model(args: ModelArguments) -> DiffusionLinkForAudioCaptioning:
         args.language_model_name_or_path,
         bridge,
         base_weights=args.base_weights,
+        dtype=dtype,
         prefix_length=args.prefix_length,
         prompt=args.prompt,
         lora_r=args.lora_r,
