@@ -7,7 +7,13 @@ task.
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from .peer_bridges import CaptionMemoryBridge, IdentityBridge, MeanShiftBridge, text_only_diffusion_config
+from .peer_bridges import (
+    CaptionMemoryBridge,
+    IdentityBridge,
+    LinearMapBridge,
+    MeanShiftBridge,
+    text_only_diffusion_config,
+)
 from .configuration_diffusion_link import DiffusionLinkConfig
 from .configuration_diffusion_link_captioner import PIPELINE_TASK, DiffusionLinkCaptionerConfig
 from .configuration_starter_encoder import StarterEncoderConfig
@@ -57,6 +63,7 @@ __all__ = [
     "DiffusionLinkForAudioCaptioning",
     "DiffusionLinkOutput",
     "IdentityBridge",
+    "LinearMapBridge",
     "MeanShiftBridge",
     "StarterAudioTextEncoder",
     "StarterEncoderConfig",

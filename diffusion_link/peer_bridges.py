@@ -4,6 +4,7 @@
 |---|---|
 | [`IdentityBridge`] | nothing: the baseline the paper improves on |
 | [`MeanShiftBridge`] | adds (text centroid - audio centroid), then re-normalises ("Mind the Gap", Liang et al. 2022) |
+| [`LinearMapBridge`] | a ridge least-squares affine map from audio to text, fit on paired rows (its penalty picked by leave-one-out) |
 | [`CaptionMemoryBridge`] | replaces the audio embedding by a softmax-weighted mix of the caption embeddings of a memory (DeCap's projection decoding; DRCap's with `top_k`) |
 | text-only diffusion | a [`DiffusionLinkBridge`] built from [`text_only_diffusion_config`] and trained on text alone; `link()` takes the audio embedding as the state at t = 599 without adding noise and runs 5 DDIM steps ("Diffusion Bridge", CVPR 2025) |
 
@@ -136,6 +137,73 @@ class CaptionMemoryBridge(PeerBridge):
         else:
             mixed = (sims / self.temperature).softmax(dim=-1) @ memory
         return F.normalize(mixed, dim=-1).to(audio_embeds.dtype)
+
+
+class LinearMapBridge(PeerBridge):
+    """A least-squares (ridge) affine map from audio to text embeddings, fit on paired rows: on paired data the
+    simplest strong baseline ("Mind the Gap" shifts; this also rotates and stretches).
+
+    `link(a) = normalize(a W + b)` on L2-normalised inputs, with `W, b = argmin sum_i ||a_i W + b - t_i||^2 +
+    ridge ||W||^2` in closed form. Without `ridge`, [`~LinearMapBridge.fit`] picks it from `RIDGE_GRID` by exact
+    leave-one-out error on the training pairs (ridge regression's hat-matrix identity), so no held-out data and no
+    hand tuning are needed.
+
+    Args:
+        embedding_dim (`int`): size D of the embeddings.
+        ridge (`float`, *optional*): the L2 penalty; picked by leave-one-out when None.
+    """
+
+    RIDGE_GRID = (1e-4, 1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+
+    def __init__(self, embedding_dim: int, ridge: float | None = None):
+        super().__init__()
+        check_positive_int("embedding_dim", embedding_dim)
+        if ridge is not None and not ridge > 0:
+            raise ValueError(f"`ridge` must be > 0 or None (picked by leave-one-out), got {ridge!r}.")
+        self.embedding_dim = embedding_dim
+        self.ridge = ridge
+        self.register_buffer("weight", torch.eye(embedding_dim))  # (D, D): audio -> text
+        self.register_buffer("bias", torch.zeros(embedding_dim))
+        self.leave_one_out_errors: dict[float, float] = {}  # by candidate ridge, after `fit`
+        self.fitted_ridge: float | None = None
+
+    @torch.no_grad()
+    def fit(self, audio_embeds: torch.Tensor, text_embeds: torch.Tensor) -> "LinearMapBridge":
+        """Fit W, b on (N, D) paired rows (row i of each belongs together); picks `ridge` by leave-one-out first."""
+        audio = F.normalize(check_embeddings("audio_embeds", audio_embeds, self.embedding_dim).double(), dim=-1)
+        text = F.normalize(
+            check_embeddings("text_embeds", text_embeds, self.embedding_dim, num_rows=len(audio)).double(), dim=-1)
+        if len(audio) < 2:
+            raise ValueError(f"LinearMapBridge.fit needs at least 2 pairs, got {len(audio)}.")
+        audio_mean, text_mean = audio.mean(0), text.mean(0)
+        a, t = audio - audio_mean, text - text_mean  # (N, D) centred: the bias is not penalised
+        u, sv, vt = torch.linalg.svd(a, full_matrices=False)  # a = U diag(sv) V^T
+        ut_t = u.T @ t  # (r, D)
+        if self.ridge is None:
+            self.leave_one_out_errors = {lam: self._leave_one_out_error(u, sv, ut_t, t, lam) for lam in self.RIDGE_GRID}
+            ridge = min(self.RIDGE_GRID, key=lambda lam: (self.leave_one_out_errors[lam], -lam))
+        else:
+            ridge = self.ridge
+        weight = vt.T @ ((sv / (sv**2 + ridge))[:, None] * ut_t)  # (D, D) = (a^T a + ridge I)^-1 a^T t
+        self.weight.copy_(weight.float())
+        self.bias.copy_((text_mean - audio_mean @ weight).float())
+        self.fitted_ridge = ridge
+        return self
+
+    @staticmethod
+    def _leave_one_out_error(u, sv, ut_t, t, ridge: float) -> float:
+        """Mean squared leave-one-out residual: e_i / (1 - h_ii), with H = U diag(s^2 / (s^2 + ridge)) U^T (+ 1/N for
+        the mean that centring removes)."""
+        shrink = sv**2 / (sv**2 + ridge)  # (r,)
+        fitted = u @ (shrink[:, None] * ut_t)  # (N, D)
+        leverage = (u**2 * shrink).sum(1) + 1.0 / len(u)  # (N,)
+        residual = (t - fitted) / (1 - leverage).clamp_min(1e-6)[:, None]
+        return float(residual.pow(2).sum(1).mean())
+
+    def move(self, audio_embeds: torch.Tensor) -> torch.Tensor:
+        """(B, D) -> (B, D) unit-norm mapped embeddings."""
+        mapped = F.normalize(audio_embeds.float(), dim=-1) @ self.weight + self.bias
+        return F.normalize(mapped, dim=-1).to(audio_embeds.dtype)
 
 
 def text_only_diffusion_config(**overrides) -> DiffusionLinkConfig:

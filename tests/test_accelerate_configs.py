@@ -48,9 +48,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(config_file: str, tiny_parts, output_dir, **overrides) -> subprocess.CompletedProcess:
+def launch(config_file: str, tiny_parts, output_dir, num_processes: int = 2, gpu: bool = False,
+           **overrides) -> subprocess.CompletedProcess:
     """`accelerate launch --config_file CONFIG train_captioner.py run.json` on tiny parts, zero-shot on a caption file
-    (embedded once at start with the tiny CLAP's text side)."""
+    (embedded once at start with the tiny CLAP's text side): on CPU processes, or with `gpu` on the GPUs in bf16."""
     captions = tiny_parts["root"] / "accelerate_captions.txt"
     captions.write_text("\n".join(CAPTIONS) + "\n")
     values = {
@@ -62,16 +63,19 @@ def launch(config_file: str, tiny_parts, output_dir, **overrides) -> subprocess.
         "log_level": "warning",
         # Without it the Trainer runs NOT distributed on a GPU-less machine: accelerate only makes CPU processes a
         # MULTI_CPU (gloo) group when asked for the CPU, so each process would train alone on all the data.
-        "use_cpu": True,
+        "use_cpu": not gpu,
     }
     values.update(overrides)
     run_config = output_dir.parent / f"{output_dir.name}.json"
     run_config.write_text(json.dumps(values))
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO_ROOT, CUDA_VISIBLE_DEVICES="")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
+        p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p))
+    if not gpu:
+        env["CUDA_VISIBLE_DEVICES"] = ""
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", os.path.join(CONFIGS, config_file),
-        "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(free_port()),
-        SCRIPT, str(run_config),
+        "--num_processes", str(num_processes), "--mixed_precision", "bf16" if gpu else "no",
+        "--main_process_port", str(free_port()), SCRIPT, str(run_config),
     ]
     return subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
 
@@ -142,3 +146,24 @@ def test_fsdp_config_wraps_the_captioners_decoder_layers(monkeypatch):
     in_units = {id(p) for unit in units for p in unit.parameters()}
     root_trainable = {p.dtype for p in model.parameters() if p.requires_grad and id(p) not in in_units}
     assert root_trainable == {torch.float32}
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="FSDP runs only on GPUs with this accelerate")
+def test_fsdp_config_gpu_run_saves_a_captioner_that_loads(tiny_parts, tmp_path):
+    """The FSDP file on the GPUs there are (one is enough: the same FSDP2 code path, unsharded): training runs and the
+    folder `train_captioner.py` saves at the end holds whole tensors that load and caption. Run on a GPU machine with
+    `pytest tests/test_accelerate_configs.py -k gpu_run`; CI has no GPU and skips it."""
+    import torch
+
+    from diffusion_link import DiffusionLinkForAudioCaptioning
+
+    output_dir = tmp_path / "fsdp"
+    proc = launch("accelerate_fsdp.yaml", tiny_parts, output_dir, num_processes=torch.cuda.device_count(), gpu=True)
+    check_run(proc, output_dir)
+    model = DiffusionLinkForAudioCaptioning.from_pretrained(output_dir).eval()
+    lora_b = [p for n, p in model.language_model.named_parameters() if "lora_B" in n]
+    assert lora_b and any(bool(p.abs().sum() > 0) for p in lora_b)  # trained (LoRA B starts at zero)
+    ids = model.generate(text_embeds=torch.nn.functional.normalize(torch.randn(2, model.config.embedding_dim), dim=-1),
+                         max_new_tokens=3)
+    assert ids.shape[0] == 2
+

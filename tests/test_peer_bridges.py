@@ -127,3 +127,52 @@ def test_caption_memory_rejects_bad_input():
         bridge.link(unit(2, 9))
     with pytest.raises(ValueError, match="NaN"):
         bridge.link(torch.full((1, 8), float("nan")))
+
+
+def test_linear_map_leave_one_out_error_equals_refitting_without_each_row():
+    from diffusion_link import LinearMapBridge
+
+    g = torch.Generator().manual_seed(0)
+    audio, text = torch.randn(12, 5, generator=g), torch.randn(12, 5, generator=g)
+    bridge = LinearMapBridge(5).fit(audio, text)
+    a, t = torch.nn.functional.normalize(audio.double(), dim=-1), torch.nn.functional.normalize(text.double(), dim=-1)
+    for lam in (1e-2, 1.0):
+        errors = []
+        for i in range(12):
+            keep = torch.arange(12) != i
+            held = LinearMapBridge(5, ridge=lam).fit(a[keep], t[keep])
+            errors.append(float(((a[i].float() @ held.weight + held.bias) - t[i].float()).pow(2).sum()))
+        assert abs(bridge.leave_one_out_errors[lam] - sum(errors) / 12) < 1e-4
+
+
+def test_linear_map_recovers_a_rotation_held_out_and_beats_mean_shift():
+    from diffusion_link import LinearMapBridge, MeanShiftBridge
+    from diffusion_link.metrics import modality_gap
+
+    g = torch.Generator().manual_seed(1)
+    rotation = torch.linalg.qr(torch.randn(16, 16, generator=g))[0]
+    offset = 0.5 * torch.nn.functional.normalize(torch.randn(16, generator=g), dim=0)
+
+    def draw(n):
+        text = torch.nn.functional.normalize(torch.randn(n, 16, generator=g), dim=-1)
+        audio = torch.nn.functional.normalize(text @ rotation + offset + 0.05 * torch.randn(n, 16, generator=g), dim=-1)
+        return audio, text
+
+    audio, text = draw(400)
+    held_audio, held_text = draw(200)
+    linear = LinearMapBridge(16).fit(audio, text)
+    shifted = MeanShiftBridge(16).fit(audio, text)
+    assert linear.fitted_ridge in LinearMapBridge.RIDGE_GRID
+    linear_cos = modality_gap(linear.link(held_audio), held_text)["paired_cosine"]
+    assert linear_cos > 0.95 and linear_cos > modality_gap(shifted.link(held_audio), held_text)["paired_cosine"] + 0.3
+
+
+def test_linear_map_bad_input():
+    from diffusion_link import LinearMapBridge
+
+    with pytest.raises(ValueError, match="ridge"):
+        LinearMapBridge(4, ridge=0.0)
+    with pytest.raises(ValueError, match="rows"):
+        LinearMapBridge(4).fit(torch.randn(5, 4), torch.randn(6, 4))
+    with pytest.raises(ValueError, match=r"\(batch, 4\)"):
+        LinearMapBridge(4).link(torch.randn(2, 3))
