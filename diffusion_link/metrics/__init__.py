@@ -16,7 +16,7 @@ from .cider import corpus_cider_d
 from .evaluate_modules import evaluate_module_path
 from .gap_plots import plot_modality_gap
 from .gap_report import compare_bridges, format_gap_table
-from .modality_gap import modality_gap
+from .modality_gap import modality_gap, paired_figures
 from .rouge import corpus_rouge_l
 
 
@@ -38,6 +38,7 @@ __all__ = [
     "evaluate_module_path",
     "format_gap_table",
     "modality_gap",
+    "paired_figures",
     "plot_modality_gap",
     "tokenize_captions",
 ]

@@ -40,18 +40,23 @@ def modality_gap(
           (0.5 means the modalities cannot be told apart);
         - `num_pairs`: N.
     """
-    audio = _as_embeddings("audio_embeds", audio_embeds)
-    text = _as_embeddings("text_embeds", text_embeds)
-    if audio.shape != text.shape:
-        raise ValueError(
-            f"`audio_embeds` and `text_embeds` must be paired rows of the same shape, got {tuple(audio.shape)} and "
-            f"{tuple(text.shape)}."
-        )
+    audio, text = _paired("audio_embeds", audio_embeds, "text_embeds", text_embeds)
     num_pairs = audio.shape[0]
     if num_pairs < 2 * probe_folds:
         raise ValueError(f"modality_gap needs at least {2 * probe_folds} pairs for a {probe_folds}-fold probe, got {num_pairs}.")
-    audio, text = F.normalize(audio.double(), dim=-1), F.normalize(text.double(), dim=-1)
+    return {
+        **paired_figures(audio, text),
+        "modality_separability": _probe_accuracy(
+            F.normalize(audio.double(), dim=-1), F.normalize(text.double(), dim=-1), probe_folds, seed),
+        "num_pairs": float(num_pairs),
+    }
 
+
+def paired_figures(audio_embeds: torch.Tensor, text_embeds: torch.Tensor) -> dict[str, float]:
+    """The figures of `modality_gap` that need no probe (so any N >= 1 paired rows will do): `paired_cosine`,
+    `nearest_text_cosine`, `centroid_distance`, `retrieval_r1`, `retrieval_r5`, on L2-normalised rows."""
+    audio, text = _paired("audio_embeds", audio_embeds, "text_embeds", text_embeds)
+    audio, text = F.normalize(audio.double(), dim=-1), F.normalize(text.double(), dim=-1)
     sims = audio @ text.T  # (N, N) audio x text
     paired = sims.diagonal()
     # A text identical to the paired one is as good a hit as the paired one itself.
@@ -63,9 +68,17 @@ def modality_gap(
         "centroid_distance": float((audio.mean(0) - text.mean(0)).norm()),
         "retrieval_r1": float((rank < 1).double().mean()),
         "retrieval_r5": float((rank < 5).double().mean()),
-        "modality_separability": _probe_accuracy(audio, text, probe_folds, seed),
-        "num_pairs": float(num_pairs),
     }
+
+
+def _paired(audio_name: str, audio_embeds, text_name: str, text_embeds) -> tuple[torch.Tensor, torch.Tensor]:
+    audio, text = _as_embeddings(audio_name, audio_embeds), _as_embeddings(text_name, text_embeds)
+    if audio.shape != text.shape:
+        raise ValueError(
+            f"`{audio_name}` and `{text_name}` must be paired rows of the same shape, got {tuple(audio.shape)} and "
+            f"{tuple(text.shape)}."
+        )
+    return audio, text
 
 
 def _probe_accuracy(audio: torch.Tensor, text: torch.Tensor, folds: int, seed: int) -> float:
