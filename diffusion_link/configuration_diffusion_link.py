@@ -72,6 +72,10 @@ class DiffusionLinkConfig(PretrainedConfig):
             How `link()` builds the state at s*: `"noised"` forward-noises the audio embedding with q(a, s*)
             (Diffusion-Link); `"inserted"` takes the audio embedding itself as the state at s*, without noise (the
             text-only "Diffusion Bridge" peer, CVPR 2025).
+        depth_selection (`dict`, *optional*):
+            How `strength` was picked, when it was picked on held-out pairs (`diffusion_link.depth_selection`: the
+            rule, whether a depth qualified, the held-out R@1 and paired cosine at the pick and of the raw audio).
+            Written by `training/train_bridge.py`; shown in the model card.
         noise_seed (`int`, *optional*, defaults to 0):
             Key of the forward noise when `link()` is called without a generator: the noise of each row is seeded
             from the row's own values and this key, so the output of a row depends only on that row (batch-invariant
@@ -102,6 +106,7 @@ class DiffusionLinkConfig(PretrainedConfig):
         standardization: str = "scalar",
         link_start: str = "noised",
         noise_seed: int = 0,
+        depth_selection: dict | None = None,
         **kwargs,
     ):
         check_positive_int("embedding_dim", embedding_dim)
@@ -164,6 +169,7 @@ class DiffusionLinkConfig(PretrainedConfig):
         self.standardization = standardization
         self.link_start = link_start
         self.noise_seed = noise_seed
+        self.depth_selection = depth_selection
         super().__init__(**kwargs)
 
 

@@ -163,7 +163,20 @@ def bridge_fields(config) -> dict[str, Any]:
         "topology_loss_weight": config.topology_loss_weight,
         "x0_parameterization": config.x0_parameterization,
         "ema_decay": config.ema_decay,
+        "depth_selection": depth_selection_text(getattr(config, "depth_selection", None)),
     }
+
+
+def depth_selection_text(pick: dict | None) -> str:
+    """One line on how `strength` was chosen (from `config.depth_selection`)."""
+    if not pick:
+        return "set by hand (not picked on held-out pairs)"
+    figures = (f"held-out R@1 {pick['retrieval_r1']:.3f} (raw audio {pick['identity_retrieval_r1']:.3f}), paired cosine "
+               f"{pick['paired_cosine']:.3f} (raw audio {pick['identity_paired_cosine']:.3f}), {pick['num_pairs']} pairs")
+    if pick["qualified"]:
+        return f"picked on held-out pairs: {pick['rule']}; {figures}"
+    return (f"**no depth kept R@1 within the tolerance** of the raw audio's on held-out pairs; the depth losing the "
+            f"least was kept: {figures}")
 
 
 def captioner_fields(config) -> dict[str, Any]:

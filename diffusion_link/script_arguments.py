@@ -103,3 +103,16 @@ def resume_checkpoint(training_args) -> str | None:
         if resume:
             logger.info("resuming from %s", resume)
     return resume
+
+
+def finish_distributed() -> None:
+    """End a `torchrun` / `accelerate launch` run cleanly: wait for every process, then tear the process group down.
+
+    A process that exits with its gloo group still alive can abort at interpreter shutdown ("terminate called without
+    an active exception") after all its work is done, failing the whole launch. A no-op outside distributed runs."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+

@@ -119,7 +119,8 @@ def test_bad_bridge_type_is_rejected(data_files, tmp_path):
 
 def test_two_process_ddp_run_on_cpu(data_files, tmp_path):
     out = tmp_path / "ddp"
-    values = args_for(data_files, out, max_steps=4, save_steps=4, per_device_train_batch_size=8)
+    values = args_for(data_files, out, max_steps=4, save_steps=4, per_device_train_batch_size=8,
+                      validation_split_percentage=0)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO_ROOT)
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
@@ -151,3 +152,47 @@ def test_training_rows_mix_paired_and_unpaired_in_the_asked_proportion():
     assert len(every_text) == 100 and set(every_text[0]) == {"text_embeds"}
     with pytest.raises(ValueError, match="paired_fraction"):
         train_bridge.DataArguments(train_file="x", paired_fraction=1.0)
+
+
+def test_without_a_validation_file_pairs_are_held_out_validated_and_the_depth_picked(data_files, tmp_path):
+    out = tmp_path / "validated"
+    model = train_bridge.main(as_argv(args_for(data_files, out, max_steps=12, save_steps=4)))
+    state = json.loads((out / "checkpoint-12" / "trainer_state.json").read_text())
+    evals = [e for e in state["log_history"] if "eval_selection_score" in e]
+    assert [e["step"] for e in evals] == [4, 8, 12]  # evaluated at every save
+    for e in evals:
+        assert e["eval_selection_score"] == pytest.approx(e["eval_paired_cosine"] + e["eval_retrieval_r1"])
+    best = max(evals, key=lambda e: e["eval_selection_score"])
+    assert state["best_model_checkpoint"].endswith(f"checkpoint-{best['step']}")
+    assert int(model.ema_num_updates) == best["step"]  # the best checkpoint's weights, EMA included
+    sweep = json.loads((out / "depth_sweep.json").read_text())
+    assert sweep["sweep"]["num_pairs"] == 5  # 5 % of the 96 pairs, never trained on
+    loaded = DiffusionLinkBridge.from_pretrained(out)
+    assert loaded.config.strength == sweep["pick"]["strength"] == loaded.config.depth_selection["strength"]
+    assert (out / "depth_sweep.png").exists()
+    card = (out / "README.md").read_text()
+    assert "depth choice" in card and ("picked on held-out pairs" in card or "no depth kept" in card)
+
+
+def test_validation_split_is_by_seed_and_disjoint():
+    tensors = {"audio_embeds": torch.arange(40.0).repeat(3, 1).T, "text_embeds": -torch.arange(40.0).repeat(3, 1).T,
+               "unpaired_text_embeds": torch.ones(7, 3)}
+    train, val = train_bridge.split_validation_pairs(tensors, 10, seed=0)
+    train_again, val_again = train_bridge.split_validation_pairs(tensors, 10, seed=0)
+    assert torch.equal(val["audio_embeds"], val_again["audio_embeds"]) and len(val["audio_embeds"]) == 4
+    held, kept = set(val["audio_embeds"][:, 0].tolist()), set(train["audio_embeds"][:, 0].tolist())
+    assert not held & kept and len(held | kept) == 40
+    assert torch.equal(-val["audio_embeds"], val["text_embeds"])  # rows stay paired
+    assert torch.equal(train["unpaired_text_embeds"], tensors["unpaired_text_embeds"])
+    assert train_bridge.split_validation_pairs(tensors, 0, seed=0)[1] is None
+    _, other = train_bridge.split_validation_pairs(tensors, 10, seed=1)
+    assert not torch.equal(other["audio_embeds"], val["audio_embeds"])
+
+
+def test_training_stops_early_when_the_held_out_score_stops_improving(data_files, tmp_path):
+    out = tmp_path / "early"
+    values = args_for(data_files, out, max_steps=40, save_steps=2, learning_rate=0.0, warmup_steps=0,
+                      early_stopping_patience=2)
+    train_bridge.main(as_argv(values))
+    steps = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
+    assert steps and steps[-1] == 6  # weights frozen by lr 0: no better score after step 2, patience 2 -> stop at 6

@@ -29,8 +29,9 @@ OVERRIDES = {
     "starter_decoder.json": ["--train_file", "x.safetensors", "--output_dir", "out", "--audio_tower_name_or_path", "enc"],
 }
 
-# The command lines build_starter.py typed out before its recipes became JSON: the recipes must mean the same.
-OLD_BRIDGE_ARGV = [
+# The command lines build_starter.py typed out before its recipes became JSON: the recipes must mean the same. The
+# bridge trained on every pair then (the starter holds out its own fold): no validation split.
+OLD_BRIDGE_ARGV = ["--validation_split_percentage", "0",
     "--train_file", "x.safetensors", "--output_dir", "out", "--hidden_size", "384", "--num_blocks", "3",
     "--max_steps", "3000", "--per_device_train_batch_size", "256", "--learning_rate", "1e-3",
     "--lr_scheduler_type", "cosine", "--warmup_steps", "100", "--weight_decay", "0.0",

@@ -9,6 +9,14 @@ The train file is the safetensors format of `diffusion_link.embedding_files`: pa
 rows and optional `unpaired_text_embeds`. D is read from the data. The EMA of the denoiser is updated after every
 optimiser step by a callback; it is part of the model's weights, so checkpoints carry it and `resume_from_checkpoint`
 restores it. The result is a `save_pretrained` folder (`AutoModel.from_pretrained(out, trust_remote_code=True)`).
+
+Validation (a Diffusion-Link bridge with paired rows): `--validation_file`, or else `--validation_split_percentage`
+(5) of the paired rows, drawn with the seed and never trained on. At every save the Trainer evaluates `link()` at the
+configured depth on them (`compute_metrics`: held-out paired cosine, nearest-text cosine, centroid distance, R@1,
+R@5 and `selection_score` = paired cosine + R@1), keeps the checkpoint with the best `selection_score` (moving
+audio onto its caption without losing which caption it is) and stops after `--early_stopping_patience` evaluations
+without improvement. Then `strength` is picked on the same pairs by `diffusion_link.depth_selection` and saved in the
+config, with the sweep in `depth_sweep.json` / `depth_sweep.png`.
 """
 
 from __future__ import annotations
@@ -21,11 +29,13 @@ from dataclasses import dataclass, field
 
 import torch
 from torch.utils.data import Dataset
-from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from diffusion_link import DiffusionLinkBridge, DiffusionLinkConfig, modality_gap, text_only_diffusion_config
+from diffusion_link.depth_selection import DEPTH_GRID, pick_depth, sweep_depths, write_depth_sweep
 from diffusion_link.embedding_files import UNPAIRED_KEY, load_embeddings
-from diffusion_link.script_arguments import parse_script_args, resume_checkpoint
+from diffusion_link.metrics import paired_figures
+from diffusion_link.script_arguments import finish_distributed, parse_script_args, resume_checkpoint
 
 
 logger = logging.getLogger(__name__)
@@ -95,7 +105,22 @@ class DataArguments:
         metadata={"help": "safetensors file with `audio_embeds`/`text_embeds` (N, D) and optional unpaired text."}
     )
     validation_file: str | None = field(
-        default=None, metadata={"help": "Paired embeddings for the eval loss and the final modality-gap report."}
+        default=None, metadata={"help": "Paired embeddings to validate on (default: a split of the train file)."}
+    )
+    validation_split_percentage: int = field(
+        default=5,
+        metadata={"help": "Without --validation_file: the share of paired rows held out (by seed) to validate on; "
+                          "0 trains on all of them."},
+    )
+    early_stopping_patience: int = field(
+        default=5, metadata={"help": "Evaluations without a better selection_score before training stops; 0: never."}
+    )
+    pick_depth: bool = field(
+        default=True,
+        metadata={"help": "After training, pick `strength` on the validation pairs (diffusion_link.depth_selection)."},
+    )
+    depth_grid: list[float] = field(
+        default_factory=lambda: list(DEPTH_GRID), metadata={"help": "Candidate depths s*/T of the pick."}
     )
     paired_fraction: float = field(
         default=0.5,
@@ -108,6 +133,12 @@ class DataArguments:
     def __post_init__(self):
         if not 0.0 < self.paired_fraction < 1.0:
             raise ValueError(f"`paired_fraction` must lie in (0, 1), got {self.paired_fraction}.")
+        if not 0 <= self.validation_split_percentage < 100:
+            raise ValueError(f"`validation_split_percentage` must lie in [0, 100), got {self.validation_split_percentage}.")
+        if self.early_stopping_patience < 0:
+            raise ValueError(f"`early_stopping_patience` must be >= 0, got {self.early_stopping_patience}.")
+        if not self.depth_grid or not all(0 < s <= 1 for s in self.depth_grid):
+            raise ValueError(f"`depth_grid` must hold depths in (0, 1], got {self.depth_grid}.")
 
 
 class BridgeEmbeddingDataset(Dataset):
@@ -169,6 +200,84 @@ class BridgeEMACallback(TrainerCallback):
         model.update_ema()
 
 
+def split_validation_pairs(tensors: dict[str, torch.Tensor], percentage: int, seed: int):
+    """(train, validation) tensors: `percentage` % of the paired rows, drawn with `seed`, become validation pairs (at
+    least 2, and at least 2 stay to train on); unpaired texts all stay in training. None for validation when the
+    file has no pairs or `percentage` is 0."""
+    if not percentage or "audio_embeds" not in tensors:
+        return tensors, None
+    num_pairs = len(tensors["audio_embeds"])
+    num_val = max(2, round(num_pairs * percentage / 100))
+    if num_pairs - num_val < 2:
+        logger.warning("only %d pairs: too few to hold out a validation split; training on all of them", num_pairs)
+        return tensors, None
+    order = torch.randperm(num_pairs, generator=torch.Generator().manual_seed(seed))
+    held, kept = order[:num_val].sort().values, order[num_val:].sort().values
+    train = {**tensors, "audio_embeds": tensors["audio_embeds"][kept], "text_embeds": tensors["text_embeds"][kept]}
+    return train, {"audio_embeds": tensors["audio_embeds"][held], "text_embeds": tensors["text_embeds"][held]}
+
+
+def link_metrics(eval_prediction) -> dict[str, float]:
+    """`compute_metrics` of the bridge: `paired_figures` of `link(audio)` (the predictions) against the paired texts
+    (the labels), and `selection_score` = paired cosine + R@1, the criterion of the best checkpoint."""
+    linked, text = (torch.as_tensor(x) for x in (eval_prediction.predictions, eval_prediction.label_ids))
+    figures = paired_figures(linked, text)
+    figures["selection_score"] = figures["paired_cosine"] + figures["retrieval_r1"]
+    return figures
+
+
+class BridgeTrainer(Trainer):
+    """The Trainer, evaluating what a bridge is for: the prediction of a validation row is `link(audio)` at the
+    configured depth (content-seeded noise, so every evaluation sees the same noise), its label the paired text."""
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        with torch.no_grad():
+            loss = model(**inputs).loss.detach()
+            if prediction_loss_only:
+                return loss, None, None
+            linked = self.accelerator.unwrap_model(model).link(inputs["audio_embeds"])
+        return loss, linked, inputs["text_embeds"]
+
+
+def enable_validation(training_args: TrainingArguments, data_args: DataArguments) -> list[TrainerCallback]:
+    """Evaluate at every save, keep the best checkpoint by `selection_score` and stop early, unless the command
+    configured evaluation itself. Returns the callbacks to add."""
+    if training_args.eval_strategy == "no":
+        if training_args.save_strategy == "no":
+            steps = max(1, training_args.max_steps // 10) if training_args.max_steps > 0 else None
+            training_args.set_evaluate(strategy="steps" if steps else "epoch", steps=steps or 500, delay=0,
+                                       batch_size=training_args.per_device_eval_batch_size)
+            logger.info("validation without checkpoints (--save_strategy no): logged only, no best-model pick")
+            return []
+        training_args.set_evaluate(strategy=training_args.save_strategy, steps=int(training_args.save_steps), delay=0,
+                                   batch_size=training_args.per_device_eval_batch_size)
+        training_args.load_best_model_at_end = True
+        training_args.metric_for_best_model = "selection_score"
+        training_args.greater_is_better = True
+    if training_args.load_best_model_at_end and data_args.early_stopping_patience:
+        return [EarlyStoppingCallback(early_stopping_patience=data_args.early_stopping_patience)]
+    return []
+
+
+def pick_and_save_depth(bridge: DiffusionLinkBridge, validation: dict[str, torch.Tensor], data_args: DataArguments,
+                        output_dir: str) -> dict:
+    """Sweep `strength` on the validation pairs, store the pick in `bridge.config` and the sweep in `output_dir`."""
+    sweep = sweep_depths(bridge, validation["audio_embeds"], validation["text_embeds"], data_args.depth_grid)
+    pick = pick_depth(sweep)
+    bridge.config.strength = pick["strength"]
+    bridge.config.depth_selection = pick
+    write_depth_sweep(sweep, pick, output_dir)
+    if pick["qualified"]:
+        logger.info("depth: strength %s on %d validation pairs (%s)", pick["strength"], pick["num_pairs"], pick["rule"])
+    else:
+        logger.warning(
+            "depth: no depth keeps R@1 within the tolerance of the raw audio's (%.3f) on %d validation pairs; kept "
+            "strength %s, which loses the least (R@1 %.3f)", pick["identity_retrieval_r1"], pick["num_pairs"],
+            pick["strength"], pick["retrieval_r1"],
+        )
+    return pick
+
+
 def build_bridge(model_args: ModelArguments, train_tensors: dict[str, torch.Tensor]) -> DiffusionLinkBridge:
     dim = next(iter(train_tensors.values())).shape[1]
     if model_args.model_name_or_path:
@@ -198,11 +307,15 @@ def main(argv: list[str] | None = None) -> DiffusionLinkBridge:
 
     train_tensors, _ = load_embeddings(data_args.train_file)
     text_only = model_args.bridge_type == "text_only_diffusion"
-    train_dataset = BridgeEmbeddingDataset(train_tensors, text_only=text_only, paired_fraction=data_args.paired_fraction)
-    eval_dataset = None
+    eval_tensors = None
     if data_args.validation_file:
         eval_tensors, _ = load_embeddings(data_args.validation_file)
-        eval_dataset = BridgeEmbeddingDataset(eval_tensors, text_only=text_only)
+    elif not text_only:
+        train_tensors, eval_tensors = split_validation_pairs(
+            train_tensors, data_args.validation_split_percentage, training_args.seed)
+    train_dataset = BridgeEmbeddingDataset(train_tensors, text_only=text_only, paired_fraction=data_args.paired_fraction)
+    eval_dataset = None if eval_tensors is None else BridgeEmbeddingDataset(eval_tensors, text_only=text_only)
+    validating = eval_tensors is not None and not text_only and "audio_embeds" in eval_tensors
 
     bridge = build_bridge(model_args, train_tensors)
     logger.info(
@@ -214,26 +327,31 @@ def main(argv: list[str] | None = None) -> DiffusionLinkBridge:
     training_args.remove_unused_columns = False  # our dataset yields exactly the forward's arguments
     if not torch.cuda.is_available():
         training_args.dataloader_pin_memory = False  # pinning needs an accelerator; on CPU it only warns
-    trainer = Trainer(
+    callbacks = enable_validation(training_args, data_args) if validating else []
+    trainer = BridgeTrainer(
         model=bridge,
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         data_collator=collate_embeddings,
-        callbacks=[BridgeEMACallback()],
+        callbacks=[BridgeEMACallback(), *callbacks],
+        compute_metrics=link_metrics if validating else None,
     )
 
     trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
+    model = trainer.accelerator.unwrap_model(trainer.model).eval()
+    if validating and data_args.pick_depth and trainer.is_world_process_zero():
+        pick_and_save_depth(model, eval_tensors, data_args, training_args.output_dir)
     trainer.save_model(training_args.output_dir)
 
-    if eval_dataset is not None and trainer.is_world_process_zero() and "audio_embeds" in eval_tensors:
-        model = trainer.model.eval()
+    if validating and trainer.is_world_process_zero() and len(eval_tensors["audio_embeds"]) >= 10:
         audio, text = eval_tensors["audio_embeds"], eval_tensors["text_embeds"]
         report = {"raw": modality_gap(audio, text), "bridged": modality_gap(model.link(audio), text)}
         with open(os.path.join(training_args.output_dir, "gap_metrics.json"), "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2)
-        logger.info("modality gap on %s: %s", data_args.validation_file, json.dumps(report))
-    return trainer.model
+        logger.info("modality gap on the validation pairs: %s", json.dumps(report))
+    finish_distributed()
+    return model
 
 
 if __name__ == "__main__":

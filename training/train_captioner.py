@@ -49,7 +49,7 @@ from diffusion_link.metrics import COCO_METRICS, caption_scores
 from diffusion_link.pipeline_audio_captioning import DEFAULT_MAX_NEW_TOKENS
 from diffusion_link.pretrained_references import resolve_reference
 from diffusion_link.reference_captions import read_caption_file
-from diffusion_link.script_arguments import parse_script_args, resume_checkpoint
+from diffusion_link.script_arguments import finish_distributed, parse_script_args, resume_checkpoint
 
 
 logger = logging.getLogger(__name__)
@@ -347,6 +347,7 @@ def main(argv: list[str] | None = None) -> AudioCaptionPipeline:
         if metrics is not None:
             with open(os.path.join(training_args.output_dir, "eval_results.json"), "w", encoding="utf-8") as f:
                 json.dump(metrics, f, indent=2)
+    finish_distributed()
     return pipe
 
 
