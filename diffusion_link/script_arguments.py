@@ -49,14 +49,18 @@ def read_json_config(path: str) -> dict:
     return values
 
 
-def parse_script_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = None) -> tuple:
+def parse_script_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = None,
+                      defaults: dict | None = None) -> tuple:
     """Parse `[config.json] [--flag value ...]` (default `sys.argv[1:]`) into one instance of each dataclass.
 
-    The JSON's values become the parser's defaults, so a field required on the command line may come from either; a
-    key that no dataclass has raises, as `HfArgumentParser.parse_dict` does.
+    `defaults` (a script's own recipe) replace the dataclasses' defaults; the JSON's values replace those, and flags
+    replace everything. A field required on the command line may come from any of them; a key that no dataclass has
+    raises, as `HfArgumentParser.parse_dict` does.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    values = read_json_config(argv.pop(0)) if argv and argv[0].endswith(".json") else {}
+    values = dict(defaults or {})
+    if argv and argv[0].endswith(".json"):
+        values.update(read_json_config(argv.pop(0)))
     parser = HfArgumentParser(dataclass_types)
     known = {action.dest for action in parser._actions}
     if "report_to" in known:  # a Trainer script: no tracker switches itself on

@@ -196,3 +196,14 @@ def test_training_stops_early_when_the_held_out_score_stops_improving(data_files
     train_bridge.main(as_argv(values))
     steps = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
     assert steps and steps[-1] == 6  # weights frozen by lr 0: no better score after step 2, patience 2 -> stop at 6
+
+
+def test_without_flags_the_script_runs_its_default_recipe(tmp_path):
+    model_args, data_args, training_args = train_bridge.parse_args(["--train_file", "x", "--output_dir", str(tmp_path)])
+    recipe = json.loads(open(train_bridge.DEFAULT_RECIPE, encoding="utf-8").read())
+    for key, value in recipe.items():
+        assert getattr(training_args, key) == value or str(getattr(training_args, key)) == str(value), key
+    assert model_args.build_config(64).hidden_size == 128  # 2D
+    assert data_args.validation_split_percentage == 5 and data_args.pick_depth
+    _, _, overridden = train_bridge.parse_args(["--train_file", "x", "--output_dir", str(tmp_path), "--max_steps", "7"])
+    assert overridden.max_steps == 7

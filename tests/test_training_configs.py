@@ -19,6 +19,7 @@ SCRIPTS = {
     "paper_captioner_llama2_supervised.json": train_captioner,
     "paper_captioner_llama2_zero_shot.json": train_captioner,
     "starter_bridge.json": train_bridge,
+    "bridge_defaults.json": train_bridge,
     "starter_decoder.json": train_captioner,
     "starter.json": build_starter,
     "experiment.json": experiment,
@@ -26,6 +27,7 @@ SCRIPTS = {
 # What the data-specific recipes leave to the command line (the build fills them in).
 OVERRIDES = {
     "starter_bridge.json": ["--train_file", "x.safetensors", "--output_dir", "out"],
+    "bridge_defaults.json": ["--train_file", "x.safetensors", "--output_dir", "out"],
     "starter_decoder.json": ["--train_file", "x.safetensors", "--output_dir", "out", "--audio_tower_name_or_path", "enc"],
 }
 

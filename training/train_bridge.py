@@ -35,7 +35,7 @@ from diffusion_link import DiffusionLinkBridge, DiffusionLinkConfig, modality_ga
 from diffusion_link.depth_selection import DEPTH_GRID, pick_depth, sweep_depths, write_depth_sweep
 from diffusion_link.embedding_files import UNPAIRED_KEY, load_embeddings
 from diffusion_link.metrics import paired_figures
-from diffusion_link.script_arguments import finish_distributed, parse_script_args, resume_checkpoint
+from diffusion_link.script_arguments import finish_distributed, parse_script_args, read_json_config, resume_checkpoint
 
 
 logger = logging.getLogger(__name__)
@@ -52,7 +52,9 @@ class ModelArguments:
         default="diffusion_link",
         metadata={"help": "'diffusion_link' (paired + text, the paper) or 'text_only_diffusion' (the text-only peer)."},
     )
-    hidden_size: int = field(default=1024, metadata={"help": "Width of the residual MLP (about 2D in the paper)."})
+    hidden_size: int | None = field(
+        default=None, metadata={"help": "Width of the residual MLP. Default: 2D (the paper's 'about 2D')."}
+    )
     num_blocks: int = field(default=3, metadata={"help": "Number of residual blocks."})
     dropout: float = field(default=0.0, metadata={"help": "Dropout inside the residual blocks."})
     max_train_timestep: int | None = field(
@@ -80,7 +82,7 @@ class ModelArguments:
     def build_config(self, embedding_dim: int) -> DiffusionLinkConfig:
         fields = dict(
             embedding_dim=embedding_dim,
-            hidden_size=self.hidden_size,
+            hidden_size=self.hidden_size or 2 * embedding_dim,
             num_blocks=self.num_blocks,
             dropout=self.dropout,
             max_train_timestep=self.max_train_timestep,
@@ -295,9 +297,14 @@ def build_bridge(model_args: ModelArguments, train_tensors: dict[str, torch.Tens
     return bridge
 
 
+DEFAULT_RECIPE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "bridge_defaults.json")
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
-    """`[config.json] [--flag value ...]` (see `diffusion_link.script_arguments`)."""
-    return parse_script_args((ModelArguments, DataArguments, TrainingArguments), argv)
+    """`[config.json] [--flag value ...]` (see `diffusion_link.script_arguments`) over the script's default recipe,
+    `training/configs/bridge_defaults.json` (what the script does without flags)."""
+    return parse_script_args((ModelArguments, DataArguments, TrainingArguments), argv,
+                             defaults=read_json_config(DEFAULT_RECIPE))
 
 
 def main(argv: list[str] | None = None) -> DiffusionLinkBridge:
