@@ -173,3 +173,75 @@ def test_on_error_skip_drops_unreadable_files_and_names_them(clap_dir, clips, ca
     assert "skipped 2 of 3 audio files" in caplog.text
     with pytest.raises(ValueError, match="on_error"):
         extract_embeddings.ExtractionArguments(model_name_or_path="x", output_file="y", captions_file="z", on_error="warn")
+
+
+def _many_clips(root, count: int = 6):
+    """`count` short clips and a pairs CSV with two captions for the first one."""
+    rng = np.random.default_rng(1)
+    audio_dir = root / "many"
+    audio_dir.mkdir(exist_ok=True)
+    names = [f"clip{i}.wav" for i in range(count)]
+    for i, name in enumerate(names):
+        sf.write(audio_dir / name, (0.05 * (i + 1) * rng.standard_normal(16000)).astype(np.float32), 16000)
+    rows = [f"{n},sound number {i}" for i, n in enumerate(names)] + [f"{names[0]},again the first"]
+    (root / "many.csv").write_text("file_name,caption\n" + "\n".join(rows) + "\n")
+    (root / "many_texts.txt").write_text("\n".join(f"caption {i}" for i in range(9)) + "\n")
+    return audio_dir
+
+
+def assert_same_file(path, reference):
+    """Equal tensors (bit for bit) and metadata. Not the bytes: safetensors writes its metadata map in hash order,
+    which differs between any two processes."""
+    (tensors, meta), (expected, expected_meta) = load_embeddings(path), load_embeddings(reference)
+    assert meta == expected_meta and set(tensors) == set(expected)
+    for key in expected:
+        assert torch.equal(tensors[key], expected[key]), key
+
+
+def _torchrun(argv, port, nproc: int = 2):
+    """The script under torchrun; `nproc=0`: one plain process. Every process with one thread, so that the kernels
+    (and hence the last bits) are the same in every run."""
+    import os
+    import subprocess
+    import sys
+
+    from .conftest import REPO_ROOT
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO_ROOT)
+    launcher = ["-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={port}"] if nproc else []
+    proc = subprocess.run([sys.executable, *launcher, os.path.join(REPO_ROOT, "training", "extract_embeddings.py"),
+                           *argv], env=env, capture_output=True, text=True, timeout=300)
+    return proc
+
+
+def _many_argv(clap_dir, root, out):
+    return ["--model_name_or_path", str(clap_dir), "--captions_file", str(root / "many.csv"), "--audio_dir",
+            str(root / "many"), "--unpaired_captions_file", str(root / "many_texts.txt"), "--output_file", str(out),
+            "--batch_size", "1"]
+
+
+def test_two_ranks_write_the_file_one_process_writes(clap_dir, tmp_path):
+    _many_clips(tmp_path)
+    single, multi = tmp_path / "single.safetensors", tmp_path / "multi.safetensors"
+    assert _torchrun(_many_argv(clap_dir, tmp_path, single), port=0, nproc=0).returncode == 0
+    proc = _torchrun(_many_argv(clap_dir, tmp_path, multi), port=29537)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same_file(multi, single)
+    assert not (tmp_path / "multi.safetensors.partial").exists()
+
+
+def test_a_rank_that_dies_mid_run_resumes_from_its_shards(clap_dir, tmp_path):
+    audio_dir = _many_clips(tmp_path)
+    reference, out = tmp_path / "reference.safetensors", tmp_path / "out.safetensors"
+    assert _torchrun(_many_argv(clap_dir, tmp_path, reference), port=0, nproc=0).returncode == 0
+    good = (audio_dir / "clip3.wav").read_bytes()
+    (audio_dir / "clip3.wav").write_bytes(b"not audio")  # batch 3 belongs to rank 1: it raises there, mid-run
+    proc = _torchrun(_many_argv(clap_dir, tmp_path, out), port=29539)
+    assert proc.returncode != 0 and "clip3.wav" in proc.stderr and not out.exists()
+    done = sorted(p.name for p in (tmp_path / "out.safetensors.partial").iterdir())
+    assert "audio-000000000.safetensors" in done  # rank 0's first batch was kept
+    (audio_dir / "clip3.wav").write_bytes(good)  # the cause fixed, the same command again
+    proc = _torchrun(_many_argv(clap_dir, tmp_path, out), port=29541)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same_file(out, reference)
+    assert "reused" in proc.stderr  # finished batches were not recomputed

@@ -21,6 +21,12 @@ a shard is reused only when it holds exactly the items of the batch and the same
 written under a temporary name and renamed, so a kill never leaves half of it; the shards are deleted after it.
 `--on_error skip` drops the rows of audio files that cannot be read (each is logged by name, with a count at the
 end) instead of stopping at the first one.
+
+At scale, on an existing engine: `torchrun --nproc_per_node=N training/extract_embeddings.py ...` (or `accelerate
+launch`) gives batch k to rank k % N; each rank writes the shards of its own batches into the same
+`<output_file>.partial/` (so a rank killed mid-run, or a whole rerun, resumes from what is done), all ranks wait for
+each other, and rank 0 merges the shards, in input order, into the same file one process writes. With
+`--device cuda` each rank uses the GPU of its LOCAL_RANK.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from diffusion_link.audio_io import load_audio
 from diffusion_link.embedding_files import save_embeddings
 from diffusion_link.embedding_extraction import embed_audio, embed_text
 from diffusion_link.reference_captions import read_caption_file
-from diffusion_link.script_arguments import parse_script_args
+from diffusion_link.script_arguments import finish_distributed, parse_script_args
 
 
 logger = logging.getLogger(__name__)
@@ -91,27 +97,45 @@ def read_pairs(path: str) -> tuple[list[str], list[str]]:
 def main(argv: list[str] | None = None) -> dict[str, torch.Tensor]:
     (args,) = parse_script_args((ExtractionArguments,), argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    rank, world = _distributed(args.device)
+    device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if args.device == "cuda" and world > 1 else args.device
     model = AutoModel.from_pretrained(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
-    model = model.to(args.device).eval()
+    model = model.to(device).eval()
     processor = AutoProcessor.from_pretrained(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
     rate = processor.feature_extractor.sampling_rate
     cache = ShardCache(f"{args.output_file}.partial", encoder=args.model_name_or_path)
 
-    tensors: dict[str, torch.Tensor] = {}
-    metadata: dict[str, object] = {"encoder": args.model_name_or_path}
+    def embed_files(batch):
+        return _embed_audio_batch(model, processor.feature_extractor, args, batch, rate)
+
+    def embed_captions(batch):
+        return {"embeds": embed_text(model, processor.tokenizer, batch, batch_size=len(batch)), "failed": {}}
+
+    # Pass 1, on every rank: this rank's batches (batch k belongs to rank k % world), each kept as a shard.
+    jobs = []
     if args.captions_file:
         files, captions = read_pairs(args.captions_file)
         unique = list(dict.fromkeys(files))
-        embedded, failed = [], {}
-        for start in tqdm(range(0, len(unique), args.batch_size), desc="audio", unit="batch"):
-            batch = unique[start : start + args.batch_size]
-            shard = cache.get("audio", start, batch)
-            if shard is None:
-                shard = _embed_audio_batch(model, processor.feature_extractor, args, batch, rate)
-                cache.put("audio", start, batch, shard)
-            if len(shard["failed"]) < len(batch):
-                embedded.append(shard["embeds"])
-            failed.update(shard["failed"])
+        jobs += [("audio", unique, args.batch_size, embed_files), ("captions", captions, args.batch_size * 4, embed_captions)]
+    if args.unpaired_captions_file:
+        texts = read_caption_file(args.unpaired_captions_file)
+        jobs.append(("unpaired", texts, args.batch_size * 4, embed_captions))
+    for kind, items, batch_size, compute in jobs:
+        _fill_shards(cache, kind, items, batch_size, compute, rank, world)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()  # every rank's shards are written
+        if rank != 0:
+            finish_distributed()
+            return {}
+
+    # Pass 2, on one process: the output file from the shards, in input order (the same file a single process writes).
+    tensors: dict[str, torch.Tensor] = {}
+    metadata: dict[str, object] = {"encoder": args.model_name_or_path}
+    if args.captions_file:
+        shards = _collect_shards(cache, "audio", unique, args.batch_size, embed_files)
+        failed = {name: error for shard in shards for name, error in shard["failed"].items()}
         if failed:
             logger.warning(
                 "skipped %d of %d audio files that could not be read (their %d caption rows are dropped): %s",
@@ -120,21 +144,61 @@ def main(argv: list[str] | None = None) -> dict[str, torch.Tensor]:
         kept = [name for name in unique if name not in failed]
         if not kept:
             raise ValueError(f"{args.captions_file}: none of its {len(unique)} audio files could be read.")
-        audio = torch.cat(embedded)  # (len(kept), D)
+        audio = torch.cat([shard["embeds"] for shard in shards if len(shard["embeds"])])  # (len(kept), D)
         index = {name: i for i, name in enumerate(kept)}
         rows = [i for i, name in enumerate(files) if name in index]
+        text = torch.cat([s["embeds"] for s in _collect_shards(cache, "captions", captions, args.batch_size * 4,
+                                                                  embed_captions)])
         files, captions = [files[i] for i in rows], [captions[i] for i in rows]
         tensors["audio_embeds"] = audio[[index[name] for name in files]]
-        tensors["text_embeds"] = _embed_captions(model, processor.tokenizer, captions, args.batch_size * 4, "captions", cache)
+        tensors["text_embeds"] = text[rows]
         metadata.update(file_names=files, captions=captions)
     if args.unpaired_captions_file:
-        texts = read_caption_file(args.unpaired_captions_file)
-        tensors["unpaired_text_embeds"] = _embed_captions(model, processor.tokenizer, texts, args.batch_size * 4, "unpaired", cache)
+        shards = _collect_shards(cache, "unpaired", texts, args.batch_size * 4, embed_captions)
+        tensors["unpaired_text_embeds"] = torch.cat([shard["embeds"] for shard in shards])
         metadata["unpaired_captions"] = texts
     save_embeddings(args.output_file, tensors, metadata)  # a temporary file renamed into place
     cache.clear()
     logger.info("wrote %s: %s", args.output_file, {k: tuple(v.shape) for k, v in tensors.items()})
+    finish_distributed()
     return tensors
+
+
+def _distributed(device: str) -> tuple[int, int]:
+    """(rank, world size): under `torchrun` / `accelerate launch` (WORLD_SIZE > 1) the process group is made here
+    (gloo on CPUs, NCCL on GPUs) so that ranks can wait for each other; (0, 1) otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _batches(items: list[str], batch_size: int) -> list[tuple[int, list[str]]]:
+    return [(start, items[start : start + batch_size]) for start in range(0, len(items), batch_size)]
+
+
+def _fill_shards(cache: ShardCache, kind: str, items: list[str], batch_size: int, compute, rank: int, world: int) -> None:
+    """Compute and keep the shards of this rank's batches that are not done yet (a rerun skips the finished ones)."""
+    mine = [batch for k, batch in enumerate(_batches(items, batch_size)) if k % world == rank]
+    for start, batch in tqdm(mine, desc=kind, unit="batch", disable=rank != 0):
+        if cache.get(kind, start, batch) is None:
+            cache.put(kind, start, batch, compute(batch))
+
+
+def _collect_shards(cache: ShardCache, kind: str, items: list[str], batch_size: int, compute) -> list[dict]:
+    """Every batch's shard, in order (one lost since pass 1, say deleted by hand, is computed again)."""
+    shards = []
+    for start, batch in _batches(items, batch_size):
+        shard = cache.get(kind, start, batch, count=False)
+        if shard is None:
+            shard = compute(batch)
+            cache.put(kind, start, batch, shard)
+        shards.append(shard)
+    return shards
 
 
 def _embed_audio_batch(model, feature_extractor, args: ExtractionArguments, batch: list[str], rate: int) -> dict:
@@ -153,18 +217,6 @@ def _embed_audio_batch(model, feature_extractor, args: ExtractionArguments, batc
     return {"embeds": embeds, "failed": failed}
 
 
-def _embed_captions(model, tokenizer, captions: list[str], batch_size: int, desc: str, cache: ShardCache) -> torch.Tensor:
-    out = []
-    for start in tqdm(range(0, len(captions), batch_size), desc=desc, unit="batch"):
-        batch = captions[start : start + batch_size]
-        shard = cache.get(desc, start, batch)
-        if shard is None:
-            shard = {"embeds": embed_text(model, tokenizer, batch, batch_size=batch_size), "failed": {}}
-            cache.put(desc, start, batch, shard)
-        out.append(shard["embeds"])
-    return torch.cat(out)
-
-
 class ShardCache:
     """Finished batches of an extraction, one safetensors shard each, so an interrupted run resumes.
 
@@ -179,7 +231,7 @@ class ShardCache:
     def _path(self, kind: str, start: int) -> str:
         return os.path.join(self.folder, f"{kind}-{start:09d}.safetensors")
 
-    def get(self, kind: str, start: int, items: list[str]) -> dict | None:
+    def get(self, kind: str, start: int, items: list[str], count: bool = True) -> dict | None:
         path = self._path(kind, start)
         if not os.path.isfile(path):
             return None
@@ -192,7 +244,7 @@ class ShardCache:
         except Exception as err:  # a foreign or damaged file is recomputed, never trusted
             logger.warning("recomputing %s: %s", path, err)
             return None
-        self.reused += 1
+        self.reused += count
         return shard
 
     def put(self, kind: str, start: int, items: list[str], shard: dict) -> None:
