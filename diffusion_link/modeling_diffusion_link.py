@@ -23,6 +23,7 @@ from transformers.utils import ModelOutput
 
 from .configuration_diffusion_link import DiffusionLinkConfig, check_strength
 from .model_card_mixin import ModelCardMixin
+from .peer_bridges import LinearMapBridge
 from .pretrained_loading import check_pretrained_config, checked_from_pretrained, own_aligned_memory
 from .seeding import content_generators
 from .validation import check_embeddings, check_positive_int
@@ -200,12 +201,37 @@ class DiffusionLinkBridge(DiffusionLinkPreTrainedModel):
         self.register_buffer("embed_mean", torch.zeros(config.embedding_dim))
         self.register_buffer("embed_std", torch.full((config.embedding_dim,), config.embedding_dim**-0.5))
         self.register_buffer("ema_num_updates", torch.zeros((), dtype=torch.long))
+        if config.audio_adapter == "linear":  # only then: checkpoints without an adapter keep their exact keys
+            self.register_buffer("adapter_weight", torch.eye(config.embedding_dim))
+            self.register_buffer("adapter_bias", torch.zeros(config.embedding_dim))
         # The schedulers' tables are plain tensors, not weights: built on the CPU even when from_pretrained
         # instantiates the model on the meta device (else a cosine schedule's tables would stay empty there).
         with torch.device("cpu"):
             self.noise_scheduler = noise_scheduler_of(config)
         self.post_init()
         self.reset_ema()
+
+    # ------------------------------------------------------------------ the audio adapter
+    def adapt_audio(self, audio_embeds: torch.Tensor) -> torch.Tensor:
+        """(B, D) audio embeddings -> (B, D) where the diffusion starts from: themselves (`audio_adapter="none"`) or
+        their affine map `normalize(a W + b)` (`"linear"`, L2 steps only with `input_normalization="l2"`)."""
+        if self.config.audio_adapter == "none":
+            return audio_embeds
+        l2 = self.config.input_normalization == "l2"
+        audio = F.normalize(audio_embeds, dim=-1) if l2 else audio_embeds
+        mapped = audio @ self.adapter_weight.to(audio) + self.adapter_bias.to(audio)
+        return F.normalize(mapped, dim=-1) if l2 else mapped
+
+    @torch.no_grad()
+    def fit_audio_adapter(self, audio_embeds: torch.Tensor, text_embeds: torch.Tensor) -> float:
+        """Fit the linear audio adapter on (N, D) paired rows (ridge least squares, penalty by leave-one-out; see
+        `LinearMapBridge`). Returns the penalty picked."""
+        if self.config.audio_adapter != "linear":
+            raise ValueError(f"`fit_audio_adapter` needs `audio_adapter='linear'`, got {self.config.audio_adapter!r}.")
+        linear = LinearMapBridge(self.config.embedding_dim).fit(audio_embeds, text_embeds)
+        self.adapter_weight.copy_(linear.weight)
+        self.adapter_bias.copy_(linear.bias)
+        return linear.fitted_ridge
 
     # ------------------------------------------------------------------ normalisation (the only place it happens)
     def normalize(self, embeds: torch.Tensor) -> torch.Tensor:
@@ -325,7 +351,8 @@ class DiffusionLinkBridge(DiffusionLinkPreTrainedModel):
         if audio_embeds is not None and bool(audio_mask.any()):
             # Audio branch (cross-sample prediction): predict the paired t_i from q(a_i, s), same s and noise.
             rows = audio_mask.nonzero(as_tuple=True)[0]
-            noisy_audio = self.noise_scheduler.add_noise(self.normalize(audio_embeds[rows]), noise[rows], timesteps[rows])
+            start = self.normalize(self.adapt_audio(audio_embeds[rows]))
+            noisy_audio = self.noise_scheduler.add_noise(start, noise[rows], timesteps[rows])
             audio_pred = self.predict_x0(noisy_audio, timesteps[rows])
             diffusion_loss = 0.5 * (diffusion_loss + F.mse_loss(audio_pred, target[rows]))
             topology_loss = 0.5 * (topology_loss + self._topology_loss(audio_pred, text_embeds[rows]))
@@ -422,7 +449,7 @@ class DiffusionLinkBridge(DiffusionLinkPreTrainedModel):
         denoiser = self.ema_denoiser if self.config.inference_weights == "ema" else self.denoiser
         param = next(denoiser.parameters())
 
-        latents = self.normalize(audio_embeds.to(device=param.device, dtype=param.dtype))  # (B, D)
+        latents = self.normalize(self.adapt_audio(audio_embeds.to(device=param.device, dtype=param.dtype)))  # (B, D)
         alphas_cumprod = self.noise_scheduler.alphas_cumprod.to(device=param.device, dtype=param.dtype)
         if self.config.link_start == "noised":
             noise = self._link_noise(audio_embeds, generator).to(device=param.device, dtype=param.dtype)

@@ -25,6 +25,9 @@ import torch.nn.functional as F
 from .validation import check_positive_int
 
 
+AUDIO_MAPS = ("distorted", "rotated")
+
+
 def synthetic_gap_embeddings(
     num_pairs: int,
     *,
@@ -37,6 +40,7 @@ def synthetic_gap_embeddings(
     text_noise: float = 0.1,
     audio_noise: float = 0.3,
     audio_scale: float = 0.6,
+    audio_map: str = "distorted",
     seed: int = 0,
     world_seed: int = 1234,
 ) -> dict[str, torch.Tensor]:
@@ -52,6 +56,9 @@ def synthetic_gap_embeddings(
         distortion: scale of the random audio-side linear distortion.
         text_noise, audio_noise: per-modality noise around the shared content.
         audio_scale: length of the audio content relative to the text content (the audio cone's width).
+        audio_map: the fixed linear map A of the audio side: `"distorted"`, I + `distortion` * G / sqrt(D) (near the
+            identity); or `"rotated"`, a random rotation of a random half of the dimensions followed by a
+            per-coordinate stretch in [1 - `distortion`, 1 + `distortion`] (a mean shift cannot undo it).
         seed: seed of the samples (use different seeds for training and held-out draws).
         world_seed: seed of the concepts, modality directions and distortion; keep it fixed so that training and
             held-out draws come from the same world.
@@ -69,7 +76,17 @@ def synthetic_gap_embeddings(
     concepts = F.normalize(torch.randn(num_concepts, dim, generator=world), dim=-1)
     m_text = F.normalize(torch.randn(dim, generator=world), dim=0)
     m_audio = F.normalize(torch.randn(dim, generator=world), dim=0)
-    distort = torch.eye(dim) + distortion * torch.randn(dim, dim, generator=world) / dim**0.5
+    if audio_map not in AUDIO_MAPS:
+        raise ValueError(f"`audio_map` must be one of {AUDIO_MAPS}, got {audio_map!r}.")
+    if audio_map == "distorted":
+        distort = torch.eye(dim) + distortion * torch.randn(dim, dim, generator=world) / dim**0.5
+    else:
+        subspace = torch.randperm(dim, generator=world)[: dim // 2]
+        rotation = torch.eye(dim)
+        q, _ = torch.linalg.qr(torch.randn(len(subspace), len(subspace), generator=world))
+        rotation[subspace[:, None], subspace[None, :]] = q
+        stretch = 1 + distortion * (2 * torch.rand(dim, generator=world) - 1)
+        distort = stretch[:, None] * rotation  # (D, D): rotate half the space, then stretch each coordinate
 
     rng = torch.Generator().manual_seed(seed)
 

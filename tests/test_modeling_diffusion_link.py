@@ -381,3 +381,28 @@ def test_saved_folder_loads_with_remote_code_in_a_fresh_process(tiny_bridge, tmp
         cwd=str(tmp_path),
     )
     assert out.split()[-2:] == ["True", "True"], out
+
+
+def test_linear_audio_adapter_is_the_ridge_map_and_travels_with_the_weights(tiny_bridge_config, tmp_path):
+    from diffusion_link import LinearMapBridge
+
+    g = torch.Generator().manual_seed(0)
+    text = F.normalize(torch.randn(60, 12, generator=g), dim=-1)
+    audio = F.normalize(text @ torch.linalg.qr(torch.randn(12, 12, generator=g))[0] + 0.3, dim=-1)
+    config = DiffusionLinkConfig(**{**tiny_bridge_config.to_diff_dict(), "audio_adapter": "linear"})
+    bridge = DiffusionLinkBridge(config).eval()
+    bridge.fit_normalization(text)
+    bridge.fit_audio_adapter(audio, text)
+    torch.testing.assert_close(bridge.adapt_audio(audio), LinearMapBridge(12).fit(audio, text).link(audio))
+    assert bridge(audio_embeds=audio[:8], text_embeds=text[:8]).loss.isfinite()
+    expected = bridge.link(audio[:5])
+    bridge.save_pretrained(tmp_path)
+    loaded = DiffusionLinkBridge.from_pretrained(tmp_path)
+    torch.testing.assert_close(loaded.adapter_weight, bridge.adapter_weight)
+    torch.testing.assert_close(loaded.link(audio[:5]), expected, rtol=0, atol=0)
+    plain = DiffusionLinkBridge(tiny_bridge_config)
+    assert not hasattr(plain, "adapter_weight")  # the paper's bridge keeps its exact weight keys
+    with pytest.raises(ValueError, match="audio_adapter"):
+        plain.fit_audio_adapter(audio, text)
+    with pytest.raises(ValueError, match="audio_adapter"):
+        DiffusionLinkConfig(audio_adapter="mlp")

@@ -202,8 +202,10 @@ def test_without_flags_the_script_runs_its_default_recipe(tmp_path):
     model_args, data_args, training_args = train_bridge.parse_args(["--train_file", "x", "--output_dir", str(tmp_path)])
     recipe = json.loads(open(train_bridge.DEFAULT_RECIPE, encoding="utf-8").read())
     for key, value in recipe.items():
-        assert getattr(training_args, key) == value or str(getattr(training_args, key)) == str(value), key
-    assert model_args.build_config(64).hidden_size == 128  # 2D
+        parsed = next(getattr(a, key) for a in (model_args, data_args, training_args) if hasattr(a, key))
+        assert parsed == value or str(parsed) == str(value), key
+    config = model_args.build_config(64)
+    assert config.hidden_size == 128 and (config.audio_adapter, config.x0_parameterization) == ("linear", "skip")
     assert data_args.validation_split_percentage == 5 and data_args.pick_depth
     _, _, overridden = train_bridge.parse_args(["--train_file", "x", "--output_dir", str(tmp_path), "--max_steps", "7"])
     assert overridden.max_steps == 7

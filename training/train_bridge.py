@@ -74,6 +74,11 @@ class ModelArguments:
     num_inference_steps: int = field(default=5, metadata={"help": "Default number of DDIM steps of link()."})
     standardization: str = field(default="scalar", metadata={"help": "'scalar' or 'per_dim' text-embedding std."})
     input_normalization: str = field(default="l2", metadata={"help": "'l2' (unit vectors, CLAP) or 'none'."})
+    audio_adapter: str = field(
+        default="none",
+        metadata={"help": "'none' (the paper) or 'linear' (start the diffusion from a ridge map of the audio, fit in "
+                          "closed form on the training pairs; DiffusionLinkConfig.audio_adapter)."},
+    )
 
     def __post_init__(self):
         if self.bridge_type not in BRIDGE_TYPES:
@@ -91,6 +96,7 @@ class ModelArguments:
             num_inference_steps=self.num_inference_steps,
             standardization=self.standardization,
             input_normalization=self.input_normalization,
+            audio_adapter="none" if self.bridge_type == "text_only_diffusion" else self.audio_adapter,
         )
         if self.topology_loss_weight is not None:
             fields["topology_loss_weight"] = self.topology_loss_weight
@@ -293,6 +299,10 @@ def build_bridge(model_args: ModelArguments, train_tensors: dict[str, torch.Tens
     bridge = DiffusionLinkBridge(model_args.build_config(dim))
     texts = [train_tensors[k] for k in ("text_embeds", UNPAIRED_KEY) if k in train_tensors]
     bridge.fit_normalization(torch.cat(texts))
+    if bridge.config.audio_adapter == "linear":
+        ridge = bridge.fit_audio_adapter(train_tensors["audio_embeds"], train_tensors["text_embeds"])
+        logger.info("audio adapter: ridge map fit on %d training pairs (penalty %s by leave-one-out)",
+                    len(train_tensors["audio_embeds"]), ridge)
     bridge.reset_ema()
     return bridge
 
