@@ -45,3 +45,17 @@ def test_bad_sizes_are_rejected():
         synthetic_gap_embeddings(0)
     with pytest.raises(ValueError, match="num_unpaired_text"):
         synthetic_gap_embeddings(3, num_unpaired_text=-1)
+
+
+def test_the_rotated_world_is_undone_by_a_linear_map_not_by_a_mean_shift():
+    from diffusion_link import LinearMapBridge, MeanShiftBridge
+    from diffusion_link.metrics import paired_figures
+
+    train = synthetic_gap_embeddings(400, embedding_dim=32, audio_map="rotated", seed=0)
+    held = synthetic_gap_embeddings(200, embedding_dim=32, audio_map="rotated", seed=1)
+    shifted = MeanShiftBridge(32).fit(train["audio_embeds"], train["text_embeds"]).link(held["audio_embeds"])
+    mapped = LinearMapBridge(32).fit(train["audio_embeds"], train["text_embeds"]).link(held["audio_embeds"])
+    assert paired_figures(shifted, held["text_embeds"])["paired_cosine"] < 0.7
+    assert paired_figures(mapped, held["text_embeds"])["paired_cosine"] > 0.9
+    with pytest.raises(ValueError, match="audio_map"):
+        synthetic_gap_embeddings(4, audio_map="sheared")
