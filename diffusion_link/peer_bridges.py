@@ -173,8 +173,13 @@ class LinearMapBridge(PeerBridge):
         audio = F.normalize(check_embeddings("audio_embeds", audio_embeds, self.embedding_dim).double(), dim=-1)
         text = F.normalize(
             check_embeddings("text_embeds", text_embeds, self.embedding_dim, num_rows=len(audio)).double(), dim=-1)
+        # One row per clip: the rows of a clip with several captions become one, its target their mean (the same
+        # least-squares fit up to weights), so that leave-one-out leaves a whole clip out, not one of its captions.
+        audio, clip_of_row = torch.unique(audio, dim=0, return_inverse=True)
+        text = torch.zeros(len(audio), text.shape[1], dtype=text.dtype).index_add_(0, clip_of_row, text)
+        text = text / torch.bincount(clip_of_row, minlength=len(audio)).unsqueeze(-1).to(text.dtype)
         if len(audio) < 2:
-            raise ValueError(f"LinearMapBridge.fit needs at least 2 pairs, got {len(audio)}.")
+            raise ValueError(f"LinearMapBridge.fit needs at least 2 distinct audio rows, got {len(audio)}.")
         audio_mean, text_mean = audio.mean(0), text.mean(0)
         a, t = audio - audio_mean, text - text_mean  # (N, D) centred: the bias is not penalised
         u, sv, vt = torch.linalg.svd(a, full_matrices=False)  # a = U diag(sv) V^T

@@ -176,3 +176,15 @@ def test_linear_map_bad_input():
         LinearMapBridge(4).fit(torch.randn(5, 4), torch.randn(6, 4))
     with pytest.raises(ValueError, match=r"\(batch, 4\)"):
         LinearMapBridge(4).link(torch.randn(2, 3))
+
+
+def test_linear_map_treats_a_clip_with_several_captions_as_one_row():
+    from diffusion_link import LinearMapBridge
+
+    g = torch.Generator().manual_seed(2)
+    audio, text = torch.randn(10, 6, generator=g), torch.randn(10, 6, generator=g)
+    once = LinearMapBridge(6).fit(audio, text)
+    thrice = LinearMapBridge(6).fit(audio.repeat_interleave(3, dim=0), text.repeat_interleave(3, dim=0))
+    # Copies of a clip change neither the leave-one-out choice (a clip is left out whole) nor the fit.
+    assert thrice.leave_one_out_errors == pytest.approx(once.leave_one_out_errors)
+    torch.testing.assert_close(thrice.weight, once.weight, atol=1e-5, rtol=0)

@@ -183,6 +183,12 @@ def test_validation_split_is_by_seed_and_disjoint():
     held, kept = set(val["audio_embeds"][:, 0].tolist()), set(train["audio_embeds"][:, 0].tolist())
     assert not held & kept and len(held | kept) == 40
     assert torch.equal(-val["audio_embeds"], val["text_embeds"])  # rows stay paired
+    # A clip with several captions goes to one side whole.
+    repeated = {"audio_embeds": tensors["audio_embeds"].repeat_interleave(3, dim=0),
+                "text_embeds": torch.randn(120, 3)}
+    train_r, val_r = train_bridge.split_validation_pairs(repeated, 10, seed=0)
+    held_r, kept_r = set(val_r["audio_embeds"][:, 0].tolist()), set(train_r["audio_embeds"][:, 0].tolist())
+    assert not held_r & kept_r and len(val_r["audio_embeds"]) == 3 * len(held_r) == 12
     assert torch.equal(train["unpaired_text_embeds"], tensors["unpaired_text_embeds"])
     assert train_bridge.split_validation_pairs(tensors, 0, seed=0)[1] is None
     _, other = train_bridge.split_validation_pairs(tensors, 10, seed=1)

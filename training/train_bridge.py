@@ -209,18 +209,23 @@ class BridgeEMACallback(TrainerCallback):
 
 
 def split_validation_pairs(tensors: dict[str, torch.Tensor], percentage: int, seed: int):
-    """(train, validation) tensors: `percentage` % of the paired rows, drawn with `seed`, become validation pairs (at
-    least 2, and at least 2 stay to train on); unpaired texts all stay in training. None for validation when the
-    file has no pairs or `percentage` is 0."""
+    """(train, validation) tensors: about `percentage` % of the paired rows, drawn with `seed`, become validation
+    pairs (at least 2 clips held out, at least 2 kept); unpaired texts all stay in training. None for validation when
+    the file has no pairs or `percentage` is 0.
+
+    The split is by clip: the rows of one audio embedding (a clip with several captions, as AudioCaps and Clotho
+    have) all go to one side, so no held-out clip was seen in training under another caption."""
     if not percentage or "audio_embeds" not in tensors:
         return tensors, None
-    num_pairs = len(tensors["audio_embeds"])
-    num_val = max(2, round(num_pairs * percentage / 100))
-    if num_pairs - num_val < 2:
-        logger.warning("only %d pairs: too few to hold out a validation split; training on all of them", num_pairs)
+    _, clip_of_row = torch.unique(tensors["audio_embeds"], dim=0, return_inverse=True)  # (N,) clip index per row
+    num_clips = int(clip_of_row.max()) + 1
+    num_val = max(2, round(num_clips * percentage / 100))
+    if num_clips - num_val < 2:
+        logger.warning("only %d clips: too few to hold out a validation split; training on all of them", num_clips)
         return tensors, None
-    order = torch.randperm(num_pairs, generator=torch.Generator().manual_seed(seed))
-    held, kept = order[:num_val].sort().values, order[num_val:].sort().values
+    held_clips = torch.randperm(num_clips, generator=torch.Generator().manual_seed(seed))[:num_val]
+    is_held = torch.isin(clip_of_row, held_clips)
+    held, kept = is_held.nonzero().flatten(), (~is_held).nonzero().flatten()
     train = {**tensors, "audio_embeds": tensors["audio_embeds"][kept], "text_embeds": tensors["text_embeds"][kept]}
     return train, {"audio_embeds": tensors["audio_embeds"][held], "text_embeds": tensors["text_embeds"][held]}
 
