@@ -78,8 +78,9 @@ class DiffusionLinkConfig(PretrainedConfig):
             of it, `normalize(a W + b)`, a ridge least-squares fit from audio to paired text embeddings made in closed
             form before training (`fit_audio_adapter`, its penalty picked by leave-one-out on the training pairs)
             and stored in the buffers `adapter_weight` (D, D) and `adapter_bias` (D). The diffusion then only has to
-            finish the move. Measured on held-out synthetic pairs it keeps the linear map's paired cosine and R@1 and
-            closes the centroid distance further; without it the bridge lost R@1 (README, "Bridge recipes").
+            finish the move. Measured: on held-out pairs of linear synthetic worlds it matches the linear map and
+            closes the centroid distance further, but on the starter's real pairs it loses badly (README, "Bridge
+            recipes"), so it is off by default.
         depth_selection (`dict`, *optional*):
             How `strength` was picked, when it was picked on held-out pairs (`diffusion_link.depth_selection`: the
             rule, whether a depth qualified, the held-out R@1 and paired cosine at the pick and of the raw audio).

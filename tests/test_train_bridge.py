@@ -211,7 +211,7 @@ def test_without_flags_the_script_runs_its_default_recipe(tmp_path):
         parsed = next(getattr(a, key) for a in (model_args, data_args, training_args) if hasattr(a, key))
         assert parsed == value or str(parsed) == str(value), key
     config = model_args.build_config(64)
-    assert config.hidden_size == 128 and (config.audio_adapter, config.x0_parameterization) == ("linear", "skip")
+    assert config.hidden_size == 128 and (config.audio_adapter, config.x0_parameterization) == ("none", "direct")
     assert data_args.validation_split_percentage == 5 and data_args.pick_depth
     _, _, overridden = train_bridge.parse_args(["--train_file", "x", "--output_dir", str(tmp_path), "--max_steps", "7"])
     assert overridden.max_steps == 7

@@ -32,9 +32,8 @@ OVERRIDES = {
 }
 
 # The command lines build_starter.py typed out before its recipes became JSON: the recipes must mean the same. The
-# bridge trained on every pair then (the starter holds out its own fold), with what were then the script's defaults:
-# no validation split, no audio adapter, direct x0.
-OLD_BRIDGE_ARGV = ["--validation_split_percentage", "0", "--audio_adapter", "none", "--x0_parameterization", "direct",
+# bridge trained on every pair then (the starter holds out its own fold): no validation split.
+OLD_BRIDGE_ARGV = ["--validation_split_percentage", "0",
     "--train_file", "x.safetensors", "--output_dir", "out", "--hidden_size", "384", "--num_blocks", "3",
     "--max_steps", "3000", "--per_device_train_batch_size", "256", "--learning_rate", "1e-3",
     "--lr_scheduler_type", "cosine", "--warmup_steps", "100", "--weight_decay", "0.0",
