@@ -23,7 +23,7 @@ from .audio_io import (
     prepare_audio,
     window_bounds,
 )
-from .seeding import content_generators
+from .seeding import content_seed, seeded_generators
 
 
 # The caption length every entry point uses unless told otherwise (pipeline, CLI, evaluate, training-time generation,
@@ -254,9 +254,10 @@ class AudioCaptionPipeline(Pipeline):
             embeds = self.model.embed_audio(waveforms=samples, feature_extractor=self.feature_extractor,
                                             batch_size=batch_size)
             # The bridge's forward noise of each window is seeded from its samples: batch-invariant results.
+            seeds = [content_seed(s) for s in samples]
             ids = self.model.generate(
                 audio_embeds=embeds, input_ids=self._prompt_ids, strength=strength,
-                num_inference_steps=num_inference_steps, generator=content_generators(samples), **generate_kwargs,
+                num_inference_steps=num_inference_steps, generator=seeded_generators(seeds), **generate_kwargs,
             )
             for i, text in zip(rows, self.tokenizer.batch_decode(ids, skip_special_tokens=True)):
                 captions[i] = text.strip()
@@ -264,7 +265,7 @@ class AudioCaptionPipeline(Pipeline):
                 # The bridge again with the same seeds: the embeddings the decoder read (the bridge is a small MLP,
                 # so this costs little next to decoding and embedding the audio a second time).
                 bridged = self.model.link(embeds, strength=strength, num_inference_steps=num_inference_steps,
-                                          generator=content_generators(samples))
+                                          generator=seeded_generators(seeds))
                 for k, i in enumerate(rows):
                     embeddings[i] = {"audio_embeds": embeds[k].cpu(), "bridged_embeds": bridged[k].float().cpu()}
         out = {"captions": captions}

@@ -23,4 +23,9 @@ def content_seed(values: np.ndarray | torch.Tensor, key: bytes = b"") -> int:
 
 def content_generators(rows, key: bytes = b"") -> list[torch.Generator]:
     """One CPU `torch.Generator` per row (an embedding row or a waveform), seeded by `content_seed`."""
-    return [torch.Generator().manual_seed(content_seed(row, key)) for row in rows]
+    return seeded_generators([content_seed(row, key) for row in rows])
+
+
+def seeded_generators(seeds: list[int]) -> list[torch.Generator]:
+    """Fresh CPU generators for `seeds`: each use of the same noise needs its own, from the start."""
+    return [torch.Generator().manual_seed(seed) for seed in seeds]

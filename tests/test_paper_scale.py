@@ -210,15 +210,9 @@ def test_light_checkpoint_keys_and_size_at_paper_scale(paper_model):
 def test_light_checkpoint_file_list_matches_a_real_save(tmp_path):
     """`save_pretrained` of a tiny captioner with the same structure (referenced bases, LoRA on q,v, a diffusion
     bridge): its files, and the size `light_checkpoint_bytes` predicts for its weights, byte for byte."""
-    clap = ClapConfig(
-        text_config=dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                         intermediate_size=37, max_position_embeddings=72),
-        audio_config=dict(spec_size=256, num_mel_bins=64, patch_embeds_hidden_size=8, hidden_size=64,
-                          depths=[1, 1, 1, 1], num_attention_heads=[2, 2, 2, 2], window_size=8, enable_fusion=False),
-        projection_dim=24,
-    )
-    llama = LlamaConfig(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    from benchmarks.bench_paper_scale import architectures
+
+    clap, llama = architectures(tiny=True)  # the benchmark's tiny stand-ins of the same classes
     config = DiffusionLinkCaptionerConfig(
         audio_config=clap, text_config=llama, bridge_config=DiffusionLinkConfig(embedding_dim=24, hidden_size=48),
         prefix_length=10, lora_r=8, lora_alpha=32, lora_target_modules=["q_proj", "v_proj"],

@@ -1,4 +1,3 @@
-import csv
 import os
 
 import pytest
@@ -6,17 +5,10 @@ import pytest
 from diffusion_link.reference_captions import read_references_csv, read_sidecar_references
 
 from .conftest import REPO_ROOT
+from .test_evaluation import write_csv
 
 
 DATA = os.environ.get("DIFFUSION_LINK_DATA") or os.path.join(REPO_ROOT, "..", "shared", "data")
-
-
-def write_csv(path, header, rows):
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return str(path)
 
 
 def test_audiocaps_rows_are_grouped_by_youtube_id(tmp_path):
