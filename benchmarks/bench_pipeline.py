@@ -1,11 +1,13 @@
 #!/usr/bin/env python
 """Overhead of `pipeline("audio-captioning")` over the bare language model, measured in one run.
 
-    python benchmarks/bench_pipeline.py [--batch 8] [--new_tokens 20] [--seconds 5] [--repeats 3]
+    python benchmarks/bench_pipeline.py [--batch 8] [--new_tokens 20] [--seconds 5] [--repeats 3] [--num_candidates 2]
 
 The captioner is a tiny random CLAP audio tower and bridge in front of a *random* LLaMA of SmolLM2-135M's size (30
 layers, width 576, vocab 49152), so that generation costs what it costs in a real small captioner. Both sides
-generate exactly `--new_tokens` tokens (`min_new_tokens` = `max_new_tokens`), greedy.
+generate exactly `--new_tokens` tokens (`min_new_tokens` = `max_new_tokens`), greedy; with `--num_candidates k`, both
+run a k-beam search returning k captions a clip, and the pipeline also scores and reranks them (the audio tower's text
+side embeds every candidate), which is the glue this measures.
 
 - `captions_per_s`: the pipeline on `--batch` clips of `--seconds` s at 44.1 kHz, everything included (decoding
   checks, resampling, features, audio tower, bridge, prefix, generation, detokenising);
@@ -58,7 +60,8 @@ def smollm_sized_captioner(seed: int = 0):
         prefix_length=4, prompt="", lora_r=8, lora_alpha=16,
     )
     model = DiffusionLinkForAudioCaptioning(config, audio_tower=clap, language_model=lm).eval()
-    return AudioCaptionPipeline(model=model, tokenizer=tokenizer, feature_extractor=processor.feature_extractor)
+    return AudioCaptionPipeline(model=model, tokenizer=tokenizer, feature_extractor=processor.feature_extractor,
+                                audio_text_tokenizer=processor.tokenizer)
 
 
 def main() -> dict:
@@ -67,16 +70,21 @@ def main() -> dict:
     parser.add_argument("--new_tokens", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--num_candidates", type=int, default=1)
     args = parser.parse_args()
+    from diffusion_link.reranking import candidate_generate_kwargs
+
 
     pipe = smollm_sized_captioner()
     rate = 44100
     clips = [(0.1 * np.random.default_rng(i).standard_normal(int(args.seconds * rate))).astype(np.float32)
              for i in range(args.batch)]
     gen = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens}
+    bare_gen = candidate_generate_kwargs(args.num_candidates, gen) if args.num_candidates > 1 else gen
 
     def run_pipeline():
-        out = pipe(clips, sampling_rate=rate, batch_size=args.batch, generate_kwargs=gen)
+        out = pipe(clips, sampling_rate=rate, batch_size=args.batch, generate_kwargs=gen,
+                   num_candidates=args.num_candidates)
         assert len(out) == args.batch
 
     # The same prefixes, outside the timed region.
@@ -91,8 +99,10 @@ def main() -> dict:
 
     def run_bare():
         with torch.no_grad():
-            ids = model.language_model.generate(inputs_embeds=inputs_embeds, attention_mask=mask, do_sample=False, **gen)
-        assert ids.shape == (args.batch, args.new_tokens)
+            out = model.language_model.generate(inputs_embeds=inputs_embeds, attention_mask=mask, do_sample=False,
+                                                **bare_gen)
+        ids = out.sequences if args.num_candidates > 1 else out
+        assert ids.shape == (args.batch * args.num_candidates, args.new_tokens)
 
     pipe_time, bare_time = best_times([run_pipeline, run_bare], args.repeats)
     result = {
@@ -100,6 +110,7 @@ def main() -> dict:
         "bare_generate_per_s": args.batch / bare_time,
         "ratio": bare_time / pipe_time,
         "batch": args.batch,
+        "num_candidates": args.num_candidates,
         "new_tokens": args.new_tokens,
         "clip_seconds": args.seconds,
         "threads": torch.get_num_threads(),

@@ -24,7 +24,8 @@ import json
 import os
 import sys
 
-CSV_FIELDS = ("file", "generated_text", "is_silent", "duration_s", "sampling_rate", "num_channels", "peak_dbfs", "error")
+CSV_FIELDS = ("file", "generated_text", "is_silent", "duration_s", "sampling_rate", "num_channels", "peak_dbfs", "error",
+              "confidence", "below_min_confidence")
 
 
 def default_model() -> str | None:
@@ -91,6 +92,20 @@ def _caption(args: argparse.Namespace) -> int:
         print(f"skipping {len(files) - len(todo)} files already in {args.output}", file=sys.stderr)
     pipe = pipeline("audio-captioning", model=model, trust_remote_code=args.trust_remote_code)
     call = {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams}
+    if args.num_candidates is not None:
+        call["num_candidates"] = args.num_candidates
+    if args.rerank is not None:
+        call["rerank"] = args.rerank
+    if args.min_confidence is not None:
+        if not 0.0 <= args.min_confidence <= 1.0:
+            print(f"error: --min-confidence must lie in [0, 1], got {args.min_confidence}.", file=sys.stderr)
+            return 2
+        calibrated = getattr(pipe.model.config, "confidence_calibration", None)
+        candidates = args.num_candidates or getattr(pipe.model.config, "num_candidates", 1)
+        if not calibrated or candidates < 2:
+            print("error: --min-confidence needs a calibrated model (config.confidence_calibration) decoding several "
+                  "candidates (--num-candidates >= 2); this one gives no confidence.", file=sys.stderr)
+            return 2
     if args.chunk_length_s:
         call.update(chunk_length_s=args.chunk_length_s, stride_s=args.stride_s)
     failures = []
@@ -101,6 +116,9 @@ def _caption(args: argparse.Namespace) -> int:
             results = pipe(batch, batch_size=args.batch_size, on_error="raise" if args.on_error == "raise" else "report", **call)
             for path, result in zip(batch, results):
                 row = {"file": path, **result}
+                if args.min_confidence is not None and "confidence" in row:
+                    # kept, not dropped: the caption is marked and the reader decides
+                    row["below_min_confidence"] = row["confidence"] < args.min_confidence
                 if "error" in row:
                     failures.append(row)
                     print(f"error: {path}: {row['error']}", file=sys.stderr)
@@ -137,7 +155,11 @@ def _open_sink(output: str | None):
     handle = open(output, "a", newline="", encoding="utf-8")
     writer = None
     if output.endswith(".csv"):
-        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        fields = CSV_FIELDS
+        if not new:  # appending: keep the columns the file already has (one written by an older version included)
+            with open(output, newline="", encoding="utf-8") as existing:
+                fields = next(csv.reader(existing), None) or CSV_FIELDS
+        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
         if new:
             writer.writeheader()
 
@@ -241,6 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="A file that fails: stop (raise), leave it out (skip), or write its error (report). Default report.")
     cap.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
     cap.add_argument("--num-beams", type=int, default=1)
+    cap.add_argument("--num-candidates", type=int, default=None,
+                     help="Candidate captions per file, by beam search, reranked (default: the model's; the starter's "
+                          "was picked on held-out clips). Results then carry `candidates` and, calibrated, `confidence`.")
+    cap.add_argument("--rerank", choices=("lm", "similarity", "combined"), default=None,
+                     help="How the caption is picked among candidates (default: the model's).")
+    cap.add_argument("--min-confidence", type=float, default=None,
+                     help="Mark captions whose confidence is below this (`below_min_confidence`); they are kept.")
     cap.add_argument("--chunk-length-s", type=float, help="Caption windows of this length, with timestamps.")
     cap.add_argument("--stride-s", type=float, help="Seconds between window starts (default: the window length).")
     cap.add_argument("--trust-remote-code", action="store_true", help="Allow the model folder's own code.")

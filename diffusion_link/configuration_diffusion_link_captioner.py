@@ -15,6 +15,7 @@ from .validation import check_positive_int
 
 BRIDGE_TYPES = ("diffusion_link", "identity", "mean_shift")
 BASE_WEIGHTS = ("embedded", "referenced")
+RERANK_MODES = ("lm", "similarity", "combined")  # diffusion_link.reranking
 PIPELINE_TASK = "audio-captioning"
 
 
@@ -62,6 +63,18 @@ class DiffusionLinkCaptionerConfig(PretrainedConfig):
             Where the frozen audio tower is loaded from in `"referenced"` mode.
         language_model_name_or_path (`str`, *optional*):
             Where the frozen language model is loaded from in `"referenced"` mode.
+        audio_text_tokenizer_name_or_path (`str`, *optional*):
+            The tokenizer of the audio tower's text side (CLAP's RoBERTa, the starter's MiniLM), which scores
+            candidate captions (`diffusion_link.reranking`). Defaults to `audio_tower_name_or_path`.
+        num_candidates (`int`, *optional*, defaults to 1):
+            Candidate captions per clip the pipeline decodes by beam search by default; 1 is greedy decoding.
+        rerank (`str`, *optional*, defaults to `"combined"`):
+            How the pipeline picks among candidates: `"lm"`, `"similarity"` or `"combined"` (see `reranking`).
+        rerank_weight (`float`, *optional*, defaults to 1.0):
+            Weight of the audio-text similarity in the `"combined"` score (`lm_logprob + weight * similarity`).
+        confidence_calibration (`dict`, *optional*):
+            The logistic model of a caption's confidence (`metrics.calibration.fit_confidence_calibration`); without
+            it results carry no `confidence`.
     """
 
     model_type = "diffusion_link_captioner"
@@ -84,6 +97,11 @@ class DiffusionLinkCaptionerConfig(PretrainedConfig):
         base_weights: str = "embedded",
         audio_tower_name_or_path: str | None = None,
         language_model_name_or_path: str | None = None,
+        audio_text_tokenizer_name_or_path: str | None = None,
+        num_candidates: int = 1,
+        rerank: str = "combined",
+        rerank_weight: float = 1.0,
+        confidence_calibration: dict | None = None,
         **kwargs,
     ):
         self.audio_config = _resolve_sub_config("audio_config", audio_config, default_model_type="clap")
@@ -126,6 +144,20 @@ class DiffusionLinkCaptionerConfig(PretrainedConfig):
                 "`base_weights='referenced'` needs `audio_tower_name_or_path` and `language_model_name_or_path`."
             )
 
+        check_positive_int("num_candidates", num_candidates)
+        if rerank not in RERANK_MODES:
+            raise ValueError(f"`rerank` must be one of {RERANK_MODES}, got {rerank!r}.")
+        if not isinstance(rerank_weight, (int, float)) or isinstance(rerank_weight, bool) or rerank_weight < 0:
+            raise ValueError(f"`rerank_weight` must be a number >= 0, got {rerank_weight!r}.")
+        if confidence_calibration is not None and not {"features", "coef", "intercept", "mean", "scale"} <= set(
+                confidence_calibration):
+            raise ValueError("`confidence_calibration` must be the dict of metrics.calibration."
+                             f"fit_confidence_calibration, got keys {sorted(confidence_calibration)}.")
+        self.audio_text_tokenizer_name_or_path = audio_text_tokenizer_name_or_path
+        self.num_candidates = num_candidates
+        self.rerank = rerank
+        self.rerank_weight = float(rerank_weight)
+        self.confidence_calibration = confidence_calibration
         self.bridge_type = bridge_type
         self.bridge_config = bridge_config
         self.embedding_dim = embedding_dim

@@ -23,12 +23,16 @@ from .audio_io import (
     prepare_audio,
     window_bounds,
 )
+from .configuration_diffusion_link_captioner import RERANK_MODES
+from .pretrained_loading import resolve_base_reference
+from .reranking import candidate_generate_kwargs, confidence, rank_candidates, scored_candidates
 from .seeding import content_seed, seeded_generators
 
 
 # The caption length every entry point uses unless told otherwise (pipeline, CLI, evaluate, training-time generation,
 # the experiment and the benchmarks import it from here): ESC-50 / AudioCaps captions are 5-20 words.
 DEFAULT_MAX_NEW_TOKENS = 30
+AUDIO_TEXT_TOKENIZER_FOLDER = "audio_text_tokenizer"
 ON_ERROR = ("raise", "report")
 
 
@@ -57,6 +61,14 @@ class AudioCaptionPipeline(Pipeline):
     default `chunk_length_s`), each captioned in `chunks` with its `timestamp` (start, end) in seconds;
     `generated_text` then joins the distinct window captions with "; ".
 
+    Candidates: with `num_candidates` = k > 1 (default: the model's `config.num_candidates`), k captions are decoded
+    by beam search and each result (or chunk) gets `candidates`, best first: `{text, lm_logprob,
+    audio_text_similarity}`; `generated_text` is the first, picked by `rerank` ("lm", "similarity" or "combined",
+    default `config.rerank`; see `diffusion_link.reranking`). With a calibrated model (`config.confidence_calibration`)
+    it also gets `confidence`, the probability that the caption names what is heard. The similarity needs the audio
+    tower's text tokenizer: `audio_text_tokenizer=` at construction, else the folder's `audio_text_tokenizer/`, else
+    `config.audio_text_tokenizer_name_or_path` (or the tower's own reference).
+
     Call arguments: `max_new_tokens` (30), `num_beams`, any other `generate` argument in `generate_kwargs`; the
     bridge's `strength` and `num_inference_steps`; `batch_size` (windows per model call); `on_error="report"` to get
     `{"error": ...}` for a failing input of a list instead of an exception; `return_embeddings=True` adds the (D,)
@@ -71,8 +83,9 @@ class AudioCaptionPipeline(Pipeline):
     _load_feature_extractor = True
     _load_tokenizer = True
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, audio_text_tokenizer=None, **kwargs):
         super().__init__(*args, **kwargs)
+        self._audio_text_tokenizer = audio_text_tokenizer
         if self.tokenizer is None or self.feature_extractor is None:
             raise ValueError("AudioCaptionPipeline needs the captioner's tokenizer and feature extractor.")
         prompt = getattr(self.model.config, "prompt", "")
@@ -91,6 +104,41 @@ class AudioCaptionPipeline(Pipeline):
         return push_folder(lambda folder: self.save_pretrained(folder, max_shard_size=max_shard_size), repo_id,
                            model_card_kwargs=model_card_kwargs, tags=tags, **upload_kwargs)
 
+    @property
+    def audio_text_tokenizer(self):
+        """The audio tower's text tokenizer, which scores candidates (loaded on first use)."""
+        if self._audio_text_tokenizer is None:
+            self._audio_text_tokenizer = self._folder_audio_text_tokenizer()
+        if self._audio_text_tokenizer is None:
+            config = self.model.config
+            reference = config.audio_text_tokenizer_name_or_path or config.audio_tower_name_or_path
+            if not reference:
+                raise ValueError(
+                    "Scoring candidate captions needs the audio tower's text tokenizer: pass `audio_text_tokenizer=` "
+                    "to the pipeline or set `config.audio_text_tokenizer_name_or_path`."
+                )
+            from transformers import AutoTokenizer
+
+            self._audio_text_tokenizer = AutoTokenizer.from_pretrained(resolve_base_reference(reference))
+        return self._audio_text_tokenizer
+
+    def _folder_audio_text_tokenizer(self):
+        """The tokenizer saved in the model folder's `audio_text_tokenizer/` (a local folder or Hub repo), or None."""
+        from transformers import AutoTokenizer
+
+        try:
+            return AutoTokenizer.from_pretrained(self.model.name_or_path, subfolder=AUDIO_TEXT_TOKENIZER_FOLDER)
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def save_pretrained(self, save_directory, **kwargs):
+        """transformers' `save_pretrained`, plus `audio_text_tokenizer/` when the pipeline was given one or loaded
+        from a folder that has one, or loaded it from its reference: the saved folder then needs no reference."""
+        super().save_pretrained(save_directory, **kwargs)
+        tokenizer = self._audio_text_tokenizer or self._folder_audio_text_tokenizer()
+        if tokenizer is not None:
+            tokenizer.save_pretrained(os.path.join(save_directory, AUDIO_TEXT_TOKENIZER_FOLDER))
+
     # ------------------------------------------------------------------ parameters
     def _sanitize_parameters(
         self,
@@ -105,6 +153,8 @@ class AudioCaptionPipeline(Pipeline):
         generate_kwargs: dict | None = None,
         on_error: str | None = None,
         return_embeddings: bool | None = None,
+        num_candidates: int | None = None,
+        rerank: str | None = None,
         **unknown,
     ):
         if unknown:
@@ -134,6 +184,14 @@ class AudioCaptionPipeline(Pipeline):
             forward["num_inference_steps"] = num_inference_steps
         if return_embeddings:
             forward["return_embeddings"] = True
+        if num_candidates is not None:
+            if isinstance(num_candidates, bool) or not isinstance(num_candidates, int) or num_candidates < 1:
+                raise ValueError(f"`num_candidates` must be an int >= 1, got {num_candidates!r}.")
+            forward["num_candidates"] = num_candidates
+        if rerank is not None:
+            if rerank not in RERANK_MODES:
+                raise ValueError(f"`rerank` must be one of {RERANK_MODES}, got {rerank!r}.")
+            forward["rerank"] = rerank
         postprocess = {}
         if on_error is not None:
             if on_error not in ON_ERROR:
@@ -171,7 +229,7 @@ class AudioCaptionPipeline(Pipeline):
             outputs = self.forward({"windows": [w for _, w in pending]}, **forward)
             for k, (index, window) in enumerate(pending):
                 record = {"timestamp": window["timestamp"], "is_silent": window["is_silent"],
-                          "caption": outputs["captions"][k]}
+                          "caption": outputs["captions"][k], "details": outputs["details"][k]}
                 if "embeddings" in outputs:
                     record["embeddings"] = outputs["embeddings"][k]
                 done[index].append(record)
@@ -202,7 +260,8 @@ class AudioCaptionPipeline(Pipeline):
             if isinstance(item, Exception):
                 results.append({"error": f"{type(item).__name__}: {item}"})
                 continue
-            item = {**item, "windows": records, "captions": [r["caption"] for r in records]}
+            item = {**item, "windows": records, "captions": [r["caption"] for r in records],
+                    "details": [r["details"] for r in records]}
             if forward.get("return_embeddings"):
                 item["embeddings"] = [r["embeddings"] for r in records]
             results.append(self.postprocess(item))
@@ -241,10 +300,17 @@ class AudioCaptionPipeline(Pipeline):
         strength: float | None = None,
         num_inference_steps: int | None = None,
         return_embeddings: bool = False,
+        num_candidates: int | None = None,
+        rerank: str | None = None,
     ) -> dict[str, list]:
         windows = model_inputs["windows"]
+        config = self.model.config
         generate_kwargs = {"max_new_tokens": DEFAULT_MAX_NEW_TOKENS, **(generate_kwargs or {})}
+        num_candidates = num_candidates or getattr(config, "num_candidates", 1)
+        if num_candidates > 1:
+            generate_kwargs = candidate_generate_kwargs(num_candidates, generate_kwargs)
         captions = [""] * len(windows)
+        details: list[dict | None] = [None] * len(windows)  # candidates and confidence, with num_candidates > 1
         embeddings: list[dict | None] = [None] * len(windows)  # silent windows are never embedded
         audible = [i for i, w in enumerate(windows) if not w["is_silent"]]
         for start in range(0, len(audible), batch_size):
@@ -259,8 +325,20 @@ class AudioCaptionPipeline(Pipeline):
                 audio_embeds=embeds, input_ids=self._prompt_ids, strength=strength,
                 num_inference_steps=num_inference_steps, generator=seeded_generators(seeds), **generate_kwargs,
             )
-            for i, text in zip(rows, self.tokenizer.batch_decode(ids, skip_special_tokens=True)):
-                captions[i] = text.strip()
+            if num_candidates > 1:
+                candidates = scored_candidates(ids, self.tokenizer, num_candidates, self.model.audio_tower,
+                                               self.audio_text_tokenizer, embeds)
+                for k, i in enumerate(rows):
+                    ranked = rank_candidates(candidates[k], rerank or getattr(config, "rerank", "combined"),
+                                             getattr(config, "rerank_weight", 1.0))
+                    captions[i] = ranked[0]["text"]
+                    details[i] = {"candidates": ranked}
+                    calibration = getattr(config, "confidence_calibration", None)
+                    if calibration:
+                        details[i]["confidence"] = confidence(ranked, calibration)
+            else:
+                for i, text in zip(rows, self.tokenizer.batch_decode(ids, skip_special_tokens=True)):
+                    captions[i] = text.strip()
             if return_embeddings:
                 # The bridge again with the same seeds: the embeddings the decoder read (the bridge is a small MLP,
                 # so this costs little next to decoding and embedding the audio a second time).
@@ -268,7 +346,7 @@ class AudioCaptionPipeline(Pipeline):
                                           generator=seeded_generators(seeds))
                 for k, i in enumerate(rows):
                     embeddings[i] = {"audio_embeds": embeds[k].cpu(), "bridged_embeds": bridged[k].float().cpu()}
-        out = {"captions": captions}
+        out = {"captions": captions, "details": details}
         if return_embeddings:
             out["embeddings"] = embeddings
         return out
@@ -285,9 +363,10 @@ class AudioCaptionPipeline(Pipeline):
             "peak_dbfs": round(float(audio.peak_dbfs), 2),
         }
         if model_outputs["chunked"]:
+            details = model_outputs.get("details") or [None] * len(captions)
             result["chunks"] = [
-                {"timestamp": w["timestamp"], "generated_text": c, "is_silent": w["is_silent"]}
-                for w, c in zip(windows, captions)
+                {"timestamp": w["timestamp"], "generated_text": c, "is_silent": w["is_silent"], **(d or {})}
+                for w, c, d in zip(windows, captions, details)
             ]
             for chunk, embeds in zip(result["chunks"], model_outputs.get("embeddings", ())):
                 chunk.update(embeds or {})
@@ -295,6 +374,7 @@ class AudioCaptionPipeline(Pipeline):
             result["generated_text"] = "; ".join(distinct)
         else:
             result["generated_text"] = captions[0]
+            result.update((model_outputs.get("details") or [None])[0] or {})
             result.update((model_outputs.get("embeddings") or [None])[0] or {})
         return result
 

@@ -104,4 +104,5 @@ def tiny_captioner(seed: int = 0, bridge_type: str = "diffusion_link", lora_r: i
     with torch.no_grad():
         model.multi_modal_projector.linear_1.weight.mul_(60.0)
         model.multi_modal_projector.linear_2.weight.mul_(5.0)
-    return AudioCaptionPipeline(model=model, tokenizer=tokenizer, feature_extractor=processor.feature_extractor)
+    return AudioCaptionPipeline(model=model, tokenizer=tokenizer, feature_extractor=processor.feature_extractor,
+                                audio_text_tokenizer=processor.tokenizer)

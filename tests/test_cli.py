@@ -1,5 +1,8 @@
+import csv
 import json
+import math
 
+import pytest
 import torch
 
 from diffusion_link import DiffusionLinkBridge, DiffusionLinkConfig
@@ -82,3 +85,46 @@ def test_caption_command_without_a_model_says_so(tmp_path, capsys, monkeypatch):
     assert "--model" in capsys.readouterr().err
     assert main(["caption", str(tmp_path / "none*.wav"), "--model", "x"]) == 2
     assert "No file matches" in capsys.readouterr().err
+
+
+def test_caption_command_candidates_confidence_and_min_confidence(saved_tiny_captioner, tmp_path, capsys):
+    import shutil
+
+    from diffusion_link.reranking import CONFIDENCE_FEATURES
+
+    from .conftest import write_wav
+
+    write_wav(tmp_path / "a.wav", seed=1)
+    write_wav(tmp_path / "b.wav", seed=2)
+    plain = ["caption", str(tmp_path / "a.wav"), str(tmp_path / "b.wav"), "--max-new-tokens", "6"]
+    # an uncalibrated model gives candidates but no confidence, and --min-confidence says why it cannot apply
+    assert main([*plain, "--model", str(saved_tiny_captioner), "--min-confidence", "0.5"]) == 2
+    assert "calibrated" in capsys.readouterr().err
+    calibrated = tmp_path / "calibrated"
+    shutil.copytree(saved_tiny_captioner, calibrated)
+    config = json.loads((calibrated / "config.json").read_text())
+    # a calibration in which the confidence is the logistic of the pick's audio-caption similarity
+    config["confidence_calibration"] = {"features": list(CONFIDENCE_FEATURES), "coef": [1.0, 0.0, 0.0, 0.0],
+                                        "intercept": 0.0, "mean": [0.0] * 4, "scale": [1.0] * 4}
+    config["num_candidates"] = 3
+    (calibrated / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "c.jsonl"
+    assert main([*plain, "--model", str(calibrated), "--rerank", "similarity", "--min-confidence", "0.5",
+                 "--output", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    for row in rows:
+        assert row["generated_text"] == row["candidates"][0]["text"]
+        similarity = row["candidates"][0]["audio_text_similarity"]
+        assert row["confidence"] == pytest.approx(1 / (1 + math.exp(-similarity)))
+        assert row["below_min_confidence"] == (row["confidence"] < 0.5)  # marked, and kept
+    csv_out = tmp_path / "c.csv"
+    assert main([*plain, "--model", str(calibrated), "--output", str(csv_out), "--min-confidence", "0.5"]) == 0
+    header = csv_out.read_text().splitlines()[0].split(",")
+    assert "confidence" in header and "below_min_confidence" in header
+    old = tmp_path / "old.csv"  # a file an older version began, with fewer columns: appended rows keep its columns
+    old.write_text("file,generated_text,is_silent\n")
+    assert main([*plain, "--model", str(calibrated), "--output", str(old)]) == 0
+    with open(old, newline="", encoding="utf-8") as f:
+        assert [len(row) for row in csv.reader(f)] == [3, 3, 3]
+    assert main([*plain, "--model", str(calibrated), "--min-confidence", "1.5"]) == 2
+    assert "--min-confidence" in capsys.readouterr().err

@@ -20,6 +20,7 @@ CAPTIONER_CODE = [
     "peer_bridges.py",
     "pipeline_audio_captioning.py",
     "pretrained_loading.py",
+    "reranking.py",
     "seeding.py",
     "validation.py",
 ]
@@ -39,9 +40,9 @@ def test_a_saved_clap_llama_captioner_holds_exactly_these_files(saved_captioner)
     files = sorted(os.listdir(saved_captioner))
     assert [f for f in files if f.endswith(".py")] == CAPTIONER_CODE
     assert [f for f in files if not f.endswith(".py")] == [
-        "README.md", "config.json", "model.safetensors", "preprocessor_config.json", "tokenizer.json",
-        "tokenizer_config.json",
-    ]
+        "README.md", "audio_text_tokenizer", "config.json", "model.safetensors", "preprocessor_config.json",
+        "tokenizer.json", "tokenizer_config.json",
+    ]  # audio_text_tokenizer/: the CLAP text tokenizer that scores candidate captions
 
 
 def test_saved_code_carries_nothing_of_the_starter(saved_captioner):

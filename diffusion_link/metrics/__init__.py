@@ -11,7 +11,7 @@ from .caption_scores import (
     caption_scores,
 )
 from .caption_tokenizer import coco_tokenize, tokenize_captions
-from .class_accuracy import caption_class_accuracy, class_accuracy, class_prototypes
+from .class_accuracy import caption_class_accuracy, caption_class_correct, class_accuracy, class_prototypes
 from .cider import corpus_cider_d
 from .evaluate_modules import evaluate_module_path
 from .gap_plots import plot_modality_gap
@@ -27,6 +27,7 @@ __all__ = [
     "CaptionScoreDetails",
     "caption_score_details",
     "caption_class_accuracy",
+    "caption_class_correct",
     "caption_scores",
     "class_accuracy",
     "class_prototypes",

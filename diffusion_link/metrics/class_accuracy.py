@@ -46,12 +46,25 @@ def caption_class_accuracy(
     """Share of `captions` whose text embedding's nearest prototype is their label; empty captions count as wrong.
 
     `embed_texts` maps a list of (non-empty) captions to their (n, D) text embeddings in the prototypes' space."""
+    right = caption_class_correct(captions, labels, prototypes, embed_texts)
+    return sum(right) / len(right) if right else 0.0
+
+
+def caption_class_correct(
+    captions: Sequence[str],
+    labels: torch.Tensor | Sequence[int],
+    prototypes: torch.Tensor,
+    embed_texts: Callable[[list[str]], torch.Tensor],
+) -> list[bool]:
+    """Per caption, whether it names its label's class by the rule above (an empty caption: False)."""
     labels = torch.as_tensor(labels)
     if len(captions) != len(labels):
         raise ValueError(f"Got {len(captions)} captions for {len(labels)} labels.")
+    right = [False] * len(captions)
     spoken = [i for i, c in enumerate(captions) if isinstance(c, str) and c.strip()]
-    if not spoken:
-        return 0.0
-    embeds = embed_texts([captions[i] for i in spoken])
-    right = (F.normalize(embeds.float(), dim=-1) @ prototypes.float().T).argmax(1) == labels[spoken]
-    return float(right.sum()) / len(captions)
+    if spoken:
+        embeds = embed_texts([captions[i] for i in spoken])
+        hits = (F.normalize(embeds.float(), dim=-1) @ prototypes.float().T).argmax(1) == labels[spoken]
+        for i, hit in zip(spoken, hits.tolist()):
+            right[i] = bool(hit)
+    return right
