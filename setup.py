@@ -29,6 +29,9 @@ extras = {
     "starter": ["gguf>=0.10"],
     # METEOR and the reference COCO scorers (the tests cross-check against them); METEOR also needs Java.
     "metrics": ["pycocoevalcap==1.2"],
+    # `diffusion-link serve` / `space`: the web page. Its browser tests also need Playwright and a system Chromium.
+    "app": ["gradio>=5,<6"],
+    "browser-test": ["gradio>=5,<6", "playwright>=1.45"],
     "test": ["pytest>=8", "hypothesis>=6.100", "matplotlib>=3.7", "gguf>=0.10", "pycocoevalcap==1.2"],
 }
 extras["all"] = sorted({dep for deps in extras.values() for dep in deps})

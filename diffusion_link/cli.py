@@ -311,7 +311,55 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default: found from the model: the starter's MiniLM, or the CLAP checkpoint it names).")
     ev.add_argument("--trust-remote-code", action="store_true", help="Allow the model folder's own code.")
     ev.set_defaults(func=_evaluate)
+
+    srv = commands.add_parser("serve", help="A web page to try a captioner (needs the [app] extra, Gradio).")
+    srv.add_argument("--model", help="Captioner folder or Hub id (default: the bundled starter captioner).")
+    srv.add_argument("--host", default="127.0.0.1", help="Address to bind (default 127.0.0.1: this machine only).")
+    srv.add_argument("--port", type=int, default=7860)
+    srv.add_argument("--max-duration-s", type=float, default=600.0, help="Longest recording accepted (seconds).")
+    srv.add_argument("--max-file-mb", type=float, default=50.0, help="Largest upload accepted (MB).")
+    srv.add_argument("--concurrency", type=int, default=2, help="Requests captioned at once; the rest queue.")
+    srv.add_argument("--trust-remote-code", action="store_true", help="Allow the model folder's own code.")
+    srv.set_defaults(func=_serve)
+
+    sp = commands.add_parser("space", help="Write a folder that runs the web page as a Hub Space; --push uploads it.")
+    sp.add_argument("out_dir", help="An empty or new folder.")
+    sp.add_argument("--model", help="Captioner folder (copied in) or Hub id (default: the bundled starter captioner).")
+    sp.add_argument("--push", metavar="REPO_ID", help="Upload the folder as this Gradio Space.")
+    sp.add_argument("--private", action="store_true", help="With --push: a private Space.")
+    sp.add_argument("--max-duration-s", type=float, default=600.0)
+    sp.add_argument("--max-file-mb", type=float, default=50.0)
+    sp.set_defaults(func=_space)
     return parser
+
+
+def _app_module():
+    try:
+        from . import web_demo
+
+        import gradio  # noqa: F401
+    except ImportError:
+        raise ValueError("the web page needs Gradio: pip install 'diffusion_link[app]'") from None
+    return web_demo
+
+
+def _serve(args: argparse.Namespace) -> int:
+    web_demo = _app_module()
+    for name in ("max_duration_s", "max_file_mb", "concurrency"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}.")
+    web_demo.serve(args.model, args.host, args.port, web_demo.Limits(args.max_duration_s, args.max_file_mb),
+                   args.concurrency, args.trust_remote_code)
+    return 0
+
+
+def _space(args: argparse.Namespace) -> int:
+    web_demo = _app_module()
+    files = web_demo.write_space(args.out_dir, args.model, web_demo.Limits(args.max_duration_s, args.max_file_mb))
+    print(f"wrote a Space of {len(files)} files to {args.out_dir}", file=sys.stderr)
+    if args.push:
+        print(f"pushed: {web_demo.push_space(args.out_dir, args.push, private=args.private)}", file=sys.stderr)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

