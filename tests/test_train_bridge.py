@@ -170,8 +170,32 @@ def test_without_a_validation_file_pairs_are_held_out_validated_and_the_depth_pi
     loaded = DiffusionLinkBridge.from_pretrained(out)
     assert loaded.config.strength == sweep["pick"]["strength"] == loaded.config.depth_selection["strength"]
     assert (out / "depth_sweep.png").exists()
+    assert (out / "validation_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the curve of the 3 evaluations
+    assert train_bridge.checkpoint_step(state["best_model_checkpoint"]) == best["step"]
     card = (out / "README.md").read_text()
     assert "depth choice" in card and ("picked on held-out pairs" in card or "no depth kept" in card)
+
+
+def test_the_validation_curve_draws_each_evaluation_and_marks_the_kept_step(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    drawn = {}
+    real_plot, real_axvline = matplotlib.axes.Axes.plot, matplotlib.axes.Axes.axvline
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot",
+                        lambda self, x, y, **kw: drawn.setdefault(kw["label"], (list(x), list(y))) and real_plot(self, x, y, **kw))
+    monkeypatch.setattr(matplotlib.axes.Axes, "axvline",
+                        lambda self, x, **kw: drawn.setdefault("kept", x) and real_axvline(self, x, **kw))
+    monkeypatch.setattr(matplotlib.axes.Axes, "axhline",
+                        lambda self, y, **kw: drawn.setdefault("raw", []).append(y) or real_axvline(self, 0, **kw))
+    history = [{"loss": 1.0, "step": 2}, {"eval_paired_cosine": 0.4, "eval_retrieval_r1": 0.5, "step": 4},
+               {"eval_paired_cosine": 0.6, "eval_retrieval_r1": 0.7, "step": 8}]
+    path = train_bridge.write_validation_curve(history, str(tmp_path), best_step=8,
+                                               identity={"paired_cosine": 0.3, "retrieval_r1": 0.65})
+    assert path == str(tmp_path / "validation_curve.png") and (tmp_path / "validation_curve.png").exists()
+    assert drawn["paired cosine"] == ([4, 8], [0.4, 0.6]) and drawn["R@1"] == ([4, 8], [0.5, 0.7])
+    assert drawn["kept"] == 8 and drawn["raw"] == [0.3, 0.65]  # the raw audio's figures, for reference
+    assert train_bridge.write_validation_curve([{"loss": 1.0, "step": 2}], str(tmp_path / "none")) is None
+    assert train_bridge.checkpoint_step("out/checkpoint-1500/") == 1500 and train_bridge.checkpoint_step(None) is None
 
 
 def test_validation_split_is_by_seed_and_disjoint():

@@ -16,7 +16,8 @@ configured depth on them (`compute_metrics`: held-out paired cosine, nearest-tex
 R@5 and `selection_score` = paired cosine + R@1), keeps the checkpoint with the best `selection_score` (moving
 audio onto its caption without losing which caption it is) and stops after `--early_stopping_patience` evaluations
 without improvement. Then `strength` is picked on the same pairs by `diffusion_link.depth_selection` and saved in the
-config, with the sweep in `depth_sweep.json` / `depth_sweep.png`.
+config, with the sweep in `depth_sweep.json` / `depth_sweep.png`. The held-out figures of every evaluation are drawn
+against the step in `validation_curve.png` (the kept checkpoint marked).
 """
 
 from __future__ import annotations
@@ -291,6 +292,45 @@ def pick_and_save_depth(bridge: DiffusionLinkBridge, validation: dict[str, torch
     return pick
 
 
+def write_validation_curve(log_history: list[dict], output_dir: str, best_step: int | None = None,
+                           identity: dict | None = None) -> str | None:
+    """`validation_curve.png` in `output_dir`: the held-out paired cosine and R@1 of every evaluation in the Trainer's
+    `log_history` against the step, the kept checkpoint marked and the raw audio's figures (`identity`, a
+    `paired_figures` dict) dotted. Returns the path (None without evaluations)."""
+    evals = [e for e in log_history if "eval_paired_cosine" in e and "eval_retrieval_r1" in e]
+    if not evals:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [e["step"] for e in evals]
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for key, label, color in (("eval_paired_cosine", "paired cosine", "tab:red"), ("eval_retrieval_r1", "R@1", "tab:blue")):
+        ax.plot(steps, [e[key] for e in evals], marker="o", color=color, label=label)
+        if identity is not None:
+            ax.axhline(identity[key[len("eval_"):]], color=color, linestyle=":", linewidth=1)
+    if best_step is not None:
+        ax.axvline(best_step, color="black", linewidth=1, linestyle="--", label=f"kept: step {best_step}")
+    ax.set_xlabel("training step")
+    ax.set_ylim(0, 1)
+    ax.set_title("Held-out pairs during training" + (" (dotted: raw audio)" if identity is not None else ""))
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = os.path.join(output_dir, "validation_curve.png")
+    os.makedirs(output_dir, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def checkpoint_step(checkpoint: str | None) -> int | None:
+    """The step of a `checkpoint-N` folder (the Trainer's `best_model_checkpoint`), or None."""
+    name = os.path.basename(os.path.normpath(checkpoint)) if checkpoint else ""
+    return int(name.split("-")[-1]) if name.startswith("checkpoint-") and name.split("-")[-1].isdigit() else None
+
+
 def build_bridge(model_args: ModelArguments, train_tensors: dict[str, torch.Tensor]) -> DiffusionLinkBridge:
     dim = next(iter(train_tensors.values())).shape[1]
     if model_args.model_name_or_path:
@@ -365,6 +405,10 @@ def main(argv: list[str] | None = None) -> DiffusionLinkBridge:
     if validating and data_args.pick_depth and trainer.is_world_process_zero():
         pick_and_save_depth(model, eval_tensors, data_args, training_args.output_dir)
     trainer.save_model(training_args.output_dir)
+    if validating and trainer.is_world_process_zero():
+        write_validation_curve(trainer.state.log_history, training_args.output_dir,
+                               checkpoint_step(trainer.state.best_model_checkpoint),
+                               paired_figures(eval_tensors["audio_embeds"], eval_tensors["text_embeds"]))
 
     if validating and trainer.is_world_process_zero() and len(eval_tensors["audio_embeds"]) >= 10:
         audio, text = eval_tensors["audio_embeds"], eval_tensors["text_embeds"]
