@@ -10,7 +10,12 @@
     `--predictions`, the JSON lines that `diffusion-link caption ... --output` wrote are scored instead;
   - `identity`: the raw audio embedding, no bridge (the baseline the paper improves on);
   - `text_oracle`: the MiniLM embedding of one of the clip's class captions (the upper limit).
-- **Speed**: the latency of one clip, and the throughput at batch 8 (both through the pipeline, greedy).
+  - `diffusion_link_greedy`: the same pipeline with greedy decoding (`num_candidates=1`), when the model's default
+    decoding is not greedy.
+- **Speed**: the latency of one clip and the throughput at batch 8 (through the pipeline, its default decoding); and
+  for greedy and for the default decoding, clips/s at batch 8 and 16 through the pipeline on the first 48 clips,
+  with the ratio to the bare language model's `generate` on the same prefixes (`pipeline_over_bare_lm`: how much of
+  the pipeline's time is decoding) and the default decoding's time per clip over greedy's (`default_over_greedy`).
 - **Memory**: the process's peak resident memory.
 
 The last line is one JSON object of figures measured in this run; the ratios (`ratio_to_oracle`,
@@ -99,6 +104,10 @@ def main(argv: list[str] | None = None) -> dict:
         return out
 
     captions = {"diffusion_link": bridged, "identity": decode(audio), "text_oracle": decode(oracle)}
+    if getattr(model.config, "num_candidates", 1) > 1:
+        greedy = pipe(files, batch_size=8, max_new_tokens=args.max_new_tokens, num_candidates=1)
+        captions["diffusion_link_greedy"] = [r["generated_text"] for r in greedy]
+    speed = decoding_speed(pipe, files[:48], audio[:48], prompt, args.max_new_tokens)
     accuracy = {k: caption_class_accuracy(v, labels, prototypes, lambda texts: embed_text(encoder, minilm_tokenizer, texts))
                 for k, v in captions.items()}
     for k, v in captions.items():
@@ -111,11 +120,45 @@ def main(argv: list[str] | None = None) -> dict:
         "latency_one_clip_s": round(latency, 3),
         "clips_per_s_batch8": round(throughput, 3),
         "batch8_speedup": round(throughput * latency, 3),
+        "decoding_speed": speed,
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
         "scored": args.predictions or "pipeline",
     }
     print(json.dumps(result))
     return result
+
+
+def decoding_speed(pipe, files: list[str], audio: torch.Tensor, prompt: torch.Tensor, max_new_tokens: int) -> dict:
+    """clips/s of greedy and of the model's default decoding at batch 8 and 16, through the pipeline and through the
+    bare LM's `generate` on the same prefixes (bridged audio + prompt), measured back to back in this run."""
+    from diffusion_link.reranking import candidate_generate_kwargs
+
+    model = pipe.model
+    default_k = getattr(model.config, "num_candidates", 1)
+    prefixes = model.prefix_from_embeds(model.link(audio))
+    out = {"num_candidates": default_k}
+    for name, k in (("greedy", 1), ("default", default_k)):
+        lm_kwargs = {"max_new_tokens": max_new_tokens, "do_sample": False}
+        if k > 1:
+            lm_kwargs = candidate_generate_kwargs(k, lm_kwargs)
+        for batch in (8, 16):
+            start = time.perf_counter()
+            pipe(files, batch_size=batch, max_new_tokens=max_new_tokens, num_candidates=k)
+            pipeline_rate = len(files) / (time.perf_counter() - start)
+            start = time.perf_counter()
+            with torch.no_grad():
+                for s in range(0, len(files), batch):
+                    rows = prefixes[s : s + batch]
+                    embeds, mask, _ = model._with_prefix(rows, prompt.expand(len(rows), -1), None, None)
+                    model.language_model.generate(inputs_embeds=embeds, attention_mask=mask, **lm_kwargs)
+            bare_rate = len(files) / (time.perf_counter() - start)
+            out[f"{name}_batch{batch}"] = {"pipeline_clips_per_s": round(pipeline_rate, 3),
+                                           "bare_lm_clips_per_s": round(bare_rate, 3),
+                                           "pipeline_over_bare_lm": round(bare_rate / pipeline_rate, 3)}
+    for batch in (8, 16):
+        out[f"default_over_greedy_batch{batch}"] = round(
+            out[f"greedy_batch{batch}"]["pipeline_clips_per_s"] / out[f"default_batch{batch}"]["pipeline_clips_per_s"], 3)
+    return out
 
 
 if __name__ == "__main__":

@@ -110,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ncaptions ({len(files)} files, {time.time() - start:.1f} s):\n")
     for path, result in zip(files, results):
         text = result.get("error") or ("[silent]" if result["is_silent"] else result["generated_text"])
+        if result.get("confidence") is not None:
+            text += f"   (confidence {result['confidence']:.0%})"
         print(f"  {os.path.basename(path):24s} {text}")
     os.makedirs(args.output_dir, exist_ok=True)
     with open(os.path.join(args.output_dir, "captions.json"), "w", encoding="utf-8") as f:

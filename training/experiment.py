@@ -23,9 +23,10 @@ Rows (one decoder, trained zero-shot on AudioCaps + Clotho caption embeddings, u
 | diffusion-link | the audio embedding through Diffusion-Link |
 | text oracle | the text embedding of one of the clip's class captions |
 
-Both diffusion bridges are trained as the starter's bridge is (`training/build_starter.py`: 4 of the 5 head folds
-paired with their class captions, plus the caption corpus) and get their depth s*/T by the starter's rule, the best
-class accuracy of bridged embeddings on the fifth fold. Columns: class accuracy (the caption's nearest class
+Both diffusion bridges are trained as the starter's bridge is (`training/build_starter.py`: train_bridge.py's default
+recipe on 4 of the 5 head folds paired with their class captions, plus the caption corpus) and get their depth s*/T
+by `diffusion_link.depth_selection`'s rule on the fifth fold (the best paired cosine among depths whose R@1 stays
+within 0.02 of the raw audio's); Diffusion-Link also keeps its best checkpoint on that fold. Columns: class accuracy (the caption's nearest class
 description by MiniLM is the true class), CIDEr-D, BLEU-4, ROUGE-L, METEOR (needs Java) and MiniLM semantic
 similarity against the clip's five class captions, and the gap figures of `diffusion_link.modality_gap` against the
 first class caption. Ablations of Diffusion-Link: s* in {25, 50, 100, 200, 400} of T=1000, DDIM steps {1, 2, 5, 10},
@@ -69,7 +70,7 @@ from diffusion_link.atomic_files import atomic_open, atomic_path  # noqa: E402
 from diffusion_link.metrics import caption_class_accuracy, caption_score_details  # noqa: E402
 from diffusion_link.pipeline_audio_captioning import DEFAULT_MAX_NEW_TOKENS  # noqa: E402
 from diffusion_link.pretrained_references import cache_dir  # noqa: E402
-from diffusion_link.script_arguments import parse_script_args  # noqa: E402
+from diffusion_link.script_arguments import parse_script_args, read_json_config  # noqa: E402
 from training import build_starter as starter  # noqa: E402
 from training.starter_data import class_captions, esc50_split  # noqa: E402
 
@@ -89,7 +90,8 @@ class ExperimentArguments:
     starter_recipe: str = field(metadata={"help": "The starter's build recipe; its bridge and decoder recipes are shared."})
     seeds: list[int] = field(metadata={"help": "Seeds of every trained bridge and of the link noise (distinct)."})
     pick_strengths: list[float] = field(
-        metadata={"help": "Depth candidates s*/T of the validation pick; the text-only bridge's own 0.6 among them."}
+        metadata={"help": "Depth candidates s*/T of the text-only bridge's pick (its own 0.6 among them); "
+                          "Diffusion-Link's are train_bridge.py's `depth_grid`."}
     )
     ablation_strengths: list[float] = field(metadata={"help": "s*/T of the depth ablation."})
     ablation_steps: list[int] = field(metadata={"help": "DDIM steps of the steps ablation."})
@@ -100,6 +102,10 @@ class ExperimentArguments:
     captioner: str = field(default=STARTER_CAPTIONER, metadata={"help": "The decoder every row but noise-injection reads."})
     bridge_steps: int | None = field(default=None, metadata={"help": "Override the bridge recipe's max_steps."})
     decoder_steps: int | None = field(default=None, metadata={"help": "Override the noise-injection decoder's max_steps."})
+    reuse_noise_injection_from: str | None = field(default=None, metadata={
+        "help": "An earlier experiment.json whose noise-injection row is reused instead of training that decoder again "
+                "(about 40 min): the row involves no bridge, and its decoder depends only on the heads, the decoder "
+                "recipe and the noise std, which must match. The tables say the row was reused."})
     render_only: bool = field(
         default=False, metadata={"help": "Rewrite experiment.md and the plots from `--output`/experiment.json; run nothing."}
     )
@@ -170,7 +176,9 @@ def trained_bridge(world: World, kind: str, seed: int) -> DiffusionLinkBridge:
         from training import train_bridge
 
         train_file = starter.bridge_train_file(world.args.work_dir, world.towers, world.head)
-        argv = starter.bridge_arguments(dataclasses.replace(world.starter_args, seed=seed), train_file, out)
+        validation_file = starter.bridge_validation_file(world.args.work_dir, world.towers, world.head)
+        argv = starter.bridge_arguments(dataclasses.replace(world.starter_args, seed=seed), train_file, out,
+                                        validation_file)
         if kind == "no_topology":
             argv += ["--topology_loss_weight", "0"]
         elif kind == "text_only_diffusion":
@@ -179,9 +187,9 @@ def trained_bridge(world: World, kind: str, seed: int) -> DiffusionLinkBridge:
         train_bridge.main(argv)
         logger.info("  trained %s (seed %d) in %.0f s", kind, seed, time.time() - start)
     model = DiffusionLinkBridge.from_pretrained(out).eval()
-    report = starter.pick_strength(model, world.head, world.args.pick_strengths)
-    logger.info("  %s seed %d: picked s*/T=%s (%s)", kind, seed, model.config.strength,
-                json.dumps(report["validation_class_accuracy_by_strength"]))
+    if kind == "text_only_diffusion":  # train_bridge validates paired bridges only; the same rule, here
+        starter.pick_strength(model, world.towers, world.head, world.args.pick_strengths)
+    logger.info("  %s seed %d: s*/T=%s (%s)", kind, seed, model.config.strength, json.dumps(model.config.depth_selection))
     return model
 
 
@@ -254,9 +262,13 @@ def run(args) -> dict:
     rows["identity"] = [score_row(world, "identity", raw)]
     mean_shift = MeanShiftBridge(raw.shape[1]).fit(world.head["oof"], corpus)
     rows["mean-shift"] = [score_row(world, "mean_shift", mean_shift.link(raw))]
-    noise_decoder = noise_injection_decoder(world)
-    rows["noise-injection"] = [score_row(world, "noise_injection", raw, decoder=noise_decoder)]
-    del noise_decoder
+    reused = {}
+    if world.args.reuse_noise_injection_from:
+        rows["noise-injection"], reused["noise-injection"] = reused_noise_injection(world)
+    else:
+        noise_decoder = noise_injection_decoder(world)
+        rows["noise-injection"] = [score_row(world, "noise_injection", raw, decoder=noise_decoder)]
+        del noise_decoder
     memory = CaptionMemoryBridge(raw.shape[1]).fit(corpus)
     rows["caption-memory"] = [score_row(world, "caption_memory", memory.link(raw))]
 
@@ -293,7 +305,25 @@ def run(args) -> dict:
         oracle = world.towers["esc_text"][picks]
         oracle_rows.append(score_row(world, f"text_oracle_seed{seed}", oracle))
     rows["text oracle"] = oracle_rows
-    return {"rows": rows, "ablations": ablations, "depths": depths, "noise_injection_std": noise_std(world)}
+    return {"rows": rows, "ablations": ablations, "depths": depths, "noise_injection_std": noise_std(world),
+            "reused": reused}
+
+
+def reused_noise_injection(world: World) -> tuple[list[dict], dict]:
+    """The noise-injection row of an earlier run (`--reuse_noise_injection_from`), after checking that its decoder
+    would be the same: the same noise std (hence heads) and the same decoder recipe."""
+    path = world.args.reuse_noise_injection_from
+    with open(path, encoding="utf-8") as f:
+        earlier = json.load(f)
+    if earlier.get("noise_injection_std") != noise_std(world):
+        raise ValueError(f"{path} used noise std {earlier.get('noise_injection_std')}, this run {noise_std(world)}: "
+                         "its noise-injection decoder is not this one; train it (drop --reuse_noise_injection_from).")
+    recipe = read_json_config(world.starter_args.recipe_path(world.starter_args.decoder_recipe))
+    if earlier.get("decoder_recipe", recipe) != recipe:
+        raise ValueError(f"{path} trained its noise-injection decoder with another decoder recipe.")
+    rows = earlier["per_seed"]["rows"]["noise-injection"]
+    logger.info("  noise_injection: reused from %s (class accuracy %.3f)", path, rows[0]["class_accuracy"])
+    return rows, {"from": path, "environment": earlier.get("environment", {})}
 
 
 def headline(summary: dict) -> dict:
@@ -341,9 +371,14 @@ def markdown(result: dict) -> str:
               f"- Ratio to the text oracle: CIDEr-D {h['cider_d_ratio_to_oracle']:.2f}, class accuracy {h['class_accuracy_ratio_to_oracle']:.2f}.",
               f"- Beats every peer: CIDEr-D {'yes' if h['cider_d_beats_every_peer'] else 'no'} (best peer: {h['cider_d_best_peer']}), "
               f"class accuracy {'yes' if h['class_accuracy_beats_every_peer'] else 'no'} (best peer: {h['class_accuracy_best_peer']}).",
-              f"- Depths picked on the validation fold (s*/T per seed): "
+              "- Depths picked on the validation fold (s*/T per seed): "
               + "; ".join(f"{k} {v}" for k, v in result["depths"].items()) + ".",
-              f"- Noise-injection std: {result['noise_injection_std']}.", ""]
+              f"- Noise-injection std: {result['noise_injection_std']}."]
+    for name, source in result.get("reused", {}).items():
+        lines.append(f"- The {name} row is reused from an earlier run (`{os.path.basename(source['from'])}`): it "
+                     "involves no bridge, and its decoder depends only on the heads, the decoder recipe and the noise "
+                     "std, which were checked to match.")
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -428,6 +463,8 @@ def main(argv: list[str] | None = None) -> dict:
         "headline": headline(summary),
         "depths": measured["depths"],
         "noise_injection_std": measured["noise_injection_std"],
+        "decoder_recipe": read_json_config(os.path.join(REPO_ROOT, "training", "configs", "starter_decoder.json")),
+        "reused": measured["reused"],
         "per_seed": {"rows": measured["rows"], "ablations": measured["ablations"]},
         "environment": environment(),
         "wall_seconds": round(time.time() - start, 1),
