@@ -83,3 +83,12 @@ def test_decodings_are_named_parsed_and_ranked_by_their_rule():
     assert named["2:combined@0.5"] == ["a dog barks"] and named["2:combined@4.0"] == ["rain falls"]  # -0.15/-0.65; 0.2/1.1
     for name in named:
         assert build_starter.parse_decoding(name)[0] == (1 if name == "greedy" else 2)
+
+
+def test_an_out_of_fold_head_sees_only_augmented_versions_of_its_own_clips():
+    augmented = {"clip": torch.tensor([0, 1, 2, 0, 3]), "label": torch.tensor([5, 6, 7, 5, 8]),
+                 "partner": torch.tensor([-1, 2, -1, -1, 0]), "audio": torch.arange(5.0)[:, None]}
+    keep = torch.tensor([True, False, True, True])  # clip 1 is in the held-out fold
+    kept = build_starter.restrict(augmented, keep)
+    assert kept["clip"].tolist() == [0, 2, 0, 3] and kept["audio"].flatten().tolist() == [0.0, 2.0, 3.0, 4.0]
+    assert build_starter.restrict(None, keep) is None

@@ -16,6 +16,9 @@ Stages (each caches its result in `--work_dir`, default `$DIFFUSION_LINK_CACHE/s
             (diffusion_link/starter/esc50_captions.json), AudioCaps train and Clotho development captions.
 3. heads    the audio head into MiniLM's own space ("locked text"), InfoNCE with a learned temperature on the train
             clips; plus 5-fold cross-fitted heads whose out-of-fold embeddings give the bridge realistic audio.
+            With `--head_augmentation_copies N` the heads also see N augmented versions of each training clip
+            (training/starter_augmentation.py; stage "augment", cached); the committed starter uses none.
+            `--stop_after heads` ends the build here, with the heads' figures in the log.
 4. bridge   Diffusion-Link in that space with train_bridge.py's default recipe: text side AudioCaps + Clotho,
             cross-sample part the out-of-fold embeddings of 4/5 of the train clips with their class captions. The
             remaining 1/5 (head fold 0, which it never trains on) is its `--validation_file`: the best checkpoint,
@@ -111,6 +114,12 @@ class StarterArguments:
                                            metadata={"help": "Beam counts the default decoding is picked from."})
     rerank_weights: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0, 8.0],
                                         metadata={"help": "Weights of the similarity in the 'combined' rerank."})
+    head_augmentation_copies: int = field(default=0, metadata={
+        "help": "Augmented versions of each training clip for the audio heads (training/starter_augmentation.py); "
+                "0: none (the committed starter)."})
+    head_augmentation_probability: float = field(default=0.5, metadata={
+        "help": "Chance that a head's training slot of a class takes an augmented clip instead of an original."})
+    stop_after: str | None = field(default=None, metadata={"help": "Stop after this stage (e.g. 'heads' to measure them)."})
     decoding_time_budget: float = field(default=2.0, metadata={
         "help": "The default decoding may take at most this many times greedy decoding's time per clip (batch 8)."})
     seed: int = field(default=0, metadata={"help": "Seed of the split of folds, the heads, the bridge and the decoder."})
@@ -214,8 +223,15 @@ def embed_minilm(encoder, tokenizer, texts: list[str], what: str, batch: int = 2
 
 # ---------------------------------------------------------------------------------------------------- 3. heads
 def train_head(args: StarterArguments, encoder: StarterAudioTextEncoder, audio: torch.Tensor, labels: torch.Tensor,
-               text: torch.Tensor, text_labels: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
-    """Train the audio head (and temperature) with InfoNCE: each step one clip per class, with one of its captions."""
+               text: torch.Tensor, text_labels: torch.Tensor, seed: int, augmented: dict | None = None
+               ) -> dict[str, torch.Tensor]:
+    """Train the audio head (and temperature) with InfoNCE: each step one clip per class, with one of its captions.
+
+    With `augmented` (tower embeddings of augmented clips, `augmented_tower_embeddings`, already restricted to the
+    clips this head may see), each class's slot takes an augmented version instead with probability
+    `head_augmentation_probability`; a two-sound mixture is paired with its own compositional caption."""
+    if augmented is not None and len(augmented["label"]):
+        return train_head_augmented(args, encoder, audio, labels, text, text_labels, seed, augmented)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     encoder._init_weights(encoder.audio_projection)
@@ -243,6 +259,93 @@ def train_head(args: StarterArguments, encoder: StarterAudioTextEncoder, audio: 
     return {k: v.clone() for k, v in encoder.head_state_dict().items()}
 
 
+def train_head_augmented(args, encoder, audio, labels, text, text_labels, seed, augmented) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    encoder._init_weights(encoder.audio_projection)
+    torch.nn.init.constant_(encoder.logit_scale, encoder.config.logit_scale_init_value)
+    params = [p for p in encoder.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=args.head_learning_rate, weight_decay=args.head_weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.head_steps)
+    classes = [int(c) for c in labels.unique()]
+    by_class = {c: (labels == c).nonzero().flatten() for c in classes}
+    text_by_class = {c: (text_labels == c).nonzero().flatten() for c in classes}
+    augmented_by_class = {c: (augmented["label"] == c).nonzero().flatten() for c in classes}
+
+    def pick(rows: torch.Tensor) -> int:
+        return int(rows[torch.randint(len(rows), (1,), generator=generator)])
+
+    encoder.train()
+    for _ in range(args.head_steps):
+        inputs, targets = [], []
+        for c in classes:
+            caption = text[pick(text_by_class[c])]
+            rows = augmented_by_class[c]
+            if len(rows) and float(torch.rand(1, generator=generator)) < args.head_augmentation_probability:
+                r = pick(rows)
+                inputs.append(augmented["audio"][r])
+                targets.append(augmented["text"][r] if augmented["partner"][r] >= 0 else caption)
+            else:
+                inputs.append(audio[pick(by_class[c])])
+                targets.append(caption)
+        x = torch.stack(inputs)
+        x = x * (1 + 0.1 * torch.randn(len(x), 1, generator=generator))
+        x = x + 0.05 * audio.std() * torch.randn(x.shape, generator=generator)
+        loss = encoder(audio_tower_embeds=x, text_tower_embeds=torch.stack(targets)).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    encoder.eval()
+    return {k: v.clone() for k, v in encoder.head_state_dict().items()}
+
+
+@stage("augment")
+def augmented_tower_embeddings(args, encoder, split, folds: list[int]) -> dict[str, torch.Tensor] | None:
+    """Tower embeddings of `head_augmentation_copies` augmented versions of each training clip (cached), with
+    `clip`, `label`, `partner` (-1: no mixture) and `text` (a mixture's compositional caption embedding)."""
+    if not args.head_augmentation_copies:
+        return None
+    path = os.path.join(args.work_dir, f"towers_augmented_{args.head_augmentation_copies}.safetensors")
+    if os.path.exists(path):
+        return load_embeddings_raw(path)
+    from training.starter_augmentation import augmented_examples, mixture_caption
+
+    fe = StarterFeatureExtractor()
+    waves = [load_audio(os.path.join(data_dir(args.data), "esc50", "audio", f["filename"]), fe.sampling_rate)
+             for f in split["train"]]
+    labels = [f["target"] for f in split["train"]]
+    examples = augmented_examples(waves, labels, folds, args.head_augmentation_copies, seed=args.seed + 1)
+    audio = []
+    for start in range(0, len(examples), 32):
+        features = fe([e["wave"] for e in examples[start : start + 32]], return_tensors="pt")
+        with torch.no_grad():
+            audio.append(encoder.audio_tower_embeddings(features["input_features"], features["attention_mask"]))
+    captions = [caps for _, caps in class_captions()]
+    rng = random.Random(args.seed + 2)
+    mixtures = [i for i, e in enumerate(examples) if e["partner"] >= 0]
+    texts = [mixture_caption(rng.choice(captions[examples[i]["label"]]), rng.choice(captions[labels[examples[i]["partner"]]]))
+             for i in mixtures]
+    text = torch.zeros(len(examples), encoder.config.text_config.hidden_size)
+    if mixtures:
+        text[mixtures] = embed_minilm(encoder, encoder_tokenizer(), texts, "mixture captions")
+    tensors = {"audio": torch.cat(audio), "text": text, **{k: torch.tensor([e[k] for e in examples])
+                                                           for k in ("clip", "label", "partner")}}
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in tensors.items()}, path)
+    logger.info("  augment: %d versions of %d clips, %d mixtures", len(examples), len(waves), len(mixtures))
+    return tensors
+
+
+def restrict(augmented: dict | None, keep: torch.Tensor) -> dict | None:
+    """The augmented rows whose source clip is in the (ntrain,) boolean mask `keep`."""
+    if augmented is None:
+        return None
+    rows = keep[augmented["clip"]]
+    return {k: v[rows] for k, v in augmented.items()}
+
+
 @torch.no_grad()
 def project_audio(encoder, audio: torch.Tensor) -> torch.Tensor:
     return F.normalize(encoder.audio_projection(audio), dim=-1)
@@ -259,12 +362,14 @@ def heads(args, encoder, split, towers) -> dict:
     groups = [f["src_file"] for f in split["train"]]
     unique = sorted(set(groups))
     fold_of = {g: i % 5 for i, g in enumerate(random.Random(args.seed).sample(unique, len(unique)))}
+    augmented = augmented_tower_embeddings(args, encoder, split, [fold_of[g] for g in groups])
     oof = torch.zeros(ntrain, encoder.config.projection_dim)
     for fold in range(5):
         held = torch.tensor([fold_of[g] == fold for g in groups])
-        train_head(args, encoder, train_audio[~held], train_labels[~held], text, text_labels, args.seed + fold)
+        train_head(args, encoder, train_audio[~held], train_labels[~held], text, text_labels, args.seed + fold,
+                   restrict(augmented, ~held))
         oof[held] = project_audio(encoder, train_audio[held])
-    state = train_head(args, encoder, train_audio, train_labels, text, text_labels, args.seed)
+    state = train_head(args, encoder, train_audio, train_labels, text, text_labels, args.seed, augmented)
     encoder.load_state_dict(state, strict=False)
     test = project_audio(encoder, audio[ntrain:])
     prototypes = class_prototypes(text, text_labels)
@@ -713,6 +818,8 @@ def main(argv: list[str] | None = None) -> dict:
     towers = tower_embeddings(args, encoder, split)
     head = heads(args, encoder, split, towers)
     reports["heads"] = head["report"]
+    if args.stop_after == "heads":
+        return reports
     encoder_dir = os.path.join(args.work_dir, "encoder")
     encoder.save_pretrained(encoder_dir)
     StarterFeatureExtractor().save_pretrained(encoder_dir)
