@@ -57,6 +57,13 @@ def test_markdown_has_every_row_column_and_headline():
     header = next(line for line in text.splitlines() if line.startswith("| method"))
     assert header.count("|") == len(experiment.COLUMNS) + 2
     assert not math.isnan(result["headline"]["cider_d_gain_over_identity"])
+    # The decoding axis: the same methods with the captioner's default decoding, as a second methods table.
+    result["decoding"] = {"num_candidates": 2, "rerank": "lm", "rerank_weight": 1.0}
+    result["decoding_summary"] = {"diffusion-link": experiment.summarize([row(cider_d=0.7)])}
+    text = experiment.markdown(result)
+    titles = [line for line in text.splitlines() if line.startswith("### ")]
+    assert titles[1].startswith("### Methods with the captioner's default decoding (2 beams, picked by lm")
+    assert "| diffusion-link | 0.500 | 0.700 |" in text
 
 
 def test_cell_marks_a_missing_metric():
