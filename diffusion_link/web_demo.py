@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .audio_io import SILENCE_THRESHOLD_DBFS
+
 
 # Gradio reads this at import: no usage statistics leave the machine.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -60,36 +62,34 @@ class WebDemo:
         self._gallery = None
 
     # ------------------------------------------------------------------ checks
-    def check(self, path: str | None) -> str:
-        """A readable reason the file cannot be captioned, or ""."""
+    def check(self, path: str | None) -> tuple[str, float]:
+        """(a readable reason the file cannot be captioned, or "", its duration in seconds)."""
         if not path:
-            return "Upload or record a sound first."
+            return "Upload or record a sound first.", 0.0
         if not os.path.isfile(path):
-            return f"The file {os.path.basename(path)} could not be found on the server; upload it again."
+            return f"The file {os.path.basename(path)} could not be found on the server; upload it again.", 0.0
         size_mb = os.path.getsize(path) / 2**20
         if size_mb > self.limits.max_file_mb:
-            return f"The file is {size_mb:.1f} MB; this page takes files up to {self.limits.max_file_mb:g} MB."
+            return f"The file is {size_mb:.1f} MB; this page takes files up to {self.limits.max_file_mb:g} MB.", 0.0
         import soundfile as sf
 
         try:
-            info = sf.info(path)
+            duration = sf.info(path).duration
         except Exception:  # soundfile raises its own error types for anything it cannot parse
             return (f"{os.path.basename(path)} is not audio this page can read (WAV, FLAC, OGG or MP3), or the file "
-                    "is damaged.")
-        if info.duration > self.limits.max_duration_s:
-            return (f"The recording is {info.duration:.0f} s long; this page takes up to "
-                    f"{self.limits.max_duration_s:g} s.")
-        return ""
+                    "is damaged."), 0.0
+        if duration > self.limits.max_duration_s:
+            return (f"The recording is {duration:.0f} s long; this page takes up to "
+                    f"{self.limits.max_duration_s:g} s."), duration
+        return "", duration
 
     # ------------------------------------------------------------------ captioning
     def caption(self, path: str | None) -> dict:
         out = {"message": "", "caption": "", "candidates": [], "confidence": None, "chunks": [], "figure": None}
-        out["message"] = self.check(path)
+        out["message"], duration = self.check(path)
         if out["message"]:
             return out
-        import soundfile as sf
-
-        long = sf.info(path).duration > LONG_AUDIO_WINDOW_S
+        long = duration > LONG_AUDIO_WINDOW_S
         call = {"return_embeddings": True}
         if long:
             call["chunk_length_s"] = LONG_AUDIO_WINDOW_S
@@ -100,7 +100,7 @@ class WebDemo:
             return out
         if result["is_silent"]:
             out["message"] = ("The recording is silent (quieter than the silence threshold, "
-                              f"{self.pipe_silence_threshold()} dBFS): there is nothing to caption.")
+                              f"{SILENCE_THRESHOLD_DBFS} dBFS): there is nothing to caption.")
             return out
         out["caption"] = result["generated_text"]
         out["candidates"] = [[c["text"], round(c["lm_logprob"], 3), round(c["audio_text_similarity"], 3)]
@@ -117,11 +117,6 @@ class WebDemo:
         else:
             out["figure"] = self.landing_plot(result["audio_embeds"], result["bridged_embeds"])
         return out
-
-    def pipe_silence_threshold(self) -> float:
-        from .audio_io import SILENCE_THRESHOLD_DBFS
-
-        return SILENCE_THRESHOLD_DBFS
 
     # ------------------------------------------------------------------ the plot
     def caption_gallery(self) -> tuple[list[str], torch.Tensor] | None:

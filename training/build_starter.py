@@ -230,27 +230,24 @@ def train_head(args: StarterArguments, encoder: StarterAudioTextEncoder, audio: 
     With `augmented` (tower embeddings of augmented clips, `augmented_tower_embeddings`, already restricted to the
     clips this head may see), each class's slot takes an augmented version instead with probability
     `head_augmentation_probability`; a two-sound mixture is paired with its own compositional caption."""
-    if augmented is not None and len(augmented["label"]):
-        return train_head_augmented(args, encoder, audio, labels, text, text_labels, seed, augmented)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     encoder._init_weights(encoder.audio_projection)
     torch.nn.init.constant_(encoder.logit_scale, encoder.config.logit_scale_init_value)
     params = [p for p in encoder.parameters() if p.requires_grad]
-    steps = args.head_steps
     optimizer = torch.optim.AdamW(params, lr=args.head_learning_rate, weight_decay=args.head_weight_decay)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-    classes = labels.unique()
-    by_class = {int(c): (labels == c).nonzero().flatten() for c in classes}
-    text_by_class = {int(c): (text_labels == c).nonzero().flatten() for c in classes}
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.head_steps)
+    if augmented is not None and len(augmented["label"]):
+        draw = augmented_batches(args, audio, labels, text, text_labels, augmented, generator)
+    else:
+        draw = clip_batches(audio, labels, text, text_labels, generator)
     encoder.train()
-    for _ in range(steps):
-        rows = torch.stack([idx[torch.randint(len(idx), (1,), generator=generator)] for idx in by_class.values()]).flatten()
-        caps = torch.stack([text_by_class[int(labels[r])][torch.randint(5, (1,), generator=generator)] for r in rows]).flatten()
+    for _ in range(args.head_steps):
+        inputs, targets, scale = draw()
         # Gain and small-noise augmentation of the tower embedding keeps the head from memorising 250 clips.
-        noisy = audio[rows] * (1 + 0.1 * torch.randn(len(rows), 1, generator=generator))
-        noisy = noisy + 0.05 * audio[rows].std() * torch.randn(noisy.shape, generator=generator)
-        loss = encoder(audio_tower_embeds=noisy, text_tower_embeds=text[caps]).loss
+        noisy = inputs * (1 + 0.1 * torch.randn(len(inputs), 1, generator=generator))
+        noisy = noisy + 0.05 * scale * torch.randn(noisy.shape, generator=generator)
+        loss = encoder(audio_tower_embeds=noisy, text_tower_embeds=targets).loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -259,14 +256,22 @@ def train_head(args: StarterArguments, encoder: StarterAudioTextEncoder, audio: 
     return {k: v.clone() for k, v in encoder.head_state_dict().items()}
 
 
-def train_head_augmented(args, encoder, audio, labels, text, text_labels, seed, augmented) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    encoder._init_weights(encoder.audio_projection)
-    torch.nn.init.constant_(encoder.logit_scale, encoder.config.logit_scale_init_value)
-    params = [p for p in encoder.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=args.head_learning_rate, weight_decay=args.head_weight_decay)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.head_steps)
+def clip_batches(audio, labels, text, text_labels, generator):
+    """A step's batch: one training clip per class and one of its class's captions (noise scaled by the batch)."""
+    by_class = {int(c): (labels == c).nonzero().flatten() for c in labels.unique()}
+    text_by_class = {c: (text_labels == c).nonzero().flatten() for c in by_class}
+
+    def draw():
+        rows = torch.stack([idx[torch.randint(len(idx), (1,), generator=generator)] for idx in by_class.values()]).flatten()
+        caps = torch.stack([text_by_class[int(labels[r])][torch.randint(5, (1,), generator=generator)] for r in rows]).flatten()
+        return audio[rows], text[caps], audio[rows].std()
+
+    return draw
+
+
+def augmented_batches(args, audio, labels, text, text_labels, augmented, generator):
+    """A step's batch where each class's slot takes an augmented version with probability
+    `head_augmentation_probability` (a mixture with its own caption), else an original clip (noise scaled by all)."""
     classes = [int(c) for c in labels.unique()]
     by_class = {c: (labels == c).nonzero().flatten() for c in classes}
     text_by_class = {c: (text_labels == c).nonzero().flatten() for c in classes}
@@ -275,8 +280,7 @@ def train_head_augmented(args, encoder, audio, labels, text, text_labels, seed, 
     def pick(rows: torch.Tensor) -> int:
         return int(rows[torch.randint(len(rows), (1,), generator=generator)])
 
-    encoder.train()
-    for _ in range(args.head_steps):
+    def draw():
         inputs, targets = [], []
         for c in classes:
             caption = text[pick(text_by_class[c])]
@@ -288,16 +292,9 @@ def train_head_augmented(args, encoder, audio, labels, text, text_labels, seed, 
             else:
                 inputs.append(audio[pick(by_class[c])])
                 targets.append(caption)
-        x = torch.stack(inputs)
-        x = x * (1 + 0.1 * torch.randn(len(x), 1, generator=generator))
-        x = x + 0.05 * audio.std() * torch.randn(x.shape, generator=generator)
-        loss = encoder(audio_tower_embeds=x, text_tower_embeds=torch.stack(targets)).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-    encoder.eval()
-    return {k: v.clone() for k, v in encoder.head_state_dict().items()}
+        return torch.stack(inputs), torch.stack(targets), audio.std()
+
+    return draw
 
 
 @stage("augment")
@@ -754,7 +751,6 @@ def decode_all(args, captioner, tokenizer, text_tokenizer, audio: torch.Tensor, 
     `decoding_candidates`) for the (N, D) raw `audio`, in batches of `DECODING_BATCH`, with the wall time of each."""
     counts = [1, *args.decoding_candidates] if counts is None else counts
     bridged = captioner.link(audio)
-    prompt = torch.tensor([tokenizer(captioner.config.prompt, add_special_tokens=False).input_ids])
     out = {"seconds": {}, "candidates": {}}
     if 1 in counts:
         start = time.time()
@@ -762,16 +758,24 @@ def decode_all(args, captioner, tokenizer, text_tokenizer, audio: torch.Tensor, 
                                            batch=DECODING_BATCH)
         out["seconds"][1] = time.time() - start
     for k in [c for c in counts if c > 1]:
-        start, found = time.time(), []
-        for b in range(0, len(audio), DECODING_BATCH):
-            generated = captioner.generate(
-                text_embeds=bridged[b : b + DECODING_BATCH], input_ids=prompt,
-                **candidate_generate_kwargs(k, {"max_new_tokens": args.eval_max_new_tokens}))
-            found += scored_candidates(generated, tokenizer, k, captioner.audio_tower, text_tokenizer,
-                                       audio[b : b + DECODING_BATCH])
+        start = time.time()
+        out["candidates"][k] = candidate_captions(captioner, tokenizer, text_tokenizer, bridged, audio, k,
+                                                  args.eval_max_new_tokens)
         out["seconds"][k] = time.time() - start
-        out["candidates"][k] = found
     return out
+
+
+def candidate_captions(captioner, tokenizer, text_tokenizer, embeds: torch.Tensor, audio: torch.Tensor, k: int,
+                       max_new_tokens: int, batch: int = DECODING_BATCH) -> list[list[dict]]:
+    """The `k` scored beam candidates (`reranking.scored_candidates`, in beam order) of each of the (N, D) decoder
+    inputs `embeds` after the captioner's prompt, their similarity taken against the clips' raw (N, D) `audio`."""
+    prompt = torch.tensor([tokenizer(captioner.config.prompt, add_special_tokens=False).input_ids])
+    found = []
+    for b in range(0, len(embeds), batch):
+        generated = captioner.generate(text_embeds=embeds[b : b + batch], input_ids=prompt,
+                                       **candidate_generate_kwargs(k, {"max_new_tokens": max_new_tokens}))
+        found += scored_candidates(generated, tokenizer, k, captioner.audio_tower, text_tokenizer, audio[b : b + batch])
+    return found
 
 
 def decodings(run: dict, weights) -> list[tuple[str, list[str]]]:

@@ -70,7 +70,7 @@ from diffusion_link.atomic_files import atomic_open, atomic_path  # noqa: E402
 from diffusion_link.metrics import caption_class_accuracy, caption_score_details  # noqa: E402
 from diffusion_link.pipeline_audio_captioning import DEFAULT_MAX_NEW_TOKENS  # noqa: E402
 from diffusion_link.pretrained_references import cache_dir  # noqa: E402
-from diffusion_link.reranking import candidate_generate_kwargs, rank_candidates, scored_candidates  # noqa: E402
+from diffusion_link.reranking import rank_candidates  # noqa: E402
 from diffusion_link.script_arguments import parse_script_args, read_json_config  # noqa: E402
 from training import build_starter as starter  # noqa: E402
 from training.starter_data import class_captions, esc50_split  # noqa: E402
@@ -160,16 +160,10 @@ class World:
         decoder = decoder or self.decoder
         if not decoding or decoder.config.num_candidates == 1:
             return starter.caption_embeddings(decoder, self.tokenizer, embeds, DEFAULT_MAX_NEW_TOKENS)
-        k, config = decoder.config.num_candidates, decoder.config
-        prompt = torch.tensor([self.tokenizer(config.prompt, add_special_tokens=False).input_ids])
-        captions = []
-        for b in range(0, len(embeds), 8):
-            generated = decoder.generate(text_embeds=embeds[b : b + 8], input_ids=prompt,
-                                         **candidate_generate_kwargs(k, {"max_new_tokens": DEFAULT_MAX_NEW_TOKENS}))
-            found = scored_candidates(generated, self.tokenizer, k, decoder.audio_tower, self.text_tokenizer,
-                                      self.test_audio[b : b + 8])
-            captions += [rank_candidates(c, config.rerank, config.rerank_weight)[0]["text"] for c in found]
-        return captions
+        config = decoder.config
+        found = starter.candidate_captions(decoder, self.tokenizer, self.text_tokenizer, embeds, self.test_audio,
+                                           config.num_candidates, DEFAULT_MAX_NEW_TOKENS)
+        return [rank_candidates(c, config.rerank, config.rerank_weight)[0]["text"] for c in found]
 
 
 def cached_heads(work_dir: str, starter_args, encoder, split, towers) -> dict:
