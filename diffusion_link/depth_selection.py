@@ -36,6 +36,27 @@ def sweep_depths(bridge, audio_embeds: torch.Tensor, text_embeds: torch.Tensor,
     }
 
 
+@torch.no_grad()
+def sweep_depths_cross_fitted(bridges: Sequence, audio_by_fold: Sequence[torch.Tensor],
+                              text_by_fold: Sequence[torch.Tensor], strengths: Sequence[float] = DEPTH_GRID) -> dict:
+    """`sweep_depths` over the pooled held-out pairs of k folds, each fold's (N_i, D) audio linked by the bridge that
+    did not train on it (`bridges[i]`): one depth picked on all the pairs instead of k noisy picks on a fold each."""
+    if not len(bridges) == len(audio_by_fold) == len(text_by_fold) or not len(bridges):
+        raise ValueError(f"Need one bridge per fold of audio and of text, got {len(bridges)} bridges, "
+                         f"{len(audio_by_fold)} audio and {len(text_by_fold)} text folds.")
+    audio, text = torch.cat(list(audio_by_fold)), torch.cat(list(text_by_fold))
+
+    def linked(s: float) -> torch.Tensor:
+        return torch.cat([b.link(a, strength=s) for b, a in zip(bridges, audio_by_fold)])
+
+    return {
+        "num_pairs": len(audio),
+        "num_folds": len(bridges),
+        "identity": paired_figures(audio, text),
+        "by_strength": {float(s): paired_figures(linked(s), text) for s in strengths},
+    }
+
+
 def pick_depth(sweep: dict, tolerance: float = R1_TOLERANCE) -> dict:
     """Apply the rule above to a `sweep_depths` result. Returns `{"strength", "qualified", "rule", ...}`."""
     identity_r1 = sweep["identity"]["retrieval_r1"]
@@ -50,6 +71,7 @@ def pick_depth(sweep: dict, tolerance: float = R1_TOLERANCE) -> dict:
         "qualified": bool(keeping),
         "rule": f"best held-out paired cosine among depths with R@1 >= identity's - {tolerance}",
         "num_pairs": sweep["num_pairs"],
+        **({"num_folds": sweep["num_folds"]} if "num_folds" in sweep else {}),
         "identity_retrieval_r1": identity_r1,
         "identity_paired_cosine": sweep["identity"]["paired_cosine"],
         "retrieval_r1": by_strength[strength]["retrieval_r1"],

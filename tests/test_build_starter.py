@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from diffusion_link import DiffusionLinkBridge, DiffusionLinkConfig
-from diffusion_link.depth_selection import pick_depth, sweep_depths
+from diffusion_link.depth_selection import pick_depth, sweep_depths, sweep_depths_cross_fitted
 from diffusion_link.embedding_files import load_embeddings
 from diffusion_link.testing import tiny_captioner
 from training import build_starter
@@ -40,15 +40,23 @@ def test_the_bridge_validates_on_fold_0_and_trains_on_the_other_folds(world, tmp
     assert argv[argv.index("--validation_file") + 1] == "v.safetensors"
 
 
-def test_pick_strength_applies_the_depth_rule_on_fold_0(world):
+def test_cross_fitted_depth_applies_the_depth_rule_on_every_fold_and_sets_it_everywhere(world):
     towers, head = world
     torch.manual_seed(1)
-    bridge = DiffusionLinkBridge(DiffusionLinkConfig(embedding_dim=D, hidden_size=16, num_blocks=1)).eval()
+    bridges = [DiffusionLinkBridge(DiffusionLinkConfig(embedding_dim=D, hidden_size=16, num_blocks=1)).eval()
+               for _ in range(5)]
     grid = [0.05, 0.2, 0.6]
-    pick = build_starter.pick_strength(bridge, towers, head, grid)
-    audio, text = build_starter.fold0_pairs(towers, head)
-    assert pick == pick_depth(sweep_depths(bridge, audio, text, grid)) and pick["num_pairs"] == 2
-    assert bridge.config.strength == pick["strength"] in grid and bridge.config.depth_selection == pick
+    pick = build_starter.cross_fitted_depth(bridges, towers, head, grid)
+    pairs = [build_starter.fold_pairs(towers, head, fold) for fold in range(5)]
+    assert pick == pick_depth(sweep_depths_cross_fitted(bridges, [a for a, _ in pairs], [t for _, t in pairs], grid))
+    assert pick["num_pairs"] == 10 and pick["num_folds"] == 5 and pick["strength"] in grid
+    assert all(b.config.strength == pick["strength"] and b.config.depth_selection == pick for b in bridges)
+    # a bridge that trains on no audio, once per fold, is swept on all the pairs
+    text_only = bridges[0]
+    pooled = build_starter.cross_fitted_depth([text_only] * 5, towers, head, grid)
+    order = torch.cat([(head["folds"] == f).nonzero().flatten() for f in range(5)])
+    whole = pick_depth(sweep_depths(text_only, head["oof"][order], torch.cat([t for _, t in pairs]), grid))
+    assert pooled == pytest.approx(whole | {"num_folds": 5}, abs=1e-6)  # linked in 5 batches or in one
 
 
 def test_decoder_from_reuses_a_trained_decoder_without_training(tmp_path, monkeypatch):
@@ -92,3 +100,39 @@ def test_an_out_of_fold_head_sees_only_augmented_versions_of_its_own_clips():
     kept = build_starter.restrict(augmented, keep)
     assert kept["clip"].tolist() == [0, 2, 0, 3] and kept["audio"].flatten().tolist() == [0.0, 2.0, 3.0, 4.0]
     assert build_starter.restrict(None, keep) is None
+
+
+def test_each_fold_bridge_trains_without_its_fold(world, tmp_path):
+    towers, head = world
+    for fold in range(5):
+        train, _ = load_embeddings(build_starter.bridge_train_file(str(tmp_path), towers, head, fold))
+        validation, _ = load_embeddings(build_starter.bridge_validation_file(str(tmp_path), towers, head, fold))
+        held = (head["folds"] == fold).nonzero().flatten()
+        torch.testing.assert_close(validation["audio_embeds"], head["oof"][held])
+        assert len(train["audio_embeds"]) == (10 - len(held)) * 5
+        for row in validation["audio_embeds"]:
+            assert not (train["audio_embeds"] == row).all(dim=1).any()
+    assert len({p.name for p in tmp_path.iterdir()}) == 10  # fold 0 keeps the starter's file names, the rest their own
+
+
+def test_held_out_clips_are_captioned_through_the_bridge_of_their_fold(world, monkeypatch):
+    towers, head = world
+    captioner = tiny_captioner().model
+    bridges = [DiffusionLinkBridge(DiffusionLinkConfig(embedding_dim=D, hidden_size=16, num_blocks=1)) for _ in range(5)]
+    seen = []
+
+    def fake_decode_all(args, model, tokenizer, text_tokenizer, audio, counts=None):
+        fold = next(i for i, b in enumerate(bridges) if model.bridge is b)
+        seen.append((fold, audio))
+        return {"greedy": [f"fold {fold}"] * len(audio), "candidates": {2: [[{"fold": fold}]] * len(audio)},
+                "seconds": {1: 1.0, 2: 2.0}}
+
+    monkeypatch.setattr(build_starter, "decode_all", fake_decode_all)
+    merged = build_starter.heldout_decodings(None, captioner, None, None, head, bridges)
+    assert [fold for fold, _ in seen] == [0, 1, 2, 3, 4]
+    for fold, audio in seen:
+        torch.testing.assert_close(audio, head["oof"][head["folds"] == fold])
+    assert merged["greedy"] == [f"fold {f}" for f in range(5) for _ in range(2)]  # in fold order, 2 clips a fold
+    assert [c[0]["fold"] for c in merged["candidates"][2]] == [f for f in range(5) for _ in range(2)]
+    assert merged["seconds"] == {1: 5.0, 2: 10.0}
+    assert captioner.bridge is bridges[0] and captioner.config.bridge_config is bridges[0].config

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from diffusion_link.depth_selection import pick_depth, sweep_depths, write_depth_sweep
+from diffusion_link.depth_selection import pick_depth, sweep_depths, sweep_depths_cross_fitted, write_depth_sweep
 
 
 def figures(cos, r1):
@@ -48,3 +48,27 @@ def test_sweep_of_a_bridge_and_its_files(tiny_bridge, tmp_path):
     assert open(paths[1], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError):
         sweep_depths(tiny_bridge, audio, text[:5])
+
+
+def test_a_cross_fitted_sweep_pools_each_fold_through_its_own_bridge(tiny_bridge, tiny_bridge_config, tmp_path):
+    from diffusion_link import DiffusionLinkBridge
+    from diffusion_link.metrics.modality_gap import paired_figures
+
+    torch.manual_seed(1)
+    other = DiffusionLinkBridge(tiny_bridge_config).eval()
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    g = torch.Generator().manual_seed(0)
+    audio = [torch.randn(6, 12, generator=g), torch.randn(9, 12, generator=g)]
+    text = [torch.randn(6, 12, generator=g), torch.randn(9, 12, generator=g)]
+    result = sweep_depths_cross_fitted([tiny_bridge, other], audio, text, strengths=(0.05, 0.2))
+    assert result["num_pairs"] == 15 and result["num_folds"] == 2
+    linked = torch.cat([tiny_bridge.link(audio[0], strength=0.2), other.link(audio[1], strength=0.2)])
+    assert result["by_strength"][0.2] == paired_figures(linked, torch.cat(text))
+    assert result["identity"] == paired_figures(torch.cat(audio), torch.cat(text))
+    # through one bridge only, the figures differ: each fold goes through its own
+    assert result["by_strength"][0.2] != paired_figures(tiny_bridge.link(torch.cat(audio), strength=0.2), torch.cat(text))
+    assert pick_depth(result)["num_folds"] == 2
+    with pytest.raises(ValueError, match="one bridge per fold"):
+        sweep_depths_cross_fitted([tiny_bridge], audio, text)

@@ -69,3 +69,30 @@ def test_markdown_has_every_row_column_and_headline():
 def test_cell_marks_a_missing_metric():
     assert experiment.cell(None) == "n/a"
     assert experiment.cell({"mean": 0.25, "std": 0.0, "n": 1}) == "0.250"
+
+
+def test_a_reused_noise_injection_row_must_come_from_the_same_heads(tmp_path):
+    import json
+    import types
+
+    import torch
+
+    from training import build_starter
+
+    labels = torch.arange(4)
+    world = types.SimpleNamespace(
+        test_audio=torch.randn(3, 8), args=types.SimpleNamespace(reuse_noise_injection_from=str(tmp_path / "e.json")),
+        head={"oof": torch.zeros(4, 8), "labels": labels}, towers={"esc_text": torch.zeros(20, 8)},
+        starter_args=build_starter.parse_args([build_starter.os.path.join(build_starter.REPO_ROOT, "training",
+                                                                           "configs", "starter.json")]))
+    rows = [row(class_accuracy=0.4)]
+    earlier = {"heads_fingerprint": experiment.heads_fingerprint(world), "noise_injection_std": experiment.noise_std(world),
+               "per_seed": {"rows": {"noise-injection": rows}}}
+    (tmp_path / "e.json").write_text(json.dumps(earlier))
+    assert experiment.reused_noise_injection(world)[0] == rows
+    world.test_audio = world.test_audio + 1e-3  # other heads: other test embeddings
+    with pytest.raises(ValueError, match="other audio heads"):
+        experiment.reused_noise_injection(world)
+    (tmp_path / "e.json").write_text(json.dumps({k: v for k, v in earlier.items() if k != "heads_fingerprint"}))
+    with pytest.raises(ValueError, match="other audio heads"):  # an older file cannot show it used these heads
+        experiment.reused_noise_injection(world)

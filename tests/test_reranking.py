@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from diffusion_link.embedding_extraction import embed_text
 from diffusion_link.metrics.calibration import (
+    ece_noise_floor,
     expected_calibration_error,
     fit_confidence_calibration,
     reliability_diagram,
@@ -79,6 +80,10 @@ def test_the_calibration_fit_recovers_a_known_probability_and_ece_measures_it(tm
     assert expected_calibration_error(probs, correct) < 0.03
     assert expected_calibration_error([0.9] * n, correct) > 0.3
     assert expected_calibration_error([0.25, 0.75], [False, True]) == pytest.approx(0.25)
+    # Sampling noise alone: a calibrated model on 150 clips shows an ECE of several points, on 4000 about one.
+    floor_150, floor_4000 = ece_noise_floor(probs[:150], draws=300), ece_noise_floor(probs, draws=20)
+    assert 0.04 < floor_150 < 0.12 and floor_4000 < 0.025
+    assert ece_noise_floor([1.0, 0.0], draws=10) == 0.0
     path = reliability_diagram(probs, correct, str(tmp_path / "reliability.png"))
     assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="both right and wrong"):

@@ -4,7 +4,9 @@ import os
 
 import pytest
 
-from training.starter_data import CAPTIONS_FILE, class_captions, esc50_split, read_audiocaps_clotho_captions
+from training.starter_data import (
+    CAPTIONS_FILE, class_captions, esc50_split, read_audiocaps_clotho_captions, source_folds,
+)
 
 from .conftest import REPO_ROOT
 
@@ -49,3 +51,31 @@ def test_committed_split_matches_the_rule():
         pytest.skip("no committed starter")
     committed = json.load(open(path))
     assert [c["filename"] for c in committed["test"]] == [c["filename"] for c in esc50_split(DATA)["test"]]
+
+
+def test_source_folds_keep_recordings_together_and_spread_each_class():
+    # Class 0: 5 one-clip recordings; class 1: recordings of 2, 2 and 1 clips; class 2: one recording of 3 clips.
+    clips = ([{"target": 0, "src_file": f"a{i}"} for i in range(5)]
+             + [{"target": 1, "src_file": s} for s in ("b0", "b0", "b1", "b1", "b2")]
+             + [{"target": 2, "src_file": "c0"} for _ in range(3)])
+    folds = source_folds(clips, num_folds=5, seed=0)
+    assert folds == source_folds(clips, num_folds=5, seed=0) and set(folds) <= set(range(5))
+    by_source = collections.defaultdict(set)
+    for clip, fold in zip(clips, folds):
+        by_source[clip["src_file"]].add(fold)
+    assert all(len(f) == 1 for f in by_source.values())  # a recording never straddles folds
+    assert len(set(folds[:5])) == 5  # one clip of class 0 in each fold
+    assert len(set(folds[5:10])) == 3  # class 1's three recordings in three folds
+    with pytest.raises(ValueError, match="num_folds"):
+        source_folds(clips, num_folds=1)
+
+
+@needs_data
+def test_source_folds_of_the_starter_leave_most_training_clips_4_of_their_class():
+    train = esc50_split(DATA)["train"]
+    folds = source_folds(train, 5, seed=0)
+    kept = [sum(1 for o, g in zip(train, folds) if o["target"] == c["target"] and g != f) for c, f in zip(train, folds)]
+    # Stratified: 166 of 250 held-out clips keep 4 of their class's 5 clips in the other folds (a random
+    # assignment of recordings to folds keeps 82).
+    assert sum(k == 4 for k in kept) >= 150
+    assert sorted(collections.Counter(folds).values())[0] >= 45

@@ -24,9 +24,11 @@ Rows (one decoder, trained zero-shot on AudioCaps + Clotho caption embeddings, u
 | text oracle | the text embedding of one of the clip's class captions |
 
 Both diffusion bridges are trained as the starter's bridge is (`training/build_starter.py`: train_bridge.py's default
-recipe on 4 of the 5 head folds paired with their class captions, plus the caption corpus) and get their depth s*/T
-by `diffusion_link.depth_selection`'s rule on the fifth fold (the best paired cosine among depths whose R@1 stays
-within 0.02 of the raw audio's); Diffusion-Link also keeps its best checkpoint on that fold. Columns: class accuracy (the caption's nearest class
+recipe on 4 of the 5 head folds paired with their class captions, plus the caption corpus; Diffusion-Link keeps its
+best checkpoint on the fifth fold) and get their depth s*/T by `diffusion_link.depth_selection`'s rule (the best
+paired cosine among depths whose R@1 stays within 0.02 of the raw audio's) on all 250 training clips held out:
+Diffusion-Link links each fold by a twin trained without it (four more bridges per seed, as the starter's build does),
+and the text-only bridge, which trains on no audio, links them all itself. Columns: class accuracy (the caption's nearest class
 description by MiniLM is the true class), CIDEr-D, BLEU-4, ROUGE-L, METEOR (needs Java) and MiniLM semantic
 similarity against the clip's five class captions, and the gap figures of `diffusion_link.modality_gap` against the
 first class caption. Ablations of Diffusion-Link: s* in {25, 50, 100, 200, 400} of T=1000, DDIM steps {1, 2, 5, 10},
@@ -43,6 +45,7 @@ training data; it is rebuilt when absent.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -105,8 +108,8 @@ class ExperimentArguments:
     decoder_steps: int | None = field(default=None, metadata={"help": "Override the noise-injection decoder's max_steps."})
     reuse_noise_injection_from: str | None = field(default=None, metadata={
         "help": "An earlier experiment.json whose noise-injection row is reused instead of training that decoder again "
-                "(about 40 min): the row involves no bridge, and its decoder depends only on the heads, the decoder "
-                "recipe and the noise std, which must match. The tables say the row was reused."})
+                "(about 40 min): the row involves no bridge, and its decoder depends only on the heads (their "
+                "fingerprint), the decoder recipe and the noise std, which must match. The tables say the row was reused."})
     render_only: bool = field(
         default=False, metadata={"help": "Rewrite experiment.md and the plots from `--output`/experiment.json; run nothing."}
     )
@@ -179,7 +182,7 @@ def cached_heads(work_dir: str, starter_args, encoder, split, towers) -> dict:
 # ---------------------------------------------------------------------------------------------------- training
 def trained_bridge(world: World, kind: str, seed: int) -> DiffusionLinkBridge:
     """A bridge of `kind` ("diffusion_link", "no_topology" or "text_only_diffusion") trained with `seed`, its depth
-    picked on head fold 0 (cached in `work_dir/bridges`)."""
+    picked as the starter's is, on all five head folds (cached in `work_dir/bridges`)."""
     out = os.path.join(world.args.work_dir, "bridges", f"{kind}_seed{seed}")
     if not os.path.exists(os.path.join(out, "model.safetensors")):
         from training import train_bridge
@@ -196,8 +199,14 @@ def trained_bridge(world: World, kind: str, seed: int) -> DiffusionLinkBridge:
         train_bridge.main(argv)
         logger.info("  trained %s (seed %d) in %.0f s", kind, seed, time.time() - start)
     model = DiffusionLinkBridge.from_pretrained(out).eval()
-    if kind == "text_only_diffusion":  # train_bridge validates paired bridges only; the same rule, here
-        starter.pick_strength(model, world.towers, world.head, world.args.pick_strengths)
+    folds = int(world.head["folds"].max()) + 1
+    if kind == "text_only_diffusion":  # it trains on no audio, so every training clip is held out from it
+        starter.cross_fitted_depth([model] * folds, world.towers, world.head, world.args.pick_strengths)
+    elif kind == "diffusion_link":  # the starter's rule: one depth on every fold, each through a bridge without it
+        seeded = dataclasses.replace(world.starter_args, seed=seed)
+        bridges = [model] + [starter.fold_bridge(seeded, world.towers, world.head, fold, work_dir=world.args.work_dir,
+                                                 out=f"{out}_fold{fold}")[0] for fold in range(1, folds)]
+        starter.cross_fitted_depth(bridges, world.towers, world.head, starter.depth_grid(seeded))
     logger.info("  %s seed %d: s*/T=%s (%s)", kind, seed, model.config.strength, json.dumps(model.config.depth_selection))
     return model
 
@@ -209,10 +218,18 @@ def noise_std(world: World) -> float:
     return round(float((world.head["oof"] - paired).pow(2).mean().sqrt()), 2)
 
 
+def heads_fingerprint(world: World) -> str:
+    """A short hash of the test clips' audio embeddings (4 decimals): rows measured on other heads differ."""
+    rounded = (world.test_audio.double() * 1e4).round().to(torch.int64).numpy().tobytes()
+    return hashlib.sha1(rounded).hexdigest()[:12]
+
+
 def noise_injection_decoder(world: World) -> DiffusionLinkForAudioCaptioning:
     """The starter's decoder recipe with CapDec noise on the training text embeddings (cached)."""
     out = os.path.join(world.args.work_dir, "noise_decoder")
-    if not os.path.exists(os.path.join(out, "model.safetensors")):
+    marker = os.path.join(out, "noise_injection_std.json")
+    std = noise_std(world)
+    if not os.path.exists(marker) or json.load(open(marker, encoding="utf-8")).get("noise_injection_std") != std:
         from training import train_captioner
 
         work = world.args.starter_work_dir
@@ -221,7 +238,9 @@ def noise_injection_decoder(world: World) -> DiffusionLinkForAudioCaptioning:
             raise FileNotFoundError(f"{train_file} is missing: run `python training/build_starter.py` first.")
         bridge_dir = os.path.join(work, "bridge_picked")  # read by the builder; a zero-shot decoder never uses it
         argv = starter.decoder_arguments(world.starter_args, os.path.join(work, "encoder"), bridge_dir, train_file, out)
-        train_captioner.main(argv + ["--noise_injection_std", str(noise_std(world))])
+        train_captioner.main(argv + ["--noise_injection_std", str(std)])
+        with open(marker, "w", encoding="utf-8") as f:  # the cache is valid for this std only
+            json.dump({"noise_injection_std": std}, f)
     return DiffusionLinkForAudioCaptioning.from_pretrained(out).eval()
 
 
@@ -323,6 +342,7 @@ def run(args) -> dict:
         decoded.setdefault("text oracle", []).append(score_row(world, f"text_oracle_seed{seed}", oracle, decoding=True))
     rows["text oracle"] = oracle_rows
     return {"rows": rows, "ablations": ablations, "depths": depths, "noise_injection_std": noise_std(world),
+            "heads_fingerprint": heads_fingerprint(world),
             "reused": reused, "decoded": decoded,
             "decoding": {k: getattr(world.decoder.config, k) for k in ("num_candidates", "rerank", "rerank_weight")}}
 
@@ -333,6 +353,10 @@ def reused_noise_injection(world: World) -> tuple[list[dict], dict]:
     path = world.args.reuse_noise_injection_from
     with open(path, encoding="utf-8") as f:
         earlier = json.load(f)
+    if earlier.get("heads_fingerprint") != heads_fingerprint(world):
+        raise ValueError(f"{path} was measured on other audio heads (fingerprint {earlier.get('heads_fingerprint')}, "
+                         f"this run {heads_fingerprint(world)}): its noise-injection row would caption other test "
+                         "embeddings; drop --reuse_noise_injection_from.")
     if earlier.get("noise_injection_std") != noise_std(world):
         raise ValueError(f"{path} used noise std {earlier.get('noise_injection_std')}, this run {noise_std(world)}: "
                          "its noise-injection decoder is not this one; train it (drop --reuse_noise_injection_from).")
@@ -489,6 +513,7 @@ def main(argv: list[str] | None = None) -> dict:
         "headline": headline(summary),
         "depths": measured["depths"],
         "noise_injection_std": measured["noise_injection_std"],
+        "heads_fingerprint": measured["heads_fingerprint"],
         "decoder_recipe": read_json_config(os.path.join(REPO_ROOT, "training", "configs", "starter_decoder.json")),
         "reused": measured["reused"],
         "per_seed": {"rows": measured["rows"], "ablations": measured["ablations"], "decoded": measured["decoded"]},

@@ -7,6 +7,7 @@ import csv
 import itertools
 import json
 import os
+import random
 
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -73,3 +74,27 @@ def read_audiocaps_clotho_captions(path: str | None = None) -> list[str]:
         for row in csv.DictReader(f):
             captions += [row[f"caption_{i}"].strip() for i in range(1, 6)]
     return [c for c in captions if c]
+
+
+def source_folds(clips: list[dict], num_folds: int = 5, seed: int = 0) -> list[int]:
+    """A fold per clip, stratified by class and grouped by source recording (as scikit-learn's StratifiedGroupKFold):
+    the clips of one `src_file` share a fold, and each class's recordings, largest first, go to the fold holding the
+    fewest clips of that class (ties: the smallest fold, then a seeded draw). So a held-out fold keeps as many of its
+    classes' clips in the other folds as the recordings allow, as the test clips have the whole training side."""
+    if num_folds < 2:
+        raise ValueError(f"`num_folds` must be at least 2, got {num_folds}.")
+    rng = random.Random(seed)
+    sizes = {}
+    for clip in clips:
+        by_source = sizes.setdefault(clip["target"], {})
+        by_source[clip["src_file"]] = by_source.get(clip["src_file"], 0) + 1
+    fold_of, total = {}, [0] * num_folds
+    for target in sorted(sizes):
+        per_fold = [0] * num_folds
+        for source, n in sorted(sizes[target].items(), key=lambda kv: (-kv[1], kv[0])):
+            order = rng.sample(range(num_folds), num_folds)
+            fold = min(order, key=lambda f: (per_fold[f], total[f]))
+            fold_of[(target, source)] = fold
+            per_fold[fold] += n
+            total[fold] += n
+    return [fold_of[(clip["target"], clip["src_file"])] for clip in clips]

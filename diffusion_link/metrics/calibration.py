@@ -5,6 +5,8 @@
   `config.confidence_calibration`. Fit it on held-out clips of the training data, never on the clips you report.
 - `expected_calibration_error(probs, correct, num_bins=10)`: the bin-size-weighted mean |accuracy - confidence| over
   equal-width confidence bins.
+- `ece_noise_floor(probs)`: the ECE a perfectly calibrated model with these probabilities shows on this many clips
+  (sampling noise alone): the floor a measured ECE is judged against.
 - `reliability_diagram(probs, correct, path)`: accuracy against confidence per bin, with the counts, as a PNG.
 """
 
@@ -60,6 +62,18 @@ def expected_calibration_error(probs: Sequence[float], correct: Sequence[bool], 
         if rows.any():
             error += float(rows.sum()) / len(p) * abs(float(y[rows].mean() - p[rows].mean()))
     return error
+
+
+def ece_noise_floor(probs: Sequence[float], num_bins: int = 10, draws: int = 2000, seed: int = 0) -> float:
+    """The ECE a perfectly calibrated model with these `probs` would show on this many clips: the mean
+    `expected_calibration_error` over `draws` outcome sets drawn as Bernoulli(probs). An ECE near it is as calibrated
+    as the number of clips can tell."""
+    p = torch.tensor([float(v) for v in probs], dtype=torch.float64)
+    if not len(p):
+        raise ValueError("`probs` must not be empty.")
+    generator = torch.Generator().manual_seed(seed)
+    outcomes = torch.rand(draws, len(p), generator=generator, dtype=torch.float64) < p
+    return sum(expected_calibration_error(p.tolist(), row.tolist(), num_bins) for row in outcomes) / draws
 
 
 def reliability_diagram(probs: Sequence[float], correct: Sequence[bool], path: str, title: str = "",
