@@ -762,7 +762,7 @@ def decoding(args, captioner: DiffusionLinkForAudioCaptioning, tokenizer, towers
         }
         os.makedirs(args.results_dir, exist_ok=True)
         reliability_diagram(probs["test"], right["test"], os.path.join(args.results_dir, "starter_reliability.png"),
-                            title=f"Starter, default decoding ({pick}), test clips: ")
+                            title=f"Starter, default decoding ({pick}), test clips")
     references = [caps for _, caps in class_captions()]
     test_references = [references[int(label)] for label in sets["test"][1]]
     report["test_caption_scores"] = {d: caption_scores(c["test"]["captions"], test_references, ("bleu_4", "cider_d"))

@@ -99,7 +99,7 @@ def reliability_diagram(probs: Sequence[float], correct: Sequence[bool], path: s
     ax.set_ylim(0, 1.08)
     ax.set_xlabel("confidence")
     ax.set_ylabel("share of captions right")
-    ax.set_title(f"{title}ECE {ece:.3f} on {len(p)} clips", fontsize=9)
+    ax.set_title(f"{title}\nECE {ece:.3f} on {len(p)} clips", fontsize=9)
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
