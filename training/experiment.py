@@ -419,7 +419,7 @@ def markdown(result: dict) -> str:
               f"- Ratio to the text oracle: CIDEr-D {h['cider_d_ratio_to_oracle']:.2f}, class accuracy {h['class_accuracy_ratio_to_oracle']:.2f}.",
               f"- Beats every peer: CIDEr-D {'yes' if h['cider_d_beats_every_peer'] else 'no'} (best peer: {h['cider_d_best_peer']}), "
               f"class accuracy {'yes' if h['class_accuracy_beats_every_peer'] else 'no'} (best peer: {h['class_accuracy_best_peer']}).",
-              "- Depths picked on the validation fold (s*/T per seed): "
+              "- Depths picked on the 250 held-out training clips (s*/T per seed): "
               + "; ".join(f"{k} {v}" for k, v in result["depths"].items()) + ".",
               f"- Noise-injection std: {result['noise_injection_std']}."]
     for name, source in result.get("reused", {}).items():
