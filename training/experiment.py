@@ -108,7 +108,7 @@ class ExperimentArguments:
     decoder_steps: int | None = field(default=None, metadata={"help": "Override the noise-injection decoder's max_steps."})
     reuse_noise_injection_from: str | None = field(default=None, metadata={
         "help": "An earlier experiment.json whose noise-injection row is reused instead of training that decoder again "
-                "(about 40 min): the row involves no bridge, and its decoder depends only on the heads (their "
+                "(20-40 min): the row involves no bridge, and its decoder depends only on the heads (their "
                 "fingerprint), the decoder recipe and the noise std, which must match. The tables say the row was reused."})
     render_only: bool = field(
         default=False, metadata={"help": "Rewrite experiment.md and the plots from `--output`/experiment.json; run nothing."}
@@ -397,7 +397,7 @@ def cell(stats: dict | None) -> str:
 def markdown(result: dict) -> str:
     lines = [f"Command: `{result['command']}`. Wall time of this run: {result['wall_seconds'] / 60:.0f} min on "
              f"{result['environment']['cpu_count']} CPU cores (parts already in `--work_dir` are reused; a first run also "
-             "trains the noise-injection decoder, about 40 min). "
+             "trains the noise-injection decoder, 20-40 min). "
              f"{len(result['seeds'])} seeds ({', '.join(map(str, result['seeds']))}); mean ± std over seeds. "
              "150 held-out ESC-50 clips; references: the clip's 5 class captions.", ""]
     tables = [("Methods", result["summary"]), ("Diffusion-Link ablations", result["ablation_summary"])]
