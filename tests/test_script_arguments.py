@@ -48,3 +48,48 @@ def test_resume_picks_the_newest_complete_checkpoint(tmp_path):
     given = TrainingArguments(output_dir=str(tmp_path), resume_from_checkpoint="elsewhere")
     assert resume_checkpoint(given) == "elsewhere"
     assert resume_checkpoint(TrainingArguments(output_dir=str(tmp_path / "new"))) is None
+
+
+class _Exited(Exception):
+    pass
+
+
+def _fake_group(monkeypatch, destroy):
+    import torch.distributed as dist
+
+    calls = []
+    monkeypatch.setattr(dist, "is_available", lambda: True)
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(dist, "destroy_process_group", lambda: (calls.append("destroy"), destroy()))
+
+    def fake_exit(code):
+        raise _Exited(code)
+
+    from diffusion_link import script_arguments
+
+    monkeypatch.setattr(script_arguments.os, "_exit", fake_exit)
+    monkeypatch.setattr(script_arguments.logging, "shutdown", lambda: None)  # keep pytest's log handlers open
+    return calls
+
+
+def test_finish_distributed_waits_for_everyone_then_tears_the_group_down(monkeypatch):
+    from diffusion_link.script_arguments import finish_distributed
+
+    calls = _fake_group(monkeypatch, destroy=lambda: None)
+    finish_distributed(teardown_timeout=5)
+    assert calls == ["barrier", "destroy"]
+
+
+def test_a_teardown_that_never_returns_ends_the_process_with_success(monkeypatch, caplog):
+    import threading
+
+    from diffusion_link.script_arguments import finish_distributed
+
+    never = threading.Event()
+    calls = _fake_group(monkeypatch, destroy=never.wait)  # the pytorch#75097 hang
+    with pytest.raises(_Exited) as exited, caplog.at_level("WARNING"):
+        finish_distributed(teardown_timeout=0.2)
+    assert exited.value.args == (0,) and calls == ["barrier", "destroy"]
+    assert "did not return within" in caplog.text
+    never.set()
