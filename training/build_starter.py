@@ -144,7 +144,7 @@ class StarterArguments:
     decoder_from: str | None = field(
         default=None, metadata={"help": "Reuse this trained zero-shot decoder (a captioner folder) instead of training one."})
     results_dir: str = field(default=os.path.join(REPO_ROOT, "training", "results"),
-                             metadata={"help": "Where the bridge's validation curve is copied."})
+                             metadata={"help": "Where the bridge's validation curve and the reliability diagram go."})
     skip_eval: bool = field(default=False, metadata={"help": "Skip the 150-clip evaluation."})
 
     def recipe_path(self, path: str) -> str:

@@ -342,14 +342,19 @@ def run(args) -> dict:
         decoded.setdefault("text oracle", []).append(score_row(world, f"text_oracle_seed{seed}", oracle, decoding=True))
     rows["text oracle"] = oracle_rows
     return {"rows": rows, "ablations": ablations, "depths": depths, "noise_injection_std": noise_std(world),
-            "heads_fingerprint": heads_fingerprint(world),
+            "heads_fingerprint": heads_fingerprint(world), "decoder_recipe": decoder_recipe(world),
             "reused": reused, "decoded": decoded,
             "decoding": {k: getattr(world.decoder.config, k) for k in ("num_candidates", "rerank", "rerank_weight")}}
 
 
+def decoder_recipe(world: World) -> dict:
+    """The decoder recipe this run's starter recipe names (the noise-injection decoder's too)."""
+    return read_json_config(world.starter_args.recipe_path(world.starter_args.decoder_recipe))
+
+
 def reused_noise_injection(world: World) -> tuple[list[dict], dict]:
     """The noise-injection row of an earlier run (`--reuse_noise_injection_from`), after checking that its decoder
-    would be the same: the same noise std (hence heads) and the same decoder recipe."""
+    would caption the same test embeddings (the heads' fingerprint) with the same decoder (noise std and recipe)."""
     path = world.args.reuse_noise_injection_from
     with open(path, encoding="utf-8") as f:
         earlier = json.load(f)
@@ -360,7 +365,7 @@ def reused_noise_injection(world: World) -> tuple[list[dict], dict]:
     if earlier.get("noise_injection_std") != noise_std(world):
         raise ValueError(f"{path} used noise std {earlier.get('noise_injection_std')}, this run {noise_std(world)}: "
                          "its noise-injection decoder is not this one; train it (drop --reuse_noise_injection_from).")
-    recipe = read_json_config(world.starter_args.recipe_path(world.starter_args.decoder_recipe))
+    recipe = decoder_recipe(world)
     if earlier.get("decoder_recipe", recipe) != recipe:
         raise ValueError(f"{path} trained its noise-injection decoder with another decoder recipe.")
     rows = earlier["per_seed"]["rows"]["noise-injection"]
@@ -514,7 +519,7 @@ def main(argv: list[str] | None = None) -> dict:
         "depths": measured["depths"],
         "noise_injection_std": measured["noise_injection_std"],
         "heads_fingerprint": measured["heads_fingerprint"],
-        "decoder_recipe": read_json_config(os.path.join(REPO_ROOT, "training", "configs", "starter_decoder.json")),
+        "decoder_recipe": measured["decoder_recipe"],
         "reused": measured["reused"],
         "per_seed": {"rows": measured["rows"], "ablations": measured["ablations"], "decoded": measured["decoded"]},
         "environment": environment(),
