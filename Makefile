@@ -27,7 +27,7 @@ $(STAMP): setup.py constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m diffusion_link.demo --output_dir $(DEMO_DIR) $(FILES)
+	$(PY) -m diffusion_link.apps.demo --output_dir $(DEMO_DIR) $(FILES)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests

@@ -45,21 +45,19 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     # The model-card templates live once, in the top-level `hub_cards/`; wheels ship them as `diffusion_link/hub_cards`
-    # (`diffusion_link.model_cards` also looks in the checkout, for editable installs).
+    # (`diffusion_link.hub.model_cards` also looks in the checkout, for editable installs).
     packages=[*find_packages(include=["diffusion_link", "diffusion_link.*"]), "diffusion_link.hub_cards"],
     package_dir={"diffusion_link.hub_cards": "hub_cards"},
     # The committed starter (trained parts only, safetensors) ships inside the package, and so do the local
     # `evaluate` metric scripts (their folders are not packages).
     package_data={
-        "diffusion_link": [
-            "starter/*/*.json", "starter/*/*.safetensors", "starter/*/*.md", "starter/*.json",
-            "metrics/evaluate_modules/*/*.py",
-        ],
+        "diffusion_link.starter": ["*.json", "*/*.json", "*/*.safetensors", "*/*.md", "*/*.jinja"],
+        "diffusion_link.metrics": ["evaluate_modules/*/*.py"],
         "diffusion_link.hub_cards": ["*.md"],
     },
     install_requires=install_requires,
     extras_require=extras,
-    entry_points={"console_scripts": ["diffusion-link=diffusion_link.cli:main"]},
+    entry_points={"console_scripts": ["diffusion-link=diffusion_link.apps.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",

@@ -48,10 +48,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     import diffusion_link  # noqa: F401  (registers the task)
     from diffusion_link.audio_io import load_audio
-    from diffusion_link.default_model import STARTER_DIR, default_captioner
+    from diffusion_link.starter import STARTER_DIR, default_captioner
     from diffusion_link.embedding_extraction import embed_audio, embed_text
     from diffusion_link.metrics import caption_class_accuracy, class_prototypes
-    from diffusion_link.pretrained_references import resolve_reference
+    from diffusion_link.hub.references import resolve_reference
 
     hf_logging.set_verbosity_error()
     audio_dir = os.path.join(args.data, "esc50", "audio")

@@ -3,7 +3,7 @@
 
     python benchmarks/bench_synthetic_gap.py [--sizes 250 1000 4000 16000] [--worlds distorted rotated]
 
-For each world kind (`diffusion_link.synthetic`: `distorted`, a near-identity linear distortion of the audio side;
+For each world kind (`diffusion_link.experiments.synthetic_gap`: `distorted`, a near-identity linear distortion of the audio side;
 `rotated`, a rotation of half the dimensions and a per-coordinate stretch, which a mean shift cannot undo; both
 with a modality offset and a narrower, noisier audio cone) and each number N of training pairs:
 
@@ -38,9 +38,9 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
 from diffusion_link import CaptionMemoryBridge, IdentityBridge, LinearMapBridge, MeanShiftBridge  # noqa: E402
-from diffusion_link.embedding_files import save_embeddings  # noqa: E402
+from diffusion_link.experiments.embedding_files import save_embeddings  # noqa: E402
 from diffusion_link.metrics import paired_figures  # noqa: E402
-from diffusion_link.synthetic import AUDIO_MAPS, synthetic_gap_embeddings  # noqa: E402
+from diffusion_link.experiments.synthetic_gap import AUDIO_MAPS, synthetic_gap_embeddings  # noqa: E402
 from training import train_bridge  # noqa: E402
 
 

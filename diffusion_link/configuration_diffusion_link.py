@@ -82,7 +82,7 @@ class DiffusionLinkConfig(PretrainedConfig):
             closes the centroid distance further, but on the starter's real pairs it loses badly (README, "Bridge
             recipes"), so it is off by default.
         depth_selection (`dict`, *optional*):
-            How `strength` was picked, when it was picked on held-out pairs (`diffusion_link.depth_selection`: the
+            How `strength` was picked, when it was picked on held-out pairs (`diffusion_link.experiments.depth_selection`: the
             rule, whether a depth qualified, the held-out R@1 and paired cosine at the pick and of the raw audio).
             Written by `training/train_bridge.py`; shown in the model card.
         noise_seed (`int`, *optional*, defaults to 0):

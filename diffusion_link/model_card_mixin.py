@@ -1,7 +1,7 @@
 """`save_pretrained` writes this package's model card and `push_to_hub` uploads it, for every model of the package.
 
 Copied next to saved models (custom code on the Hub): imports only transformers' logging at module level; the card
-templates live in `diffusion_link.model_cards` (shipped with the package, not copied), so a Hub copy running without
+templates live in `diffusion_link.hub.model_cards` (shipped with the package, not copied), so a Hub copy running without
 the package writes no card and pushes like transformers.
 """
 
@@ -26,16 +26,16 @@ class ModelCardMixin:
     transformers' own `push_to_hub` (and `save_pretrained(push_to_hub=True)`) saves a generic README.md over the
     folder's after `save_pretrained` (`create_and_tag_model_card`), so both are replaced here: the folder is saved
     with our card, then uploaded as it is with `HfApi.upload_folder`. A README.md already in the repo is kept, as
-    transformers does (replace it on purpose with `diffusion_link.model_cards.model_card(...).push_to_hub(repo_id)`).
+    transformers does (replace it on purpose with `diffusion_link.hub.model_cards.model_card(...).push_to_hub(repo_id)`).
 
-    The card comes from `diffusion_link.model_cards` (templates shipped with the package). A Hub copy of this file
+    The card comes from `diffusion_link.hub.model_cards` (templates shipped with the package). A Hub copy of this file
     running without the package installed writes no card and pushes like transformers.
     """
 
     def save_pretrained(self, save_directory, *args, model_card_kwargs: dict | None = None, **kwargs):
         """transformers' `save_pretrained`, plus the model card `save_directory/README.md`, written only when the
         folder has none (a card of your own is never replaced). `model_card_kwargs` go to
-        `diffusion_link.model_cards.model_card` (`eval_results`, `base_model`, `datasets`, `license`, ...).
+        `diffusion_link.hub.model_cards.model_card` (`eval_results`, `base_model`, `datasets`, `license`, ...).
         With `push_to_hub=True` (and `repo_id`, `token`, `commit_message`, ...) the folder is then uploaded as in
         `push_to_hub`."""
         cards = _model_cards_module()
@@ -117,11 +117,11 @@ class ModelCardMixin:
 
 
 def _model_cards_module():
-    """`diffusion_link.model_cards`, or None in a Hub copy of this file without the package (it holds the templates).
+    """`diffusion_link.hub.model_cards`, or None in a Hub copy of this file without the package (it holds the templates).
 
     An absolute import in a `try` block: transformers neither copies it next to the weights nor requires it."""
     try:
-        from diffusion_link import model_cards
+        from diffusion_link.hub import model_cards
     except ImportError:
         return None
     return model_cards

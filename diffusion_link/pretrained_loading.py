@@ -79,20 +79,20 @@ def own_aligned_memory(tensors: Iterable[torch.Tensor]) -> None:
 
 
 # References to weights inside installed Python packages or this package's cache (see
-# `diffusion_link.pretrained_references`); only meaningful where diffusion_link is installed.
+# `diffusion_link.hub.references`); only meaningful where diffusion_link is installed.
 PACKAGE_REFERENCE_PREFIXES = ("package:", "cache:")
 
 
 def resolve_base_reference(reference: str) -> str:
     """Where `from_pretrained` finds a referenced base model: a Hub id or a folder as it is; a `package:` or `cache:`
-    reference through `diffusion_link.pretrained_references` (the package must be installed: a Hub copy of this file
+    reference through `diffusion_link.hub.references` (the package must be installed: a Hub copy of this file
     does not carry that code)."""
     if not isinstance(reference, str) or not reference:
         raise ValueError(f"A model reference must be a non-empty string, got {reference!r}.")
     if not reference.startswith(PACKAGE_REFERENCE_PREFIXES):
         return reference
     try:
-        from diffusion_link.pretrained_references import resolve_reference
+        from diffusion_link.hub.references import resolve_reference
     except ImportError as err:
         raise ImportError(
             f"{reference!r} refers to weights inside an installed package; loading it needs diffusion_link "

@@ -1,5 +1,5 @@
 """The starter build's bridge and decoder stages on tiny stand-ins: the bridge validates on head fold 0 (never trained
-on) and picks its depth there by `diffusion_link.depth_selection`'s rule; `--decoder_from` reuses a trained decoder."""
+on) and picks its depth there by `diffusion_link.experiments.depth_selection`'s rule; `--decoder_from` reuses a trained decoder."""
 
 import os
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from diffusion_link import DiffusionLinkBridge, DiffusionLinkConfig
-from diffusion_link.depth_selection import pick_depth, sweep_depths, sweep_depths_cross_fitted
-from diffusion_link.embedding_files import load_embeddings
+from diffusion_link.experiments.depth_selection import pick_depth, sweep_depths, sweep_depths_cross_fitted
+from diffusion_link.experiments.embedding_files import load_embeddings
 from diffusion_link.testing import tiny_captioner
 from training import build_starter
 

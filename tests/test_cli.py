@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from diffusion_link import DiffusionLinkBridge, DiffusionLinkConfig
-from diffusion_link.cli import main
-from diffusion_link.embedding_files import save_embeddings
-from diffusion_link.synthetic import synthetic_gap_embeddings
+from diffusion_link.apps.cli import main
+from diffusion_link.experiments.embedding_files import save_embeddings
+from diffusion_link.experiments.synthetic_gap import synthetic_gap_embeddings
 
 
 def test_gap_command_reports_raw_and_bridged_figures(tmp_path, capsys):
@@ -76,7 +76,7 @@ def test_caption_command_csv_glob_and_raise(saved_tiny_captioner, tmp_path, caps
 
 
 def test_caption_command_without_a_model_says_so(tmp_path, capsys, monkeypatch):
-    from diffusion_link import cli
+    from diffusion_link.apps import cli
 
     from .conftest import write_wav
 

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from diffusion_link.depth_selection import pick_depth, sweep_depths, sweep_depths_cross_fitted, write_depth_sweep
+from diffusion_link.experiments.depth_selection import pick_depth, sweep_depths, sweep_depths_cross_fitted, write_depth_sweep
 
 
 def figures(cos, r1):

@@ -3,7 +3,7 @@ import os
 import pytest
 import torch
 
-from diffusion_link.embedding_files import load_embeddings, save_embeddings
+from diffusion_link.experiments.embedding_files import load_embeddings, save_embeddings
 
 
 def test_round_trip_with_metadata(tmp_path):

@@ -6,8 +6,8 @@ import types
 
 import pytest
 
-from diffusion_link.cli import main
-from diffusion_link.evaluation import (
+from diffusion_link.apps.cli import main
+from diffusion_link.apps.evaluation import (
     DEFAULT_EVALUATION_METRICS,
     PREDICTION_FIELDS,
     evaluate_captioner,
@@ -200,7 +200,7 @@ def test_evaluate_without_a_text_tokenizer_stops_before_captioning(saved_tiny_ca
 
 # ---------------------------------------------------------------------------------------------- atomic outputs
 def test_atomic_open_leaves_the_previous_file_when_a_write_fails(tmp_path):
-    from diffusion_link.atomic_files import atomic_open, atomic_path
+    from diffusion_link.experiments.atomic_files import atomic_open, atomic_path
 
     target = tmp_path / "scores.json"
     with atomic_open(target, "w", encoding="utf-8") as f:
@@ -222,7 +222,7 @@ def test_atomic_open_leaves_the_previous_file_when_a_write_fails(tmp_path):
 
 
 def test_an_interrupted_evaluation_leaves_the_previous_outputs_intact(tiny_pipeline, clips, tmp_path, monkeypatch):
-    import diffusion_link.evaluation as evaluation
+    import diffusion_link.apps.evaluation as evaluation
 
     files, references = clips[:3], [[c] for c in CAPTIONS[:3]]
     run = dict(max_new_tokens=2, batch_size=1, gap="off", command_line=["test"])

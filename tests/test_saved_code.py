@@ -8,22 +8,10 @@ import sys
 import pytest
 
 
-# What `pipe.save_pretrained` copies next to a CLAP/LLaMA captioner (`custom_object_save` follows relative imports).
-CAPTIONER_CODE = [
-    "audio_io.py",
-    "configuration_diffusion_link.py",
-    "configuration_diffusion_link_captioner.py",
-    "embedding_extraction.py",
-    "model_card_mixin.py",
-    "modeling_diffusion_link.py",
-    "modeling_diffusion_link_captioner.py",
-    "peer_bridges.py",
-    "pipeline_audio_captioning.py",
-    "pretrained_loading.py",
-    "reranking.py",
-    "seeding.py",
-    "validation.py",
-]
+# The top level of the package is the Hub folder: what `pipe.save_pretrained` copies next to a CLAP/LLaMA captioner
+# (`custom_object_save` follows single-dot imports) is exactly the set of top-level modules; the rest is subpackages.
+PACKAGE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "diffusion_link")
+CAPTIONER_CODE = sorted(name for name in os.listdir(PACKAGE_DIR) if name.endswith(".py") and name != "__init__.py")
 ALLOWED_ROOTS = {"torch", "transformers", "diffusers", "numpy"}
 
 

@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 import pytest
 from transformers import TrainingArguments
 
-from diffusion_link.script_arguments import last_complete_checkpoint, parse_script_args, resume_checkpoint
+from diffusion_link.experiments.script_arguments import last_complete_checkpoint, parse_script_args, resume_checkpoint
 
 
 @dataclass
@@ -66,7 +66,7 @@ def _fake_group(monkeypatch, destroy):
     def fake_exit(code):
         raise _Exited(code)
 
-    from diffusion_link import script_arguments
+    from diffusion_link.experiments import script_arguments
 
     monkeypatch.setattr(script_arguments.os, "_exit", fake_exit)
     monkeypatch.setattr(script_arguments.logging, "shutdown", lambda: None)  # keep pytest's log handlers open
@@ -74,7 +74,7 @@ def _fake_group(monkeypatch, destroy):
 
 
 def test_finish_distributed_waits_for_everyone_then_tears_the_group_down(monkeypatch):
-    from diffusion_link.script_arguments import finish_distributed
+    from diffusion_link.experiments.script_arguments import finish_distributed
 
     calls = _fake_group(monkeypatch, destroy=lambda: None)
     finish_distributed(teardown_timeout=5)
@@ -84,7 +84,7 @@ def test_finish_distributed_waits_for_everyone_then_tears_the_group_down(monkeyp
 def test_a_teardown_that_never_returns_ends_the_process_with_success(monkeypatch, caplog):
     import threading
 
-    from diffusion_link.script_arguments import finish_distributed
+    from diffusion_link.experiments.script_arguments import finish_distributed
 
     never = threading.Event()
     calls = _fake_group(monkeypatch, destroy=never.wait)  # the pytorch#75097 hang

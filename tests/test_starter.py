@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from diffusion_link.default_model import STARTER_DIR, default_captioner
+from diffusion_link.starter import STARTER_DIR, default_captioner
 
 from .conftest import REPO_ROOT, run_python
 
@@ -55,7 +55,7 @@ def nearest_class(caption: str) -> str:
 
     from diffusion_link import StarterAudioTextEncoder
     from diffusion_link.embedding_extraction import embed_text
-    from diffusion_link.pretrained_references import resolve_reference
+    from diffusion_link.hub.references import resolve_reference
 
     classes = json.load(open(os.path.join(STARTER_DIR, "esc50_captions.json")))["classes"]
     encoder = StarterAudioTextEncoder.from_bases()

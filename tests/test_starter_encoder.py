@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from diffusion_link import StarterAudioTextEncoder, StarterEncoderConfig, StarterFeatureExtractor
-from diffusion_link.feature_extraction_starter import AISFX_SAMPLING_RATE, aisfx_log_mel
+from diffusion_link.starter.feature_extraction_starter_encoder import AISFX_SAMPLING_RATE, aisfx_log_mel
 
 
 def tiny_config(**kw):

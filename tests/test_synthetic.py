@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from diffusion_link import MeanShiftBridge, modality_gap
-from diffusion_link.synthetic import synthetic_gap_embeddings
+from diffusion_link.experiments.synthetic_gap import synthetic_gap_embeddings
 
 
 def test_shapes_and_unit_norms():

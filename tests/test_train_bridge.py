@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from diffusion_link import DiffusionLinkBridge
-from diffusion_link.embedding_files import load_embeddings, save_embeddings
-from diffusion_link.synthetic import synthetic_gap_embeddings
+from diffusion_link.experiments.embedding_files import load_embeddings, save_embeddings
+from diffusion_link.experiments.synthetic_gap import synthetic_gap_embeddings
 from training import train_bridge
 
 from .conftest import REPO_ROOT

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer, pipeline
 
 from diffusion_link import DiffusionLinkForAudioCaptioning
-from diffusion_link.embedding_files import save_embeddings
+from diffusion_link.experiments.embedding_files import save_embeddings
 from diffusion_link.metrics import caption_scores
 from training import train_captioner
 

@@ -1,5 +1,5 @@
 """Every JSON recipe in training/configs parses with the script that takes it, through the one parsing path
-(`diffusion_link.script_arguments.parse_script_args`): the paper-scale configs, the starter's and the experiment's."""
+(`diffusion_link.experiments.script_arguments.parse_script_args`): the paper-scale configs, the starter's and the experiment's."""
 
 import glob
 import json

@@ -24,7 +24,7 @@ from .conftest import REPO_ROOT, run_python, write_wav
 
 gradio = pytest.importorskip("gradio", reason="the web page needs the [app] extra (Gradio); `make test` installs it")
 
-from diffusion_link.web_demo import Limits, WebDemo, build_app, write_space  # noqa: E402
+from diffusion_link.apps.web_demo import Limits, WebDemo, build_app, write_space  # noqa: E402
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -86,7 +86,7 @@ def test_the_app_is_offline_bound_to_localhost_and_queued(tiny_demo):
     assert gradio.themes.Default()._stylesheets  # ... which this check would catch
     caption_fn = [fn for fn in app.fns.values() if fn.api_name == "caption"]
     assert len(caption_fn) == 1 and caption_fn[0].concurrency_limit == 3
-    from diffusion_link.cli import build_parser
+    from diffusion_link.apps.cli import build_parser
 
     serve = build_parser().parse_args(["serve"])
     assert serve.host == "127.0.0.1" and serve.port == 7860
@@ -95,18 +95,20 @@ def test_the_app_is_offline_bound_to_localhost_and_queued(tiny_demo):
 def test_space_folder_runs_the_page_and_is_pushed_to_the_hub(saved_tiny_captioner, tmp_path, hub):
     out = tmp_path / "space"
     files = write_space(str(out), str(saved_tiny_captioner), Limits(120, 20))
-    assert {"app.py", "requirements.txt", "README.md", "diffusion_link/web_demo.py", "model/config.json"} <= set(files)
+    assert {"app.py", "requirements.txt", "README.md", "diffusion_link/apps/web_demo.py", "model/config.json"} <= set(files)
     readme = (out / "README.md").read_text()
     assert readme.startswith("---\n") and "sdk: gradio" in readme and "app_file: app.py" in readme
     assert "gradio" in (out / "requirements.txt").read_text()
-    assert not (out / "diffusion_link" / "starter").exists()  # a model of its own: the starter is not copied
+    starter = out / "diffusion_link" / "starter"  # a model of its own: the starter's code, not its weights or data
+    assert sorted(p.name for p in starter.iterdir()) == sorted(
+        name for name in os.listdir(os.path.join(REPO_ROOT, "diffusion_link", "starter")) if name.endswith(".py"))
     # The Space's app builds the page from the copied model in a fresh process, without launching it.
     code = ("import runpy, sys; sys.argv = ['app.py']; ns = runpy.run_path('app.py', run_name='space');"
             "print(type(ns['app']).__name__, ns['demo'].pipe.model.config.model_type)")
     assert run_python(code, cwd=str(out)).split() == ["Blocks", "diffusion_link_captioner"]
     with pytest.raises(FileExistsError):
         write_space(str(out), str(saved_tiny_captioner))
-    run_python("import sys; from diffusion_link.cli import main; "
+    run_python("import sys; from diffusion_link.apps.cli import main; "
                f"sys.exit(main(['space', {str(tmp_path / 'space2')!r}, '--model', {str(saved_tiny_captioner)!r}, "
                "'--push', 'user/captioner-space']))")
     repo = hub.repos[("space", "user/captioner-space")]
@@ -123,7 +125,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def starter_server():
-    from diffusion_link.default_model import default_captioner
+    from diffusion_link.starter import default_captioner
 
     if default_captioner() is None:
         pytest.skip("this checkout has no starter captioner")
@@ -132,7 +134,7 @@ def starter_server():
     pytest.importorskip("playwright", reason="needs Playwright (the [browser-test] extra); `make test` installs it")
     port = free_port()
     env = dict(os.environ, PYTHONPATH=REPO_ROOT)
-    proc = subprocess.Popen([sys.executable, "-m", "diffusion_link.cli", "serve", "--port", str(port)], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "diffusion_link.apps.cli", "serve", "--port", str(port)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 240
@@ -185,7 +187,7 @@ def caption_in_page(browser, url: str, path: str, wait_for: str = "#caption text
 
 
 def test_the_page_captions_an_upload_as_the_pipeline_does(starter_server, starter_pipe, browser, tmp_path):
-    from diffusion_link.demo import synthetic_sounds
+    from diffusion_link.apps.demo import synthetic_sounds
 
     siren = synthetic_sounds(str(tmp_path))[0]
     page, start = caption_in_page(browser, starter_server, siren)

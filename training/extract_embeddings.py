@@ -11,7 +11,7 @@
 - The encoder is anything `AutoModel` loads with `get_audio_features` / `get_text_features` (transformers'
   `ClapModel` first) and `AutoProcessor` loads a feature extractor and tokenizer for.
 
-The output is the safetensors format of `diffusion_link.embedding_files` (`audio_embeds`, `text_embeds`,
+The output is the safetensors format of `diffusion_link.experiments.embedding_files` (`audio_embeds`, `text_embeds`,
 `unpaired_text_embeds`), with the file names, captions and unpaired captions in its metadata
 (`file_names`, `captions`, `unpaired_captions`), so the captioner can train from it directly.
 
@@ -44,12 +44,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import AutoModel, AutoProcessor
 
-from diffusion_link.atomic_files import atomic_path
+from diffusion_link.experiments.atomic_files import atomic_path
 from diffusion_link.audio_io import load_audio
-from diffusion_link.embedding_files import save_embeddings
+from diffusion_link.experiments.embedding_files import save_embeddings
 from diffusion_link.embedding_extraction import embed_audio, embed_text
-from diffusion_link.reference_captions import read_caption_file
-from diffusion_link.script_arguments import finish_distributed, parse_script_args
+from diffusion_link.apps.reference_captions import read_caption_file
+from diffusion_link.experiments.script_arguments import finish_distributed, parse_script_args
 
 
 logger = logging.getLogger(__name__)

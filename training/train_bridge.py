@@ -5,7 +5,7 @@
     python training/train_bridge.py --train_file embeds.safetensors --output_dir out --max_steps 2000
     torchrun --nproc_per_node=2 training/train_bridge.py config.json      # DDP (gloo on CPU)
 
-The train file is the safetensors format of `diffusion_link.embedding_files`: paired `audio_embeds` / `text_embeds`
+The train file is the safetensors format of `diffusion_link.experiments.embedding_files`: paired `audio_embeds` / `text_embeds`
 rows and optional `unpaired_text_embeds`. D is read from the data. The EMA of the denoiser is updated after every
 optimiser step by a callback; it is part of the model's weights, so checkpoints carry it and `resume_from_checkpoint`
 restores it. The result is a `save_pretrained` folder (`AutoModel.from_pretrained(out, trust_remote_code=True)`).
@@ -15,7 +15,7 @@ Validation (a Diffusion-Link bridge with paired rows): `--validation_file`, or e
 configured depth on them (`compute_metrics`: held-out paired cosine, nearest-text cosine, centroid distance, R@1,
 R@5 and `selection_score` = paired cosine + R@1), keeps the checkpoint with the best `selection_score` (moving
 audio onto its caption without losing which caption it is) and stops after `--early_stopping_patience` evaluations
-without improvement. Then `strength` is picked on the same pairs by `diffusion_link.depth_selection` and saved in the
+without improvement. Then `strength` is picked on the same pairs by `diffusion_link.experiments.depth_selection` and saved in the
 config, with the sweep in `depth_sweep.json` / `depth_sweep.png`. The held-out figures of every evaluation are drawn
 against the step in `validation_curve.png` (the kept checkpoint marked).
 """
@@ -33,10 +33,10 @@ from torch.utils.data import Dataset
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from diffusion_link import DiffusionLinkBridge, DiffusionLinkConfig, modality_gap, text_only_diffusion_config
-from diffusion_link.depth_selection import DEPTH_GRID, pick_depth, sweep_depths, write_depth_sweep
-from diffusion_link.embedding_files import UNPAIRED_KEY, load_embeddings
+from diffusion_link.experiments.depth_selection import DEPTH_GRID, pick_depth, sweep_depths, write_depth_sweep
+from diffusion_link.experiments.embedding_files import UNPAIRED_KEY, load_embeddings
 from diffusion_link.metrics import paired_figures
-from diffusion_link.script_arguments import finish_distributed, parse_script_args, read_json_config, resume_checkpoint
+from diffusion_link.experiments.script_arguments import finish_distributed, parse_script_args, read_json_config, resume_checkpoint
 
 
 logger = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ class DataArguments:
     )
     pick_depth: bool = field(
         default=True,
-        metadata={"help": "After training, pick `strength` on the validation pairs (diffusion_link.depth_selection)."},
+        metadata={"help": "After training, pick `strength` on the validation pairs (diffusion_link.experiments.depth_selection)."},
     )
     depth_grid: list[float] = field(
         default_factory=lambda: list(DEPTH_GRID), metadata={"help": "Candidate depths s*/T of the pick."}
@@ -356,7 +356,7 @@ DEFAULT_RECIPE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "confi
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
-    """`[config.json] [--flag value ...]` (see `diffusion_link.script_arguments`) over the script's default recipe,
+    """`[config.json] [--flag value ...]` (see `diffusion_link.experiments.script_arguments`) over the script's default recipe,
     `training/configs/bridge_defaults.json` (what the script does without flags)."""
     return parse_script_args((ModelArguments, DataArguments, TrainingArguments), argv,
                              defaults=read_json_config(DEFAULT_RECIPE))

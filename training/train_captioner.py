@@ -43,13 +43,13 @@ from transformers import (
 )
 
 from diffusion_link import AudioCaptionPipeline, DiffusionLinkForAudioCaptioning
-from diffusion_link.embedding_files import UNPAIRED_KEY, load_embeddings
+from diffusion_link.experiments.embedding_files import UNPAIRED_KEY, load_embeddings
 from diffusion_link.embedding_extraction import embed_text
 from diffusion_link.metrics import COCO_METRICS, caption_scores
 from diffusion_link.pipeline_audio_captioning import DEFAULT_MAX_NEW_TOKENS
-from diffusion_link.pretrained_references import resolve_reference
-from diffusion_link.reference_captions import read_caption_file
-from diffusion_link.script_arguments import finish_distributed, parse_script_args, resume_checkpoint
+from diffusion_link.hub.references import resolve_reference
+from diffusion_link.apps.reference_captions import read_caption_file
+from diffusion_link.experiments.script_arguments import finish_distributed, parse_script_args, resume_checkpoint
 
 
 logger = logging.getLogger(__name__)
@@ -283,7 +283,7 @@ def build_model(args: ModelArguments) -> DiffusionLinkForAudioCaptioning:
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
-    """`[config.json] [--flag value ...]` (see `diffusion_link.script_arguments`)."""
+    """`[config.json] [--flag value ...]` (see `diffusion_link.experiments.script_arguments`)."""
     return parse_script_args((ModelArguments, DataArguments, TrainingArguments), argv)
 
 

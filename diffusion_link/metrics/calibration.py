@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..reranking import CONFIDENCE_FEATURES
+from diffusion_link.reranking import CONFIDENCE_FEATURES
 
 
 def fit_confidence_calibration(features: Sequence[Sequence[float]], correct: Sequence[bool],

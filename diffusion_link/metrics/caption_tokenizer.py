@@ -147,7 +147,7 @@ def coco_tokenize(text: str) -> list[str]:
 # ---------------------------------------------------------------------------------------------- the Java reference
 def ptb_jar_path() -> str | None:
     """The Stanford CoreNLP jar shipped by `pycocoevalcap`, or None when the package is not installed."""
-    from ..pretrained_references import package_path
+    from diffusion_link.hub.references import package_path
 
     try:
         path = package_path("pycocoevalcap", os.path.join("tokenizer", "stanford-corenlp-3.4.1.jar"))

@@ -26,7 +26,7 @@ METEOR_JAR = os.path.join("meteor", "meteor-1.5.jar")
 
 def meteor_jar_path() -> str | None:
     """The METEOR jar inside the installed `pycocoevalcap`, or None when the package is not installed."""
-    from ..pretrained_references import package_path
+    from diffusion_link.hub.references import package_path
 
     try:
         path = package_path("pycocoevalcap", METEOR_JAR)

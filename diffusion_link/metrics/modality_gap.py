@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..validation import check_embeddings
+from diffusion_link.validation import check_embeddings
 
 
 # The separability probe's inverse L2 strength (scikit-learn's C). Weak regularisation: the probe should find any

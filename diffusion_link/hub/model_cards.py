@@ -20,9 +20,10 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 
 CARD_NAME = "README.md"
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # diffusion_link/
 TEMPLATE_DIRS = (
-    Path(__file__).resolve().parent / "hub_cards",  # installed wheel (package data)
-    Path(__file__).resolve().parent.parent / "hub_cards",  # source checkout / editable install
+    PACKAGE_ROOT / "hub_cards",  # installed wheel (package data)
+    PACKAGE_ROOT.parent / "hub_cards",  # source checkout / editable install
 )
 # Template file and default model name by `config.model_type`.
 TEMPLATES = {

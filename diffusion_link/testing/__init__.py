@@ -74,10 +74,10 @@ def tiny_captioner(seed: int = 0, bridge_type: str = "diffusion_link", lora_r: i
     """
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from .configuration_diffusion_link import DiffusionLinkConfig
-    from .configuration_diffusion_link_captioner import DiffusionLinkCaptionerConfig
-    from .modeling_diffusion_link_captioner import DiffusionLinkForAudioCaptioning
-    from .pipeline_audio_captioning import AudioCaptionPipeline
+    from diffusion_link.configuration_diffusion_link import DiffusionLinkConfig
+    from diffusion_link.configuration_diffusion_link_captioner import DiffusionLinkCaptionerConfig
+    from diffusion_link.modeling_diffusion_link_captioner import DiffusionLinkForAudioCaptioning
+    from diffusion_link.pipeline_audio_captioning import AudioCaptionPipeline
 
     clap, processor = tiny_clap(seed=seed)
     tokenizer = tiny_llama_tokenizer()

@@ -1,8 +1,8 @@
 """One-command, reproducible evaluation of a captioner on audio with reference captions.
 
 ```python
-from diffusion_link.evaluation import evaluate_captioner
-from diffusion_link.reference_captions import read_references_csv
+from diffusion_link.apps.evaluation import evaluate_captioner
+from diffusion_link.apps.reference_captions import read_references_csv
 
 files, references = read_references_csv("clotho_captions_evaluation.csv", audio_dir="clotho/evaluation")
 report = evaluate_captioner("path/to/captioner", files, references, "eval_out")   # or an AudioCaptionPipeline
@@ -28,7 +28,7 @@ need at least `MIN_GAP_PAIRS` of them (the separability probe is cross-validated
 `return_embeddings=True`: each clip's audio embedding and the bridged embedding the decoder read (nothing is embedded
 twice).
 
-Reference captions are read by `diffusion_link.reference_captions` (CSV files of AudioCaps / Clotho, or sidecar text
+Reference captions are read by `diffusion_link.apps.reference_captions` (CSV files of AudioCaps / Clotho, or sidecar text
 files).
 """
 
@@ -48,17 +48,17 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 from transformers.utils.logging import tqdm
 
-from .atomic_files import atomic_open, atomic_path
-from .metrics.caption_scores import CAPTION_METRICS, COCO_METRICS
-from .pipeline_audio_captioning import DEFAULT_MAX_NEW_TOKENS
-from .validation import check_positive_int
+from diffusion_link.experiments.atomic_files import atomic_open, atomic_path
+from diffusion_link.metrics.caption_scores import CAPTION_METRICS, COCO_METRICS
+from diffusion_link.pipeline_audio_captioning import DEFAULT_MAX_NEW_TOKENS
+from diffusion_link.validation import check_positive_int
 
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-    from .modeling_diffusion_link_captioner import DiffusionLinkForAudioCaptioning
-    from .pipeline_audio_captioning import AudioCaptionPipeline
+    from diffusion_link.modeling_diffusion_link_captioner import DiffusionLinkForAudioCaptioning
+    from diffusion_link.pipeline_audio_captioning import AudioCaptionPipeline
 
 
 logger = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ def tower_text_tokenizer(
     """
     from transformers import AutoTokenizer
 
-    from .pretrained_references import resolve_reference
+    from diffusion_link.hub.references import resolve_reference
 
     if text_tokenizer is not None and not isinstance(text_tokenizer, (str, os.PathLike)):
         return text_tokenizer
@@ -258,7 +258,7 @@ def evaluate_captioner(
                        len(failures), len(rows), failures[0]["file"], failures[0]["error"], SCORES_FILE)
     report: dict[str, Any] = {"scores": {}, "metrics": {}}
     if captioned:
-        from .metrics.caption_scores import caption_score_details
+        from diffusion_link.metrics.caption_scores import caption_score_details
 
         details = caption_score_details([r["generated_text"] for r in captioned],
                                         [r["references"] for r in captioned], metrics).to_dict()
@@ -300,7 +300,7 @@ def environment_info(model: torch.nn.Module | None = None) -> dict[str, str]:
     import diffusers
     import transformers
 
-    from . import __version__
+    from diffusion_link import __version__
 
     info = {
         "python": platform.python_version(),
@@ -316,14 +316,14 @@ def environment_info(model: torch.nn.Module | None = None) -> dict[str, str]:
 
 
 def _load_pipeline(pipe_or_model, trust_remote_code: bool):
-    from .pipeline_audio_captioning import AudioCaptionPipeline
+    from diffusion_link.pipeline_audio_captioning import AudioCaptionPipeline
 
     if isinstance(pipe_or_model, AudioCaptionPipeline):
         return pipe_or_model
     if isinstance(pipe_or_model, (str, os.PathLike)):
         from transformers import pipeline
 
-        from .configuration_diffusion_link_captioner import PIPELINE_TASK
+        from diffusion_link.configuration_diffusion_link_captioner import PIPELINE_TASK
 
         return pipeline(PIPELINE_TASK, model=os.fspath(pipe_or_model), trust_remote_code=trust_remote_code)
     raise TypeError(
@@ -336,8 +336,8 @@ def _load_pipeline(pipe_or_model, trust_remote_code: bool):
 @torch.no_grad()
 def _gap_section(model, tokenizer, audio_embeds, bridged_embeds, texts, num_files, output_dir, strength,
                  num_inference_steps, gap) -> dict[str, Any]:
-    from .embedding_extraction import embed_text
-    from .metrics import modality_gap, plot_modality_gap
+    from diffusion_link.embedding_extraction import embed_text
+    from diffusion_link.metrics import modality_gap, plot_modality_gap
 
     if gap == "off":
         return {"status": "off"}

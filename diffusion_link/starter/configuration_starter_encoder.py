@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from transformers import BertConfig, PretrainedConfig
 
-from .validation import check_positive_int
+from diffusion_link.validation import check_positive_int
 
 
 TEXT_PROJECTIONS = ("identity", "mlp")

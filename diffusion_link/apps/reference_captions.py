@@ -18,7 +18,7 @@ import os
 import re
 from typing import Any, Sequence
 
-from .audio_io import AUDIO_EXTENSIONS
+from diffusion_link.audio_io import AUDIO_EXTENSIONS
 
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """`make demo`: caption a few sounds with the bundled starter captioner, and show the modality gap it closes.
 
-    python -m diffusion_link.demo [FILES ...] [--output_dir demo_output] [--data ../shared/data]
+    python -m diffusion_link.apps.demo [FILES ...] [--output_dir demo_output] [--data ../shared/data]
 
 Without FILES it captions sounds that this module synthesises (a siren, an alarm, a ticking clock, wind-like noise,
 and silence, which must be flagged rather than captioned). When the ESC-50 clips are available (`--data`, else
@@ -51,11 +51,11 @@ def gap_report(pipe, data: str, output_dir: str) -> dict | None:
     import torch
     from transformers import AutoTokenizer
 
-    from .audio_io import load_audio
-    from .default_model import STARTER_DIR
-    from .embedding_extraction import embed_text
-    from .metrics import format_gap_table, modality_gap, plot_modality_gap
-    from .pretrained_references import resolve_reference
+    from diffusion_link.audio_io import load_audio
+    from diffusion_link.starter import STARTER_DIR
+    from diffusion_link.embedding_extraction import embed_text
+    from diffusion_link.metrics import format_gap_table, modality_gap, plot_modality_gap
+    from diffusion_link.hub.references import resolve_reference
 
     audio_dir = os.path.join(data, "esc50", "audio")
     split_file = os.path.join(STARTER_DIR, "split.json")
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import pipeline
     from transformers.utils import logging as hf_logging
 
-    from .default_model import default_captioner
+    from diffusion_link.starter import default_captioner
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()

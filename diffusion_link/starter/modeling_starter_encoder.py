@@ -15,8 +15,8 @@ from torch import nn
 from transformers import BertModel, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from .configuration_starter_encoder import StarterEncoderConfig
-from .pretrained_references import resolve_reference
+from diffusion_link.starter.configuration_starter_encoder import StarterEncoderConfig
+from diffusion_link.hub.references import resolve_reference
 
 
 class AiSFXConvBlock(nn.Module):

@@ -17,8 +17,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .atomic_files import atomic_path
-from .validation import check_embeddings
+from diffusion_link.experiments.atomic_files import atomic_path
+from diffusion_link.validation import check_embeddings
 
 
 PAIRED_KEYS = ("audio_embeds", "text_embeds")

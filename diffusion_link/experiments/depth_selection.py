@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .metrics.modality_gap import paired_figures
+from diffusion_link.metrics.modality_gap import paired_figures
 
 
 DEPTH_GRID = (0.01, 0.025, 0.05, 0.1, 0.2, 0.4)

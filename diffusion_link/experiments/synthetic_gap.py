@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .validation import check_positive_int
+from diffusion_link.validation import check_positive_int
 
 
 AUDIO_MAPS = ("distorted", "rotated")

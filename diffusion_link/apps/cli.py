@@ -8,7 +8,7 @@
                             [--strength S] [--num-inference-steps K] [--limit N] [--gap on|off] [--text-tokenizer T]
 
 `evaluate` writes predictions.csv, scores.json (scores, environment, command line), gap.json and gap.png into
-OUT (see `diffusion_link.evaluation`). References come from a CSV (`file_name` or AudioCaps' `youtube_id`, and
+OUT (see `diffusion_link.apps.evaluation`). References come from a CSV (`file_name` or AudioCaps' `youtube_id`, and
 `caption` / `caption_1..N` columns) or, for PATHS, from a sidecar text file next to each audio file (`dog.txt` for
 `dog.wav`, one caption per line).
 
@@ -30,14 +30,14 @@ CSV_FIELDS = ("file", "generated_text", "is_silent", "duration_s", "sampling_rat
 
 def default_model() -> str | None:
     """The model `caption` uses without `--model`: the committed starter captioner."""
-    from .default_model import default_captioner
+    from diffusion_link.starter import default_captioner
 
     return default_captioner()
 
 
 def expand_paths(paths: list[str]) -> list[str]:
     """Files, folders (searched recursively for audio files) and glob patterns -> a sorted, de-duplicated list."""
-    from .audio_io import AUDIO_EXTENSIONS
+    from diffusion_link.audio_io import AUDIO_EXTENSIONS
 
     found = []
     for path in paths:
@@ -76,7 +76,7 @@ def _caption(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
     from transformers import pipeline
 
-    from . import pipeline_audio_captioning  # noqa: F401  (registers the task)
+    from diffusion_link import pipeline_audio_captioning  # noqa: F401  (registers the task)
 
     model = args.model or default_model()
     if model is None:
@@ -177,8 +177,8 @@ def _open_sink(output: str | None):
 
 
 def _gap(args: argparse.Namespace) -> int:
-    from .embedding_files import load_embeddings
-    from .metrics import format_gap_table, modality_gap, plot_modality_gap
+    from diffusion_link.experiments.embedding_files import load_embeddings
+    from diffusion_link.metrics import format_gap_table, modality_gap, plot_modality_gap
 
     tensors, _ = load_embeddings(args.embeddings)
     if "audio_embeds" not in tensors:
@@ -188,7 +188,7 @@ def _gap(args: argparse.Namespace) -> int:
     results = {"raw": modality_gap(audio, text)}
     bridged = None
     if args.bridge:
-        from .modeling_diffusion_link import DiffusionLinkBridge
+        from diffusion_link.modeling_diffusion_link import DiffusionLinkBridge
 
         bridge = DiffusionLinkBridge.from_pretrained(args.bridge).eval()
         bridged = bridge.link(audio, strength=args.strength, num_inference_steps=args.steps)
@@ -203,8 +203,8 @@ def _gap(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate_captioner, resolve_metrics
-    from .reference_captions import read_references_csv, read_sidecar_references
+    from diffusion_link.apps.evaluation import evaluate_captioner, resolve_metrics
+    from diffusion_link.apps.reference_captions import read_references_csv, read_sidecar_references
 
     if bool(args.paths) == bool(args.references):
         raise ValueError("give either --references refs.csv (with --audio-dir) or audio PATHS with sidecar .txt "
@@ -238,7 +238,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"{name:20s} {value:.4f}" if name != "num_predictions" else f"{name:20s} {int(value)}")
     section = report["modality_gap"]
     if section["status"] == "computed":
-        from .metrics import format_gap_table
+        from diffusion_link.metrics import format_gap_table
 
         print(format_gap_table({"raw": section["raw"], "bridged": section["bridged"]}))
     elif section["status"] == "skipped":
@@ -250,7 +250,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .pipeline_audio_captioning import DEFAULT_MAX_NEW_TOKENS
+    from diffusion_link.pipeline_audio_captioning import DEFAULT_MAX_NEW_TOKENS
 
     parser = argparse.ArgumentParser(prog="diffusion-link", description="Diffusion-Link: audio-text modality gap tools.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -335,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _app_module():
     try:
-        from . import web_demo
+        from diffusion_link.apps import web_demo
 
         import gradio  # noqa: F401
     except ImportError:

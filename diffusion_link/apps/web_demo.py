@@ -27,14 +27,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .audio_io import SILENCE_THRESHOLD_DBFS
+from diffusion_link.audio_io import SILENCE_THRESHOLD_DBFS
+from diffusion_link.starter import STARTER_DIR
 
 
 # Gradio reads this at import: no usage statistics leave the machine.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 LONG_AUDIO_WINDOW_S = 10.0  # audio longer than this is captioned window by window, with timestamps
-CAPTION_GALLERY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "starter", "esc50_captions.json")
+CAPTION_GALLERY = os.path.join(STARTER_DIR, "esc50_captions.json")
 SPACE_REQUIREMENTS = [
     "torch", "transformers>=4.50", "diffusers>=0.30", "peft>=0.13", "safetensors", "huggingface-hub", "numpy",
     "soundfile>=0.12", "librosa>=0.10", "matplotlib>=3.7", "gradio>=5,<6", "gguf>=0.10",
@@ -126,7 +127,7 @@ class WebDemo:
             with open(CAPTION_GALLERY, encoding="utf-8") as f:
                 texts = [c for caps in json.load(f)["classes"].values() for c in caps]
             try:
-                from .embedding_extraction import embed_text
+                from diffusion_link.embedding_extraction import embed_text
 
                 embeds = embed_text(self.pipe.model.audio_tower, self.pipe.audio_text_tokenizer, texts)
             except (ValueError, OSError, AttributeError, TypeError):
@@ -169,7 +170,7 @@ class WebDemo:
 
 def demo_sounds(folder: str) -> list[str]:
     """The demo's example sounds (those `make demo` captions), written into `folder`."""
-    from .demo import synthetic_sounds
+    from diffusion_link.apps.demo import synthetic_sounds
 
     return synthetic_sounds(folder)
 
@@ -217,8 +218,8 @@ def load_demo(model: str | None, limits: Limits | None = None, trust_remote_code
     """A `WebDemo` of `model` (a folder or Hub id; None: the bundled starter captioner)."""
     from transformers import pipeline
 
-    from . import pipeline_audio_captioning  # noqa: F401  (registers the task)
-    from .default_model import default_captioner
+    from diffusion_link import pipeline_audio_captioning  # noqa: F401  (registers the task)
+    from diffusion_link.starter import default_captioner
 
     name = model or default_captioner()
     if name is None:
@@ -246,11 +247,11 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)  # the bundled diffusion_link package
 
-from diffusion_link.web_demo import Limits, build_app, demo_sounds, load_demo  # noqa: E402
+from diffusion_link.apps.web_demo import Limits, build_app, demo_sounds, load_demo  # noqa: E402
 
 MODEL = {model!r}  # None: the bundled starter captioner; "model": the folder copied next to this file; else a Hub id
 if MODEL is None:  # the starter's audio base, converted once from the aisfx wheel (as `make` does)
-    from diffusion_link.pretrained_references import cache_dir
+    from diffusion_link.hub.references import cache_dir
 
     target = os.path.join(cache_dir(), "aisfx", "embedding_net.safetensors")
     if not os.path.exists(target):
@@ -299,9 +300,16 @@ def write_space(out_dir: str, model: str | None = None, limits: Limits | None = 
     if os.path.exists(out_dir) and os.listdir(out_dir):
         raise FileExistsError(f"{out_dir} exists and is not empty; pass an empty or new folder.")
     os.makedirs(out_dir, exist_ok=True)
-    package = os.path.dirname(os.path.abspath(__file__))
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # diffusion_link/
     starter = model is None
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", *([] if starter else ["starter"]))
+    caches = shutil.ignore_patterns("__pycache__", "*.pyc")
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        skipped = set(caches(folder, names))
+        if not starter and os.path.samefile(folder, STARTER_DIR):  # another model: the starter's code, not its files
+            skipped |= {name for name in names if not name.endswith(".py")}
+        return skipped
+
     shutil.copytree(package, os.path.join(out_dir, "diffusion_link"), ignore=ignore)
     model_ref = None if starter else model
     if model is not None and os.path.isdir(model):

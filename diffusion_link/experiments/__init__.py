@@ -1,0 +1,3 @@
+"""Helpers of the training scripts, the benchmarks and the experiment, which the model itself never imports: the
+depth rule (`depth_selection`), synthetic gap worlds (`synthetic_gap`), embedding files (`embedding_files`),
+script arguments and resuming (`script_arguments`), and crash-safe writes (`atomic_files`)."""
