@@ -17,6 +17,18 @@ BRIDGE_TYPES = ("diffusion_link", "identity", "mean_shift")
 BASE_WEIGHTS = ("embedded", "referenced")
 RERANK_MODES = ("lm", "similarity", "combined")  # diffusion_link.reranking
 PIPELINE_TASK = "audio-captioning"
+# The caption length every entry point uses unless told otherwise: ESC-50 / AudioCaps captions are 5-20 words. The
+# captioner puts it into its language model's `generation_config.max_new_tokens` when that has none (see
+# `DiffusionLinkForAudioCaptioning.__init__`), so `model.generate`, the pipeline and `caption_embeds` all default to
+# it, and `generation_config.max_new_tokens` is the one knob to change it for a loaded model.
+DEFAULT_MAX_NEW_TOKENS = 30
+
+
+def check_rerank(rerank: str) -> str:
+    """Return `rerank`, or raise `ValueError` unless it is one of `RERANK_MODES` (config, pipeline, reranking)."""
+    if rerank not in RERANK_MODES:
+        raise ValueError(f"`rerank` must be one of {RERANK_MODES}, got {rerank!r}.")
+    return rerank
 
 
 class DiffusionLinkCaptionerConfig(PretrainedConfig):
@@ -145,8 +157,7 @@ class DiffusionLinkCaptionerConfig(PretrainedConfig):
             )
 
         check_positive_int("num_candidates", num_candidates)
-        if rerank not in RERANK_MODES:
-            raise ValueError(f"`rerank` must be one of {RERANK_MODES}, got {rerank!r}.")
+        check_rerank(rerank)
         if not isinstance(rerank_weight, (int, float)) or isinstance(rerank_weight, bool) or rerank_weight < 0:
             raise ValueError(f"`rerank_weight` must be a number >= 0, got {rerank_weight!r}.")
         if confidence_calibration is not None and not {"features", "coef", "intercept", "mean", "scale"} <= set(

@@ -74,16 +74,31 @@ def embed_audio(
     return F.normalize(summed, dim=-1).cpu()
 
 
+def mean_pooled(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, L, H) token states and their (B, L) mask -> (B, H) L2-normalised mean over the unmasked tokens
+    (sentence-transformers' recipe for all-MiniLM-L6-v2: the starter's text tower and the semantic-similarity
+    metric)."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, L, 1)
+    return F.normalize((hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9), dim=-1)
+
+
 @torch.no_grad()
-def embed_text(model, tokenizer, texts: Sequence[str], *, batch_size: int = 64) -> torch.Tensor:
-    """(N,) captions -> (N, D) L2-normalised text embeddings. Empty captions raise `ValueError` with their rows."""
+def embed_text(
+    model, tokenizer, texts: Sequence[str], *, batch_size: int = 64, max_length: int | None = None
+) -> torch.Tensor:
+    """(N,) captions -> (N, D) L2-normalised float32 text embeddings of `model.get_text_features`, on the CPU.
+
+    Empty captions raise `ValueError` with their rows. Longer captions are truncated to `max_length` tokens (default:
+    the tokenizer's `model_max_length`).
+    """
     empty = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
     if empty:
         raise ValueError(f"{len(empty)} empty or non-string captions (rows {empty[:10]}); remove or fill them.")
     device = next(model.parameters()).device
     chunks = []
     for start in range(0, len(texts), batch_size):
-        inputs = tokenizer(list(texts[start : start + batch_size]), padding=True, truncation=True, return_tensors="pt")
+        inputs = tokenizer(list(texts[start : start + batch_size]), padding=True, truncation=True,
+                           max_length=max_length, return_tensors="pt")
         inputs = {k: v.to(device) for k, v in inputs.items() if k in ("input_ids", "attention_mask")}
         chunks.append(F.normalize(pooled_embeddings(model.get_text_features(**inputs)).float(), dim=-1).cpu())
     return torch.cat(chunks)

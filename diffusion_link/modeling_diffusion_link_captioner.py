@@ -12,6 +12,8 @@ transformers, diffusers and flat sibling modules; peft is imported when a checkp
 from __future__ import annotations
 
 import copy
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -21,8 +23,8 @@ from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
 from transformers.utils import ModelOutput, is_peft_available
 
 from .peer_bridges import IdentityBridge, MeanShiftBridge
-from .configuration_diffusion_link_captioner import DiffusionLinkCaptionerConfig
-from .embedding_extraction import audio_embeddings, embed_audio
+from .configuration_diffusion_link_captioner import DEFAULT_MAX_NEW_TOKENS, DiffusionLinkCaptionerConfig
+from .embedding_extraction import audio_embeddings, embed_audio, embed_text
 from .model_card_mixin import ModelCardMixin
 from .modeling_diffusion_link import DiffusionLinkBridge, GeneratorArg
 from .pretrained_loading import (
@@ -32,7 +34,12 @@ from .pretrained_loading import (
     own_aligned_memory,
     resolve_base_reference,
 )
-from .validation import check_embeddings
+from .reranking import beam_candidates, candidate_generate_kwargs, scored_candidates
+from .validation import check_embeddings, check_positive_int
+
+
+# The subfolder of a saved captioner that holds its audio tower's text tokenizer (see `audio_text_tokenizer`).
+AUDIO_TEXT_TOKENIZER_FOLDER = "audio_text_tokenizer"
 
 
 @dataclass
@@ -110,6 +117,13 @@ class DiffusionLinkForAudioCaptioning(DiffusionLinkCaptionerPreTrainedModel):
         if language_model is None:
             language_model = AutoModelForCausalLM.from_config(config.text_config)
         self.language_model = language_model
+        generation_config = getattr(language_model, "generation_config", None)
+        if generation_config is not None and generation_config.max_new_tokens is None:
+            # The caption length's one home: `generate`, the pipeline and `caption_embeds` all read it from here.
+            generation_config.max_new_tokens = DEFAULT_MAX_NEW_TOKENS
+        self._audio_text_tokenizer = None
+        # (folder, subfolder) of a loaded folder's `audio_text_tokenizer/`, set by `from_pretrained`.
+        self._audio_text_tokenizer_folder: tuple[str, str] | None = None
         if config.lora_r:
             self._add_lora()
         self.post_init()
@@ -246,6 +260,7 @@ class DiffusionLinkForAudioCaptioning(DiffusionLinkCaptionerPreTrainedModel):
             model = checked_from_pretrained(super().from_pretrained, pretrained_model_name_or_path, *args, **kwargs)
             if isinstance(model, tuple):
                 model = model[0]
+        model._audio_text_tokenizer_folder = _saved_tokenizer_folder(pretrained_model_name_or_path, kwargs)
         # Small trained parts get fresh (aligned) memory, so a loaded model reproduces the saved one bit for bit.
         own_aligned_memory((*model.bridge.parameters(), *model.bridge.buffers(), *model.multi_modal_projector.parameters()))
         model.trained_parts_to_float32()
@@ -284,9 +299,143 @@ class DiffusionLinkForAudioCaptioning(DiffusionLinkCaptionerPreTrainedModel):
         }
 
     def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' `save_pretrained` (only the trained parts with referenced bases), plus the audio tower's text
+        tokenizer in `audio_text_tokenizer/` whenever the model has one (see `audio_text_tokenizer`), so the saved
+        folder scores captions with exactly the tokenizer this model used."""
         if self.config.base_weights == "referenced" and kwargs.get("state_dict") is None:
             kwargs["state_dict"] = self.trained_state_dict()
-        return super().save_pretrained(save_directory, *args, **kwargs)
+        out = super().save_pretrained(save_directory, *args, **kwargs)
+        has_tokenizer = self._audio_text_tokenizer is not None or self._audio_text_tokenizer_source() is not None
+        if kwargs.get("is_main_process", True) and has_tokenizer:
+            self.audio_text_tokenizer.save_pretrained(os.path.join(save_directory, AUDIO_TEXT_TOKENIZER_FOLDER))
+        return out
+
+    # ------------------------------------------------------------------ the joint space's text side
+    @property
+    def audio_text_tokenizer(self):
+        """The tokenizer of the audio tower's text side (CLAP's RoBERTa, the starter's MiniLM), which scores captions.
+
+        Found by one rule and loaded once, on first use: the one set here (`model.audio_text_tokenizer = tok`, as the
+        pipeline's `audio_text_tokenizer=` does), else the loaded folder's `audio_text_tokenizer/` subfolder, else
+        `config.audio_text_tokenizer_name_or_path`, else `config.audio_tower_name_or_path` (a Hub id, a folder or a
+        `package:` / `cache:` reference). `save_pretrained` writes it into `audio_text_tokenizer/`.
+        Raises `ValueError` when none of these exists.
+        """
+        if self._audio_text_tokenizer is None:
+            found = self._audio_text_tokenizer_source()
+            if found is None:
+                raise ValueError(
+                    "Scoring captions needs the audio tower's text tokenizer, and this captioner records none: set "
+                    "`model.audio_text_tokenizer` (the pipeline's `audio_text_tokenizer=`) or "
+                    "`config.audio_text_tokenizer_name_or_path`."
+                )
+            from transformers import AutoTokenizer
+
+            reference, subfolder = found
+            self._audio_text_tokenizer = AutoTokenizer.from_pretrained(resolve_base_reference(reference),
+                                                                       subfolder=subfolder)
+        return self._audio_text_tokenizer
+
+    @audio_text_tokenizer.setter
+    def audio_text_tokenizer(self, tokenizer) -> None:
+        self._audio_text_tokenizer = tokenizer
+
+    def _audio_text_tokenizer_source(self) -> tuple[str, str] | None:
+        """(reference, subfolder) the tokenizer loads from by the rule of `audio_text_tokenizer`, or None."""
+        if self._audio_text_tokenizer_folder is not None:
+            return self._audio_text_tokenizer_folder
+        reference = self.config.audio_text_tokenizer_name_or_path or self.config.audio_tower_name_or_path
+        return (reference, "") if reference else None
+
+    def _text_max_length(self) -> int | None:
+        # Captions are short, but a tokenizer may not know its text model's position limit (RoBERTa-style ids start
+        # at 2, so CLAP's 514 positions hold 512 tokens).
+        tower_config = getattr(self.audio_tower.config, "text_config", None)
+        positions = getattr(tower_config, "max_position_embeddings", None)
+        return min(self.audio_text_tokenizer.model_max_length, positions - 2) if positions else None
+
+    @torch.no_grad()
+    def embed_text(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+        """(N,) captions -> (N, D) L2-normalised float32 text embeddings of the audio tower's joint space, on the
+        CPU (`audio_text_tokenizer`, then the tower's `get_text_features`). Empty captions raise `ValueError`."""
+        check_positive_int("batch_size", batch_size)
+        return embed_text(self.audio_tower, self.audio_text_tokenizer, list(texts), batch_size=batch_size,
+                          max_length=self._text_max_length())
+
+    @torch.no_grad()
+    def score_captions(self, audio_embeds: torch.Tensor, texts: Sequence[Sequence[str]]) -> list[list[float]]:
+        """The cosine of each clip's (B, D) audio embedding with the joint-space embedding of each of its captions:
+        `texts[b]` are clip b's captions; an empty caption scores 0.0. All captions are embedded in one batch."""
+        audio_embeds = check_embeddings("audio_embeds", audio_embeds, self.config.embedding_dim, allow_vector=True)
+        if len(texts) != len(audio_embeds):
+            raise ValueError(f"`texts` has captions of {len(texts)} clips for {len(audio_embeds)} audio embeddings.")
+        flat = [t for clip in texts for t in clip]
+        if not flat:
+            return [[] for _ in texts]
+        # A blank caption is embedded as "." (so the batch keeps its shape) and scored 0.0.
+        text = embed_text(self.audio_tower, self.audio_text_tokenizer, [t if t.strip() else "." for t in flat],
+                          batch_size=len(flat), max_length=self._text_max_length())  # (sum_b k_b, D)
+        audio = F.normalize(audio_embeds.float().cpu(), dim=-1)  # (B, D)
+        out, row = [], 0
+        for b, clip in enumerate(texts):
+            out.append([0.0 if not t.strip() else float(audio[b] @ text[row + k]) for k, t in enumerate(clip)])
+            row += len(clip)
+        return out
+
+    # ------------------------------------------------------------------ captioning embeddings
+    def prompt_input_ids(self, tokenizer) -> torch.LongTensor | None:
+        """(1, L) token ids of `config.prompt` (placed after the soft prefix), or None for an empty prompt."""
+        ids = tokenizer(self.config.prompt, add_special_tokens=False).input_ids if self.config.prompt else []
+        return torch.tensor([ids], dtype=torch.long) if ids else None
+
+    @torch.no_grad()
+    def caption_embeds(
+        self,
+        embeds: torch.Tensor,
+        tokenizer,
+        *,
+        num_candidates: int = 1,
+        audio_embeds: torch.Tensor | None = None,
+        max_new_tokens: int | None = None,
+        batch_size: int = 8,
+        **generate_kwargs,
+    ) -> list[str] | list[list[dict]]:
+        """Caption (N, D) decoder-input embeddings (bridged audio, or text) after the config's prompt.
+
+        - `num_candidates == 1`: greedy captions, a list of N strings;
+        - `num_candidates = k > 1`: per row the k beam-search candidates in beam order, each `{text, lm_logprob,
+          audio_text_similarity}` (`reranking.scored_candidates`; rank them with `reranking.rank_candidates`). The
+          similarity is taken against `audio_embeds`, the rows' raw (N, D) audio embeddings (before the bridge),
+          which are then required.
+
+        The rows go to the LM as they are (no bridge, no noise), `batch_size` per `generate` call; `max_new_tokens`
+        defaults to the LM's `generation_config.max_new_tokens` (`DEFAULT_MAX_NEW_TOKENS` unless changed), and
+        `generate_kwargs` go to `generate`. The build, the experiment and the benchmarks caption embeddings with this.
+        """
+        embeds = check_embeddings("embeds", embeds, self.config.embedding_dim)
+        check_positive_int("num_candidates", num_candidates)
+        check_positive_int("batch_size", batch_size)
+        if num_candidates > 1:
+            if audio_embeds is None:
+                raise ValueError("`caption_embeds(num_candidates > 1)` needs the rows' raw `audio_embeds` to score "
+                                 "the candidates against.")
+            audio_embeds = check_embeddings("audio_embeds", audio_embeds, self.config.embedding_dim,
+                                            num_rows=len(embeds))
+        if max_new_tokens is not None:
+            generate_kwargs["max_new_tokens"] = check_positive_int("max_new_tokens", max_new_tokens)
+        prompt = self.prompt_input_ids(tokenizer)
+        found = []
+        for start in range(0, len(embeds), batch_size):
+            rows = slice(start, start + batch_size)
+            if num_candidates == 1:
+                ids = self.generate(text_embeds=embeds[rows], input_ids=prompt, **generate_kwargs)
+                found += [t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+                continue
+            generated = self.generate(text_embeds=embeds[rows], input_ids=prompt,
+                                      **candidate_generate_kwargs(num_candidates, generate_kwargs))
+            texts, lm_logprobs = beam_candidates(generated, tokenizer, num_candidates)
+            found += scored_candidates(texts, lm_logprobs, self.score_captions(audio_embeds[rows], texts))
+        return found
 
     # ------------------------------------------------------------------ the three stages
     @torch.no_grad()
@@ -461,6 +610,23 @@ def build_audio_tower(config: DiffusionLinkCaptionerConfig) -> nn.Module:
 def load_audio_tower(reference: str) -> nn.Module:
     """Load an audio tower with `AutoModel` by Hub id, local folder or `package:` reference."""
     return AutoModel.from_pretrained(resolve_base_reference(reference))
+
+
+def _saved_tokenizer_folder(path, kwargs: dict) -> tuple[str, str] | None:
+    """(path, subfolder) of the `audio_text_tokenizer/` saved with the captioner at `path` (a folder or Hub repo),
+    or None when it has none: checked by file, so no tokenizer load is attempted that would fail."""
+    path = os.fspath(path)
+    subfolder = "/".join(p for p in (kwargs.get("subfolder"), AUDIO_TEXT_TOKENIZER_FOLDER) if p)
+    if os.path.isdir(path):
+        found = os.path.isfile(os.path.join(path, subfolder, "tokenizer_config.json"))
+    else:
+        from transformers.utils import cached_file
+
+        fetch = {k: v for k, v in hub_kwargs(kwargs).items() if k != "subfolder"}
+        found = cached_file(path, "tokenizer_config.json", subfolder=subfolder,
+                            _raise_exceptions_for_missing_entries=False,
+                            _raise_exceptions_for_connection_errors=False, **fetch) is not None
+    return (path, subfolder) if found else None
 
 
 def _tower_kwargs(is_longer, feature_attention_mask) -> dict:

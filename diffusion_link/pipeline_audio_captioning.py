@@ -23,16 +23,11 @@ from .audio_io import (
     prepare_audio,
     window_bounds,
 )
-from .configuration_diffusion_link_captioner import RERANK_MODES
-from .pretrained_loading import resolve_base_reference
-from .reranking import candidate_generate_kwargs, confidence, rank_candidates, scored_candidates
+from .configuration_diffusion_link_captioner import DEFAULT_MAX_NEW_TOKENS, RERANK_MODES  # noqa: F401 (re-export)
+from .reranking import beam_candidates, candidate_generate_kwargs, confidence, rank_candidates, scored_candidates
 from .seeding import content_seed, seeded_generators
 
 
-# The caption length every entry point uses unless told otherwise (pipeline, CLI, evaluate, training-time generation,
-# the experiment and the benchmarks import it from here): ESC-50 / AudioCaps captions are 5-20 words.
-DEFAULT_MAX_NEW_TOKENS = 30
-AUDIO_TEXT_TOKENIZER_FOLDER = "audio_text_tokenizer"
 ON_ERROR = ("raise", "report")
 
 
@@ -85,7 +80,8 @@ class AudioCaptionPipeline(Pipeline):
 
     def __init__(self, *args, audio_text_tokenizer=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self._audio_text_tokenizer = audio_text_tokenizer
+        if audio_text_tokenizer is not None:
+            self.model.audio_text_tokenizer = audio_text_tokenizer
         if self.tokenizer is None or self.feature_extractor is None:
             raise ValueError("AudioCaptionPipeline needs the captioner's tokenizer and feature extractor.")
         prompt = getattr(self.model.config, "prompt", "")
@@ -106,38 +102,8 @@ class AudioCaptionPipeline(Pipeline):
 
     @property
     def audio_text_tokenizer(self):
-        """The audio tower's text tokenizer, which scores candidates (loaded on first use)."""
-        if self._audio_text_tokenizer is None:
-            self._audio_text_tokenizer = self._folder_audio_text_tokenizer()
-        if self._audio_text_tokenizer is None:
-            config = self.model.config
-            reference = config.audio_text_tokenizer_name_or_path or config.audio_tower_name_or_path
-            if not reference:
-                raise ValueError(
-                    "Scoring candidate captions needs the audio tower's text tokenizer: pass `audio_text_tokenizer=` "
-                    "to the pipeline or set `config.audio_text_tokenizer_name_or_path`."
-                )
-            from transformers import AutoTokenizer
-
-            self._audio_text_tokenizer = AutoTokenizer.from_pretrained(resolve_base_reference(reference))
-        return self._audio_text_tokenizer
-
-    def _folder_audio_text_tokenizer(self):
-        """The tokenizer saved in the model folder's `audio_text_tokenizer/` (a local folder or Hub repo), or None."""
-        from transformers import AutoTokenizer
-
-        try:
-            return AutoTokenizer.from_pretrained(self.model.name_or_path, subfolder=AUDIO_TEXT_TOKENIZER_FOLDER)
-        except (OSError, ValueError, TypeError):
-            return None
-
-    def save_pretrained(self, save_directory, **kwargs):
-        """transformers' `save_pretrained`, plus `audio_text_tokenizer/` when the pipeline was given one or loaded
-        from a folder that has one, or loaded it from its reference: the saved folder then needs no reference."""
-        super().save_pretrained(save_directory, **kwargs)
-        tokenizer = self._audio_text_tokenizer or self._folder_audio_text_tokenizer()
-        if tokenizer is not None:
-            tokenizer.save_pretrained(os.path.join(save_directory, AUDIO_TEXT_TOKENIZER_FOLDER))
+        """The model's `audio_text_tokenizer` (the audio tower's text tokenizer, which scores candidates)."""
+        return self.model.audio_text_tokenizer
 
     # ------------------------------------------------------------------ parameters
     def _sanitize_parameters(
@@ -305,7 +271,7 @@ class AudioCaptionPipeline(Pipeline):
     ) -> dict[str, list]:
         windows = model_inputs["windows"]
         config = self.model.config
-        generate_kwargs = {"max_new_tokens": DEFAULT_MAX_NEW_TOKENS, **(generate_kwargs or {})}
+        generate_kwargs = dict(generate_kwargs or {})  # max_new_tokens: the LM's generation_config (30)
         num_candidates = num_candidates or getattr(config, "num_candidates", 1)
         if num_candidates > 1:
             generate_kwargs = candidate_generate_kwargs(num_candidates, generate_kwargs)
@@ -326,8 +292,8 @@ class AudioCaptionPipeline(Pipeline):
                 num_inference_steps=num_inference_steps, generator=seeded_generators(seeds), **generate_kwargs,
             )
             if num_candidates > 1:
-                candidates = scored_candidates(ids, self.tokenizer, num_candidates, self.model.audio_tower,
-                                               self.audio_text_tokenizer, embeds)
+                texts, lm_logprobs = beam_candidates(ids, self.tokenizer, num_candidates)
+                candidates = scored_candidates(texts, lm_logprobs, self.model.score_captions(embeds, texts))
                 for k, i in enumerate(rows):
                     ranked = rank_candidates(candidates[k], rerank or getattr(config, "rerank", "combined"),
                                              getattr(config, "rerank_weight", 1.0))

@@ -3,8 +3,9 @@
 With `num_candidates` = k > 1 the captioner decodes k captions per clip by beam search. Each candidate gets
 - `lm_logprob`: its beam score, the language model's log-probability of the caption per generated token;
 - `audio_text_similarity`: the cosine, in the audio tower's joint space, between the clip's audio embedding (before
-  the bridge) and the candidate's text embedding (`get_text_features` of the tower), so it works for CLAP and for the
-  starter alike.
+  the bridge) and the candidate's text embedding (`DiffusionLinkForAudioCaptioning.score_captions`, through the
+  tower's `get_text_features`), so it works for CLAP and for the starter alike. This module only combines scores;
+  it never calls a model.
 
 `rank_candidates` orders them by `rerank`: `"lm"` (the top beam), `"similarity"`, or `"combined"`:
 `lm_logprob + weight * audio_text_similarity`, the weight a config field (`rerank_weight`) picked on held-out clips
@@ -20,54 +21,35 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import torch
-import torch.nn.functional as F
-
-from .configuration_diffusion_link_captioner import RERANK_MODES
-from .embedding_extraction import pooled_embeddings
+from .configuration_diffusion_link_captioner import check_rerank
 
 
 CONFIDENCE_FEATURES = ("audio_text_similarity", "lm_logprob", "similarity_margin", "agreement")
 
 
-def check_rerank(rerank: str) -> str:
-    if rerank not in RERANK_MODES:
-        raise ValueError(f"`rerank` must be one of {RERANK_MODES}, got {rerank!r}.")
-    return rerank
-
-
-@torch.no_grad()
-def audio_text_similarities(audio_tower, text_tokenizer, audio_embeds: torch.Tensor,
-                            texts: Sequence[Sequence[str]]) -> list[list[float]]:
-    """Cosine of each clip's (B, D) audio embedding with the tower's text embedding of each of its candidates."""
-    flat = [t for clip in texts for t in clip]
-    device = next(audio_tower.parameters()).device
-    # Captions are short, but a tokenizer may not know its text model's position limit (RoBERTa-style ids start at 2).
-    positions = getattr(getattr(audio_tower.config, "text_config", None), "max_position_embeddings", None)
-    max_length = min(text_tokenizer.model_max_length, positions - 2) if positions else None
-    tokens = text_tokenizer([t if t.strip() else "." for t in flat], padding=True, truncation=True,
-                            max_length=max_length, return_tensors="pt")
-    tokens = {k: v.to(device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
-    text = F.normalize(pooled_embeddings(audio_tower.get_text_features(**tokens)).float(), dim=-1).cpu()
-    audio = F.normalize(audio_embeds.float().cpu(), dim=-1)
-    out, row = [], 0
-    for b, clip in enumerate(texts):
-        out.append([0.0 if not t.strip() else float(audio[b] @ text[row + k]) for k, t in enumerate(clip)])
-        row += len(clip)
-    return out
-
-
-def scored_candidates(generated, tokenizer, num_candidates: int, audio_tower, audio_text_tokenizer,
-                      audio_embeds: torch.Tensor) -> list[list[dict]]:
-    """The candidates of a beam search that returned `num_candidates` sequences per clip (`return_dict_in_generate`,
-    `output_scores`): per clip of the (B, D) `audio_embeds`, `{text, lm_logprob, audio_text_similarity}` in beam
-    order."""
+def beam_candidates(generated, tokenizer, num_candidates: int) -> tuple[list[list[str]], list[list[float]]]:
+    """The texts and LM scores of a beam search that returned `num_candidates` sequences per clip
+    (`return_dict_in_generate`, `output_scores`): per clip, in beam order, the stripped captions and their
+    `sequences_scores` (log-probability per generated token)."""
     texts = [t.strip() for t in tokenizer.batch_decode(generated.sequences, skip_special_tokens=True)]
-    groups = [texts[b * num_candidates : (b + 1) * num_candidates] for b in range(len(audio_embeds))]
-    similarity = audio_text_similarities(audio_tower, audio_text_tokenizer, audio_embeds, groups)
     scores = generated.sequences_scores.float().cpu().tolist()
-    return [[{"text": t, "lm_logprob": scores[b * num_candidates + j], "audio_text_similarity": sim}
-             for j, (t, sim) in enumerate(zip(groups[b], similarity[b]))] for b in range(len(groups))]
+    clips = range(len(texts) // num_candidates)
+    return ([texts[b * num_candidates : (b + 1) * num_candidates] for b in clips],
+            [scores[b * num_candidates : (b + 1) * num_candidates] for b in clips])
+
+
+def scored_candidates(texts: Sequence[Sequence[str]], lm_logprobs: Sequence[Sequence[float]],
+                      similarities: Sequence[Sequence[float]]) -> list[list[dict]]:
+    """Per clip, `{text, lm_logprob, audio_text_similarity}` of each candidate, in the given (beam) order.
+
+    The similarities come from the captioner's joint space (`DiffusionLinkForAudioCaptioning.score_captions`), so
+    this module never touches a tower."""
+    if not len(texts) == len(lm_logprobs) == len(similarities):
+        raise ValueError(f"Got candidates of {len(texts)} clips, LM scores of {len(lm_logprobs)} and similarities "
+                         f"of {len(similarities)}.")
+    return [[{"text": t, "lm_logprob": float(lp), "audio_text_similarity": float(sim)}
+             for t, lp, sim in zip(clip_texts, clip_lps, clip_sims)]
+            for clip_texts, clip_lps, clip_sims in zip(texts, lm_logprobs, similarities)]
 
 
 def candidate_generate_kwargs(num_candidates: int, generate_kwargs: dict | None = None) -> dict:
@@ -111,8 +93,10 @@ def confidence_features(ranked: list[dict]) -> list[float]:
 
 def confidence(ranked: list[dict], calibration: dict | None) -> float | None:
     """The calibrated probability that the top candidate names what is heard; None without a calibration."""
-    if not calibration or not ranked or not ranked[0]["text"].strip():
-        return None if not calibration else 0.0
+    if not calibration:
+        return None
+    if not ranked or not ranked[0]["text"].strip():
+        return 0.0  # an empty caption names nothing it could be right about
     if list(calibration["features"]) != list(CONFIDENCE_FEATURES):
         raise ValueError(f"confidence_calibration uses features {calibration['features']}, this version computes "
                          f"{list(CONFIDENCE_FEATURES)}.")
