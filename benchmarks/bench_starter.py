@@ -48,30 +48,27 @@ def main(argv: list[str] | None = None) -> dict:
 
     import diffusion_link  # noqa: F401  (registers the task)
     from diffusion_link.audio_io import load_audio
-    from diffusion_link.starter import STARTER_DIR, default_captioner
     from diffusion_link.embedding_extraction import embed_audio, embed_text
-    from diffusion_link.metrics import caption_class_accuracy, class_prototypes
     from diffusion_link.hub.references import resolve_reference
+    from diffusion_link.metrics import caption_class_accuracy
+    from diffusion_link.starter import default_captioner
+    from diffusion_link.starter.build.decoding import caption_embeddings
+    from diffusion_link.starter.world import StarterWorld, read_split
 
     hf_logging.set_verbosity_error()
     audio_dir = os.path.join(args.data, "esc50", "audio")
     if default_captioner() is None or not os.path.isdir(audio_dir):
         sys.exit(f"needs the committed starter and the ESC-50 clips at {audio_dir}")
-    with open(os.path.join(STARTER_DIR, "split.json"), encoding="utf-8") as f:
-        test = json.load(f)["test"]
-    with open(os.path.join(STARTER_DIR, "esc50_captions.json"), encoding="utf-8") as f:
-        classes = json.load(f)["classes"]
-    names = list(classes)
-    labels = [names.index(clip["category"]) for clip in test]
+    test = read_split()["test"]
+    captions = StarterWorld(data=args.data).captions
+    labels = [captions.index(clip["category"]) for clip in test]
     files = [os.path.join(audio_dir, clip["filename"]) for clip in test]
 
     pipe = pipeline("audio-captioning")
     model = pipe.model
     encoder = model.audio_tower
     minilm_tokenizer = AutoTokenizer.from_pretrained(resolve_reference(encoder.config.text_model_name_or_path))
-    reference_texts = [c for name in names for c in classes[name]]
-    reference_labels = [k for k, name in enumerate(names) for _ in classes[name]]
-    prototypes = class_prototypes(embed_text(encoder, minilm_tokenizer, reference_texts), torch.tensor(reference_labels))
+    prototypes = captions.prototypes(embed_text(encoder, minilm_tokenizer, captions.texts))
 
     # Speed first, before anything else fills the caches: one clip, then batches of 8.
     pipe(files[0], max_new_tokens=args.max_new_tokens)  # warm-up
@@ -93,24 +90,22 @@ def main(argv: list[str] | None = None) -> dict:
     # The same decoder fed the raw audio embedding (no bridge) and a reference caption's text embedding (oracle).
     rate = pipe.feature_extractor.sampling_rate
     audio = embed_audio(encoder, pipe.feature_extractor, [load_audio(p, rate) for p in files], batch_size=16)
-    oracle = embed_text(encoder, minilm_tokenizer, [classes[c["category"]][i % 5] for i, c in enumerate(test)])
-    prompt = torch.tensor([pipe.tokenizer(model.config.prompt, add_special_tokens=False).input_ids])
+    # The oracle takes the clips' captions in turn: the i-th test clip gets caption i modulo its label's count.
+    oracle_texts = [captions.captions(label)[i % len(captions.captions(label))] for i, label in enumerate(labels)]
+    oracle = embed_text(encoder, minilm_tokenizer, oracle_texts)
 
     def decode(embeds: torch.Tensor) -> list[str]:
-        out = []
-        for s in range(0, len(embeds), 16):
-            ids = model.generate(text_embeds=embeds[s : s + 16], input_ids=prompt, max_new_tokens=args.max_new_tokens)
-            out += [t.strip() for t in pipe.tokenizer.batch_decode(ids, skip_special_tokens=True)]
-        return out
+        return caption_embeddings(model, pipe.tokenizer, embeds, args.max_new_tokens, batch=16)
 
-    captions = {"diffusion_link": bridged, "identity": decode(audio), "text_oracle": decode(oracle)}
+    decoded = {"diffusion_link": bridged, "identity": decode(audio), "text_oracle": decode(oracle)}
     if getattr(model.config, "num_candidates", 1) > 1:
         greedy = pipe(files, batch_size=8, max_new_tokens=args.max_new_tokens, num_candidates=1)
-        captions["diffusion_link_greedy"] = [r["generated_text"] for r in greedy]
+        decoded["diffusion_link_greedy"] = [r["generated_text"] for r in greedy]
+    prompt = torch.tensor([pipe.tokenizer(model.config.prompt, add_special_tokens=False).input_ids])
     speed = decoding_speed(pipe, files[:48], audio[:48], prompt, args.max_new_tokens)
     accuracy = {k: caption_class_accuracy(v, labels, prototypes, lambda texts: embed_text(encoder, minilm_tokenizer, texts))
-                for k, v in captions.items()}
-    for k, v in captions.items():
+                for k, v in decoded.items()}
+    for k, v in decoded.items():
         print(f"{k:15s} class accuracy {accuracy[k]:.3f}   e.g. {v[:3]}")
     result = {
         "clips": len(files),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 
 from transformers.utils import logging
 
@@ -32,12 +33,21 @@ class ModelCardMixin:
     running without the package installed writes no card and pushes like transformers.
     """
 
-    def save_pretrained(self, save_directory, *args, model_card_kwargs: dict | None = None, **kwargs):
+    def save_pretrained(self, save_directory, *args, model_card_kwargs: dict | None = None, ship_code: bool = True,
+                        **kwargs):
         """transformers' `save_pretrained`, plus the model card `save_directory/README.md`, written only when the
         folder has none (a card of your own is never replaced). `model_card_kwargs` go to
         `diffusion_link.hub.model_cards.model_card` (`eval_results`, `base_model`, `datasets`, `license`, ...).
         With `push_to_hub=True` (and `repo_id`, `token`, `commit_message`, ...) the folder is then uploaded as in
-        `push_to_hub`."""
+        `push_to_hub`.
+
+        `ship_code=False` saves the folder without this package's code: no `.py` files are copied next to the
+        weights and the config has no `auto_map` (nor `custom_pipelines`), so the folder loads only where
+        `diffusion_link` is installed (as the starter inside the package does). The model's and its config's
+        registration for code copying is lifted for this save only."""
+        if not ship_code:
+            with _code_not_shipped(self):
+                return self.save_pretrained(save_directory, *args, model_card_kwargs=model_card_kwargs, **kwargs)
         cards = _model_cards_module()
         if cards is None:
             return super().save_pretrained(save_directory, *args, **kwargs)
@@ -114,6 +124,28 @@ class ModelCardMixin:
             repo_id=repo_id, folder_path=folder, commit_message=commit_message or f"Upload {type(self).__name__}",
             commit_description=commit_description, revision=revision, create_pr=create_pr, ignore_patterns=ignore,
         )
+
+
+@contextmanager
+def _code_not_shipped(model):
+    """Within the block, the classes of `model` and of its config are not registered for code copying (their
+    `_auto_class` is None: transformers asks the class, `is_remote_code`) and the config holds no `auto_map` /
+    `custom_pipelines`; all is restored afterwards. The registration is a class attribute, so a save in another
+    thread during the block would not ship code either."""
+    config = model.config
+    hidden = {key: config.__dict__.pop(key) for key in ("auto_map", "_custom_pipelines") if key in config.__dict__}
+    classes = (type(model), type(config))
+    own = [(cls, cls.__dict__["_auto_class"]) for cls in classes if "_auto_class" in cls.__dict__]
+    try:
+        for cls in classes:
+            cls._auto_class = None
+        yield
+    finally:
+        for cls in classes:
+            del cls._auto_class
+        for cls, value in own:
+            cls._auto_class = value
+        config.__dict__.update(hidden)
 
 
 def _model_cards_module():

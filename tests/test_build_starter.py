@@ -1,5 +1,6 @@
-"""The starter build's bridge and decoder stages on tiny stand-ins: the bridge validates on head fold 0 (never trained
-on) and picks its depth there by `diffusion_link.experiments.depth_selection`'s rule; `--decoder_from` reuses a trained decoder."""
+"""The starter build's bridge and decoder stages (`diffusion_link.starter.build`) on tiny stand-ins: the bridge
+validates on head fold 0 (never trained on) and picks its depth there by `diffusion_link.experiments.depth_selection`'s
+rule; `--decoder_from` reuses a trained decoder."""
 
 import os
 
@@ -9,8 +10,10 @@ import torch
 from diffusion_link import DiffusionLinkBridge, DiffusionLinkConfig
 from diffusion_link.experiments.depth_selection import pick_depth, sweep_depths, sweep_depths_cross_fitted
 from diffusion_link.experiments.embedding_files import load_embeddings
+from diffusion_link.starter.build import bridges, decoder, decoding, heads
+from diffusion_link.starter.build.arguments import parse_args
+from diffusion_link.starter.world import CaptionTable
 from diffusion_link.testing import tiny_captioner
-from training import build_starter
 
 
 D = 8
@@ -23,37 +26,40 @@ def world():
     labels = torch.tensor([0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 1])  # 10 train clips, then 2 test clips
     head = {"oof": torch.randn(10, D), "folds": torch.arange(10) % 5, "labels": labels}
     towers = {"esc_text": torch.randn(25, D), "corpus_text": torch.randn(30, D)}
-    return towers, head
+    captions = CaptionTable([{f"class{c}": [f"caption {k} of class {c}" for k in range(5)] for c in range(5)}])
+    return captions, towers, head
 
 
 def test_the_bridge_validates_on_fold_0_and_trains_on_the_other_folds(world, tmp_path):
-    towers, head = world
-    validation, _ = load_embeddings(build_starter.bridge_validation_file(str(tmp_path), towers, head))
-    train, _ = load_embeddings(build_starter.bridge_train_file(str(tmp_path), towers, head))
+    captions, towers, head = world
+    validation, _ = load_embeddings(bridges.bridge_validation_file(str(tmp_path), captions, towers, head))
+    train, _ = load_embeddings(bridges.bridge_train_file(str(tmp_path), captions, towers, head))
     fold0 = [0, 5]  # clips 0 and 5, both class 0
     torch.testing.assert_close(validation["audio_embeds"], head["oof"][fold0])
     torch.testing.assert_close(validation["text_embeds"], towers["esc_text"][[0, 0]])  # the class's first caption
     assert len(train["audio_embeds"]) == 8 * 5  # the 8 other clips, each with its class's 5 captions
     for row in validation["audio_embeds"]:
         assert not (train["audio_embeds"] == row).all(dim=1).any()  # no validation clip is trained on
-    argv = build_starter.bridge_arguments(build_starter.parse_args([]), "t.safetensors", "out", "v.safetensors")
+    # each clip with each caption of its class, in caption order: rows 5c .. 5c+4 of the class's caption table
+    torch.testing.assert_close(train["text_embeds"][:5], towers["esc_text"][captions.class_caption_rows(1)])
+    argv = bridges.bridge_arguments(parse_args([]), "t.safetensors", "out", "v.safetensors")
     assert argv[argv.index("--validation_file") + 1] == "v.safetensors"
 
 
 def test_cross_fitted_depth_applies_the_depth_rule_on_every_fold_and_sets_it_everywhere(world):
-    towers, head = world
+    captions, towers, head = world
     torch.manual_seed(1)
-    bridges = [DiffusionLinkBridge(DiffusionLinkConfig(embedding_dim=D, hidden_size=16, num_blocks=1)).eval()
-               for _ in range(5)]
+    models = [DiffusionLinkBridge(DiffusionLinkConfig(embedding_dim=D, hidden_size=16, num_blocks=1)).eval()
+              for _ in range(5)]
     grid = [0.05, 0.2, 0.6]
-    pick = build_starter.cross_fitted_depth(bridges, towers, head, grid)
-    pairs = [build_starter.fold_pairs(towers, head, fold) for fold in range(5)]
-    assert pick == pick_depth(sweep_depths_cross_fitted(bridges, [a for a, _ in pairs], [t for _, t in pairs], grid))
+    pick = bridges.cross_fitted_depth(models, captions, towers, head, grid)
+    pairs = [bridges.fold_pairs(captions, towers, head, fold) for fold in range(5)]
+    assert pick == pick_depth(sweep_depths_cross_fitted(models, [a for a, _ in pairs], [t for _, t in pairs], grid))
     assert pick["num_pairs"] == 10 and pick["num_folds"] == 5 and pick["strength"] in grid
-    assert all(b.config.strength == pick["strength"] and b.config.depth_selection == pick for b in bridges)
+    assert all(b.config.strength == pick["strength"] and b.config.depth_selection == pick for b in models)
     # a bridge that trains on no audio, once per fold, is swept on all the pairs
-    text_only = bridges[0]
-    pooled = build_starter.cross_fitted_depth([text_only] * 5, towers, head, grid)
+    text_only = models[0]
+    pooled = bridges.cross_fitted_depth([text_only] * 5, captions, towers, head, grid)
     order = torch.cat([(head["folds"] == f).nonzero().flatten() for f in range(5)])
     whole = pick_depth(sweep_depths(text_only, head["oof"][order], torch.cat([t for _, t in pairs]), grid))
     assert pooled == pytest.approx(whole | {"num_folds": 5}, abs=1e-6)  # linked in 5 batches or in one
@@ -62,14 +68,12 @@ def test_cross_fitted_depth_applies_the_depth_rule_on_every_fold_and_sets_it_eve
 def test_decoder_from_reuses_a_trained_decoder_without_training(tmp_path, monkeypatch):
     trained = tmp_path / "trained"
     tiny_captioner().save_pretrained(trained)
-    from training import train_captioner
-
-    monkeypatch.setattr(train_captioner, "main", lambda *a, **k: pytest.fail("the decoder was trained again"))
-    monkeypatch.setattr(build_starter, "decoder_train_file", lambda args, towers: "decoder_train.safetensors")
-    args = build_starter.parse_args(["--work_dir", str(tmp_path / "work"), "--decoder_from", str(trained)])
+    monkeypatch.setattr(decoder, "run_recipe", lambda *a, **k: pytest.fail("the decoder was trained again"))
+    monkeypatch.setattr(decoder, "decoder_train_file", lambda args, towers: "decoder_train.safetensors")
+    args = parse_args(["--work_dir", str(tmp_path / "work"), "--decoder_from", str(trained)])
     os.makedirs(args.work_dir)
     new_bridge = DiffusionLinkBridge(DiffusionLinkConfig(embedding_dim=24, hidden_size=16, num_blocks=1, strength=0.2))
-    captioner = build_starter.decoder(args, {}, "unused", new_bridge)
+    captioner = decoder.decoder(args, {}, "unused", new_bridge)
     assert captioner.bridge is new_bridge and captioner.config.bridge_config.strength == 0.2
     assert os.path.exists(os.path.join(args.work_dir, "decoder", "model.safetensors"))
     assert DiffusionLinkBridge.from_pretrained(os.path.join(args.work_dir, "bridge_picked")).config.strength == 0.2
@@ -79,34 +83,34 @@ def test_decoder_from_reuses_a_trained_decoder_without_training(tmp_path, monkey
 
 
 def test_decodings_are_named_parsed_and_ranked_by_their_rule():
-    assert build_starter.parse_decoding("greedy") == (1, "combined", 1.0)
-    assert build_starter.parse_decoding("4:combined@2.0") == (4, "combined", 2.0)
-    assert build_starter.parse_decoding("8:similarity") == (8, "similarity", 1.0)
+    assert decoding.parse_decoding("greedy") == (1, "combined", 1.0)
+    assert decoding.parse_decoding("4:combined@2.0") == (4, "combined", 2.0)
+    assert decoding.parse_decoding("8:similarity") == (8, "similarity", 1.0)
     cands = [{"text": "a dog barks", "lm_logprob": -0.2, "audio_text_similarity": 0.1},
              {"text": "rain falls", "lm_logprob": -0.9, "audio_text_similarity": 0.5}]
     run = {"greedy": ["a dog"], "candidates": {2: [cands]}}
-    named = dict(build_starter.decodings(run, [0.5, 4.0]))
+    named = dict(decoding.decodings(run, [0.5, 4.0]))
     assert list(named) == ["greedy", "2:lm", "2:similarity", "2:combined@0.5", "2:combined@4.0"]
     assert named["greedy"] == ["a dog"] and named["2:lm"] == ["a dog barks"] and named["2:similarity"] == ["rain falls"]
     assert named["2:combined@0.5"] == ["a dog barks"] and named["2:combined@4.0"] == ["rain falls"]  # -0.15/-0.65; 0.2/1.1
     for name in named:
-        assert build_starter.parse_decoding(name)[0] == (1 if name == "greedy" else 2)
+        assert decoding.parse_decoding(name)[0] == (1 if name == "greedy" else 2)
 
 
 def test_an_out_of_fold_head_sees_only_augmented_versions_of_its_own_clips():
     augmented = {"clip": torch.tensor([0, 1, 2, 0, 3]), "label": torch.tensor([5, 6, 7, 5, 8]),
                  "partner": torch.tensor([-1, 2, -1, -1, 0]), "audio": torch.arange(5.0)[:, None]}
     keep = torch.tensor([True, False, True, True])  # clip 1 is in the held-out fold
-    kept = build_starter.restrict(augmented, keep)
+    kept = heads.restrict(augmented, keep)
     assert kept["clip"].tolist() == [0, 2, 0, 3] and kept["audio"].flatten().tolist() == [0.0, 2.0, 3.0, 4.0]
-    assert build_starter.restrict(None, keep) is None
+    assert heads.restrict(None, keep) is None
 
 
 def test_each_fold_bridge_trains_without_its_fold(world, tmp_path):
-    towers, head = world
+    captions, towers, head = world
     for fold in range(5):
-        train, _ = load_embeddings(build_starter.bridge_train_file(str(tmp_path), towers, head, fold))
-        validation, _ = load_embeddings(build_starter.bridge_validation_file(str(tmp_path), towers, head, fold))
+        train, _ = load_embeddings(bridges.bridge_train_file(str(tmp_path), captions, towers, head, fold))
+        validation, _ = load_embeddings(bridges.bridge_validation_file(str(tmp_path), captions, towers, head, fold))
         held = (head["folds"] == fold).nonzero().flatten()
         torch.testing.assert_close(validation["audio_embeds"], head["oof"][held])
         assert len(train["audio_embeds"]) == (10 - len(held)) * 5
@@ -116,23 +120,23 @@ def test_each_fold_bridge_trains_without_its_fold(world, tmp_path):
 
 
 def test_held_out_clips_are_captioned_through_the_bridge_of_their_fold(world, monkeypatch):
-    towers, head = world
+    _, _, head = world
     captioner = tiny_captioner().model
-    bridges = [DiffusionLinkBridge(DiffusionLinkConfig(embedding_dim=D, hidden_size=16, num_blocks=1)) for _ in range(5)]
+    models = [DiffusionLinkBridge(DiffusionLinkConfig(embedding_dim=D, hidden_size=16, num_blocks=1)) for _ in range(5)]
     seen = []
 
     def fake_decode_all(args, model, tokenizer, text_tokenizer, audio, counts=None):
-        fold = next(i for i, b in enumerate(bridges) if model.bridge is b)
+        fold = next(i for i, b in enumerate(models) if model.bridge is b)
         seen.append((fold, audio))
         return {"greedy": [f"fold {fold}"] * len(audio), "candidates": {2: [[{"fold": fold}]] * len(audio)},
                 "seconds": {1: 1.0, 2: 2.0}}
 
-    monkeypatch.setattr(build_starter, "decode_all", fake_decode_all)
-    merged = build_starter.heldout_decodings(None, captioner, None, None, head, bridges)
+    monkeypatch.setattr(decoding, "decode_all", fake_decode_all)
+    merged = decoding.heldout_decodings(None, captioner, None, None, head, models)
     assert [fold for fold, _ in seen] == [0, 1, 2, 3, 4]
     for fold, audio in seen:
         torch.testing.assert_close(audio, head["oof"][head["folds"] == fold])
     assert merged["greedy"] == [f"fold {f}" for f in range(5) for _ in range(2)]  # in fold order, 2 clips a fold
     assert [c[0]["fold"] for c in merged["candidates"][2]] == [f for f in range(5) for _ in range(2)]
     assert merged["seconds"] == {1: 5.0, 2: 10.0}
-    assert captioner.bridge is bridges[0] and captioner.config.bridge_config is bridges[0].config
+    assert captioner.bridge is models[0] and captioner.config.bridge_config is models[0].config

@@ -77,14 +77,15 @@ def test_a_reused_noise_injection_row_must_come_from_the_same_heads(tmp_path):
 
     import torch
 
-    from training import build_starter
+    from diffusion_link.starter.build.arguments import STARTER_RECIPE, parse_args
+    from diffusion_link.starter.world import CaptionTable
 
     labels = torch.arange(4)
     world = types.SimpleNamespace(
         test_audio=torch.randn(3, 8), args=types.SimpleNamespace(reuse_noise_injection_from=str(tmp_path / "e.json")),
         head={"oof": torch.zeros(4, 8), "labels": labels}, towers={"esc_text": torch.zeros(20, 8)},
-        starter_args=build_starter.parse_args([build_starter.os.path.join(build_starter.REPO_ROOT, "training",
-                                                                           "configs", "starter.json")]))
+        captions=CaptionTable([{f"class{c}": [f"caption {k}" for k in range(5)] for c in range(4)}]),
+        starter_args=parse_args([STARTER_RECIPE]))
     rows = [row(class_accuracy=0.4)]
     earlier = {"heads_fingerprint": experiment.heads_fingerprint(world), "noise_injection_std": experiment.noise_std(world),
                "per_seed": {"rows": {"noise-injection": rows}}}

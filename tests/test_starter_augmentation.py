@@ -1,8 +1,8 @@
-"""The starter head's waveform augmentation (`training/starter_augmentation.py`)."""
+"""The starter head's waveform augmentation (`diffusion_link/starter/build/augmentation.py`)."""
 
 import numpy as np
 
-from training.starter_augmentation import augment, augmented_examples, coloured_noise, mixture_caption
+from diffusion_link.starter.build.augmentation import augment, augmented_examples, coloured_noise, mixture_caption
 
 
 def test_coloured_noise_has_unit_rms_and_its_colour():

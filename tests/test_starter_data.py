@@ -4,8 +4,9 @@ import os
 
 import pytest
 
-from training.starter_data import (
-    CAPTIONS_FILE, class_captions, esc50_split, read_audiocaps_clotho_captions, source_folds,
+from diffusion_link.starter.world import (
+    ESC50_CAPTIONS_FILE, SPLIT_FILE, StarterWorld, esc50_split, read_audiocaps_clotho_captions, read_class_captions,
+    source_folds, write_split,
 )
 
 from .conftest import REPO_ROOT
@@ -17,10 +18,11 @@ needs_data = pytest.mark.skipif(not os.path.isdir(os.path.join(DATA, "esc50")),
 
 
 def test_our_class_captions_cover_every_esc50_class():
-    captions = class_captions()
+    captions = list(read_class_captions().items())
     assert len(captions) == 50 and all(len(c) == 5 and len(set(c)) == 5 for _, c in captions)
     assert captions[0][0] == "dog" and captions[49][0] == "hand_saw"
-    assert "CC0" in json.load(open(CAPTIONS_FILE))["license"]
+    with open(ESC50_CAPTIONS_FILE, encoding="utf-8") as f:
+        assert "CC0" in json.load(f)["license"]
 
 
 @needs_data
@@ -46,11 +48,19 @@ def test_caption_corpus_is_audiocaps_train_plus_clotho_development():
 
 @needs_data
 def test_committed_split_matches_the_rule():
-    path = os.path.join(REPO_ROOT, "diffusion_link", "starter", "split.json")
-    if not os.path.exists(path):
+    if not os.path.exists(SPLIT_FILE):
         pytest.skip("no committed starter")
-    committed = json.load(open(path))
+    with open(SPLIT_FILE, encoding="utf-8") as f:
+        committed = json.load(f)
     assert [c["filename"] for c in committed["test"]] == [c["filename"] for c in esc50_split(DATA)["test"]]
+
+
+@needs_data
+def test_the_world_writes_the_committed_split_byte_for_byte(tmp_path):
+    if not os.path.exists(SPLIT_FILE):
+        pytest.skip("no committed starter")
+    write_split(StarterWorld(data=DATA).split(), str(tmp_path / "split.json"))
+    assert (tmp_path / "split.json").read_bytes() == open(SPLIT_FILE, "rb").read()
 
 
 def test_source_folds_keep_recordings_together_and_spread_each_class():

@@ -24,16 +24,18 @@ from dataclasses import dataclass, field
 
 import torch
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
-
-from diffusion_link.experiments.atomic_files import atomic_open  # noqa: E402
-from diffusion_link.metrics import caption_class_correct  # noqa: E402
-from diffusion_link.pipeline_audio_captioning import DEFAULT_MAX_NEW_TOKENS  # noqa: E402
-from diffusion_link.reranking import rank_candidates  # noqa: E402
-from diffusion_link.experiments.script_arguments import parse_script_args  # noqa: E402
-from training import build_starter as starter  # noqa: E402
-from training import experiment  # noqa: E402
+from diffusion_link.experiments.atomic_files import atomic_open
+from diffusion_link.experiments.script_arguments import parse_script_args
+from diffusion_link.metrics import caption_class_correct
+from diffusion_link.pipeline_audio_captioning import DEFAULT_MAX_NEW_TOKENS
+from diffusion_link.reranking import rank_candidates
+from diffusion_link.starter import STARTER_CAPTIONER
+from diffusion_link.starter.build.arguments import STARTER_RECIPE
+from diffusion_link.starter.build.decoding import candidate_captions
+from diffusion_link.starter.build.frozen_parts import (
+    EXPERIMENT_WORK_DIR, STARTER_WORK_DIR, FrozenParts, starter_arguments,
+)
+from diffusion_link.starter.world import REPO_ROOT, embed_texts
 
 
 logger = logging.getLogger("depth_pool")
@@ -43,10 +45,9 @@ logger = logging.getLogger("depth_pool")
 class DepthPoolArguments:
     depths: list[float] = field(default_factory=lambda: [0.0, 0.05, 0.1, 0.2], metadata={
         "help": "Other depths s*/T whose beams may join the default's (0: the raw audio embedding)."})
-    work_dir: str = field(default=experiment.ExperimentArguments.__dataclass_fields__["work_dir"].default,
-                          metadata={"help": "The experiment's work dir (its cached heads)."})
-    starter_work_dir: str = field(default=experiment.ExperimentArguments.__dataclass_fields__["starter_work_dir"].default)
-    captioner: str = field(default=experiment.STARTER_CAPTIONER)
+    work_dir: str = field(default=EXPERIMENT_WORK_DIR, metadata={"help": "The experiment's work dir (its cached heads)."})
+    starter_work_dir: str = field(default=STARTER_WORK_DIR)
+    captioner: str = field(default=STARTER_CAPTIONER)
     data: str | None = field(default=None)
     output: str = field(default=os.path.join(REPO_ROOT, "training", "results"))
 
@@ -61,9 +62,8 @@ def pools(own: float, depths: list[float]) -> list[tuple[float, ...]]:
 
 
 def measure(args: DepthPoolArguments) -> dict:
-    world = experiment.World(experiment.parse_args([
-        "--work_dir", args.work_dir, "--starter_work_dir", args.starter_work_dir, "--captioner", args.captioner,
-        *(["--data", args.data] if args.data else [])]))
+    world = FrozenParts(starter_arguments(STARTER_RECIPE, args.starter_work_dir, data=args.data), args.work_dir,
+                        args.captioner)
     captioner, config = world.decoder, world.decoder.config
     own = captioner.bridge.config.strength
     ntrain = len(world.head["oof"])
@@ -73,7 +73,7 @@ def measure(args: DepthPoolArguments) -> dict:
 
     def correct(captions, labels):
         return caption_class_correct(captions, labels, world.head["prototypes"],
-                                     lambda texts: starter.embed_minilm(world.encoder, world.text_tokenizer, texts, "pool"))
+                                     lambda texts: embed_texts(world.encoder, world.text_tokenizer, texts, "pool"))
 
     depths = sorted({own, *args.depths})
     found, seconds = {}, {}
@@ -82,8 +82,8 @@ def measure(args: DepthPoolArguments) -> dict:
             embeds = audio if depth == 0 else captioner.link(audio, strength=depth,
                                                              generator=torch.Generator().manual_seed(0))
             start = time.time()
-            found[name, depth] = starter.candidate_captions(captioner, world.tokenizer, world.text_tokenizer, embeds,
-                                                            audio, config.num_candidates, DEFAULT_MAX_NEW_TOKENS)
+            found[name, depth] = candidate_captions(captioner, world.tokenizer, world.text_tokenizer, embeds, audio,
+                                                    config.num_candidates, DEFAULT_MAX_NEW_TOKENS)
             seconds[name, depth] = time.time() - start
     rules = [(config.rerank, config.rerank_weight), ("similarity", 1.0), ("combined", config.rerank_weight)]
     rules = list(dict.fromkeys(rules))

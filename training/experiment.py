@@ -57,31 +57,25 @@ from dataclasses import dataclass, field
 
 import torch
 
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)  # it imports its sibling scripts; `python training/x.py` puts only training/ on the path
-
-from diffusion_link import (  # noqa: E402
-    CaptionMemoryBridge,
-    DiffusionLinkBridge,
-    DiffusionLinkForAudioCaptioning,
-    MeanShiftBridge,
-    StarterAudioTextEncoder,
-    modality_gap,
+from diffusion_link import CaptionMemoryBridge, DiffusionLinkBridge, DiffusionLinkForAudioCaptioning, MeanShiftBridge
+from diffusion_link import modality_gap
+from diffusion_link.experiments.atomic_files import atomic_open, atomic_path
+from diffusion_link.experiments.recipes import run_recipe
+from diffusion_link.experiments.script_arguments import parse_script_args, read_json_config
+from diffusion_link.metrics import caption_class_accuracy, caption_score_details
+from diffusion_link.starter import STARTER_CAPTIONER
+from diffusion_link.starter.build.bridges import (
+    bridge_arguments, bridge_train_file, bridge_validation_file, cross_fitted_depth, depth_grid, fold_bridge,
 )
-from diffusion_link.experiments.atomic_files import atomic_open, atomic_path  # noqa: E402
-from diffusion_link.metrics import caption_class_accuracy, caption_score_details  # noqa: E402
-from diffusion_link.pipeline_audio_captioning import DEFAULT_MAX_NEW_TOKENS  # noqa: E402
-from diffusion_link.hub.references import cache_dir  # noqa: E402
-from diffusion_link.reranking import rank_candidates  # noqa: E402
-from diffusion_link.experiments.script_arguments import parse_script_args, read_json_config  # noqa: E402
-from training import build_starter as starter  # noqa: E402
-from training.starter_data import class_captions, esc50_split  # noqa: E402
+from diffusion_link.starter.build.decoder import decoder_arguments
+from diffusion_link.starter.build.frozen_parts import (
+    EXPERIMENT_WORK_DIR, STARTER_WORK_DIR, FrozenParts, starter_arguments,
+)
+from diffusion_link.starter.world import REPO_ROOT, embed_texts
 
 
 logger = logging.getLogger("experiment")
 
-STARTER_CAPTIONER = os.path.join(REPO_ROOT, "diffusion_link", "starter", "captioner")
 CAPTION_METRICS = ("cider_d", "bleu_4", "rouge_l", "meteor", "semantic_similarity")
 GAP_METRICS = ("paired_cosine", "nearest_text_cosine", "centroid_distance", "retrieval_r1", "modality_separability")
 EXPERIMENT_RECIPE = os.path.join(REPO_ROOT, "training", "configs", "experiment.json")
@@ -101,8 +95,8 @@ class ExperimentArguments:
     ablation_steps: list[int] = field(metadata={"help": "DDIM steps of the steps ablation."})
     data: str | None = field(default=None, metadata={"help": "The shared data folder ($DIFFUSION_LINK_DATA or ../shared/data)."})
     output: str = field(default=os.path.join(REPO_ROOT, "training", "results"))
-    work_dir: str = field(default=os.path.join(cache_dir(), "experiment"))
-    starter_work_dir: str = field(default=os.path.join(cache_dir(), "starter_build"))
+    work_dir: str = field(default=EXPERIMENT_WORK_DIR)
+    starter_work_dir: str = field(default=STARTER_WORK_DIR)
     captioner: str = field(default=STARTER_CAPTIONER, metadata={"help": "The decoder every row but noise-injection reads."})
     bridge_steps: int | None = field(default=None, metadata={"help": "Override the bridge recipe's max_steps."})
     decoder_steps: int | None = field(default=None, metadata={"help": "Override the noise-injection decoder's max_steps."})
@@ -128,55 +122,16 @@ def parse_args(argv: list[str] | None = None) -> ExperimentArguments:
     return args
 
 
-class World:
-    """The frozen parts every row shares: tower embeddings, heads, the decoder, the class captions."""
+class World(FrozenParts):
+    """The frozen parts every row shares (`FrozenParts`: tower embeddings, heads, the decoder, the class captions),
+    with the experiment's arguments `args`."""
 
-    def __init__(self, args):
+    def __init__(self, args: ExperimentArguments):
         self.args = args
-        overrides = ["--work_dir", args.starter_work_dir]
-        for flag, value in (("--data", args.data), ("--bridge_steps", args.bridge_steps),
-                            ("--decoder_steps", args.decoder_steps)):
-            if value is not None:
-                overrides += [flag, str(value)]
-        starter_args = starter.parse_args([os.path.join(REPO_ROOT, args.starter_recipe), *overrides])
-        self.starter_args = starter_args
-        os.makedirs(args.starter_work_dir, exist_ok=True)
-        split = esc50_split(args.data)
-        self.encoder = StarterAudioTextEncoder.from_bases()
-        self.towers = starter.tower_embeddings(starter_args, self.encoder, split)
-        self.head = cached_heads(args.work_dir, starter_args, self.encoder, split, self.towers)
-        ntrain = len(self.head["oof"])
-        self.labels = self.head["labels"][ntrain:]
-        self.test_audio = self.head["test"]
-        captions = [caps for _, caps in class_captions()]
-        self.references = [captions[int(label)] for label in self.labels]
-        self.paired_text = torch.stack([self.towers["esc_text"][int(label) * 5] for label in self.labels])
-        self.decoder = DiffusionLinkForAudioCaptioning.from_pretrained(args.captioner).eval()
-        from transformers import AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(args.captioner)
-        self.text_tokenizer = starter.encoder_tokenizer()
-
-    def caption(self, embeds: torch.Tensor, decoder=None, decoding: bool = False) -> list[str]:
-        """Greedy captions of the decoder inputs `embeds` (N, D), or with `decoding`, the captioner's default
-        decoding (`config.num_candidates` beams, picked by `config.rerank`), scored against the clips' raw audio."""
-        decoder = decoder or self.decoder
-        if not decoding or decoder.config.num_candidates == 1:
-            return starter.caption_embeddings(decoder, self.tokenizer, embeds, DEFAULT_MAX_NEW_TOKENS)
-        config = decoder.config
-        found = starter.candidate_captions(decoder, self.tokenizer, self.text_tokenizer, embeds, self.test_audio,
-                                           config.num_candidates, DEFAULT_MAX_NEW_TOKENS)
-        return [rank_candidates(c, config.rerank, config.rerank_weight)[0]["text"] for c in found]
-
-
-def cached_heads(work_dir: str, starter_args, encoder, split, towers) -> dict:
-    from safetensors.torch import load_file, save_file
-
-    path = os.path.join(work_dir, "heads.safetensors")
-    if not os.path.exists(path):
-        head = starter.heads(starter_args, encoder, split, towers)
-        save_file({k: head[k].contiguous() for k in ("oof", "folds", "test", "labels", "prototypes")}, path)
-    return load_file(path)
+        starter_args = starter_arguments(os.path.join(REPO_ROOT, args.starter_recipe), args.starter_work_dir,
+                                         data=args.data, bridge_steps=args.bridge_steps,
+                                         decoder_steps=args.decoder_steps)
+        super().__init__(starter_args, args.work_dir, args.captioner)
 
 
 # ---------------------------------------------------------------------------------------------------- training
@@ -185,28 +140,26 @@ def trained_bridge(world: World, kind: str, seed: int) -> DiffusionLinkBridge:
     picked as the starter's is, on all five head folds (cached in `work_dir/bridges`)."""
     out = os.path.join(world.args.work_dir, "bridges", f"{kind}_seed{seed}")
     if not os.path.exists(os.path.join(out, "model.safetensors")):
-        from training import train_bridge
-
-        train_file = starter.bridge_train_file(world.args.work_dir, world.towers, world.head)
-        validation_file = starter.bridge_validation_file(world.args.work_dir, world.towers, world.head)
-        argv = starter.bridge_arguments(dataclasses.replace(world.starter_args, seed=seed), train_file, out,
-                                        validation_file)
+        train_file = bridge_train_file(world.args.work_dir, world.captions, world.towers, world.head)
+        validation_file = bridge_validation_file(world.args.work_dir, world.captions, world.towers, world.head)
+        argv = bridge_arguments(dataclasses.replace(world.starter_args, seed=seed), train_file, out, validation_file)
         if kind == "no_topology":
             argv += ["--topology_loss_weight", "0"]
         elif kind == "text_only_diffusion":
             argv += ["--bridge_type", "text_only_diffusion"]
         start = time.time()
-        train_bridge.main(argv)
+        run_recipe("train_bridge", argv)
         logger.info("  trained %s (seed %d) in %.0f s", kind, seed, time.time() - start)
     model = DiffusionLinkBridge.from_pretrained(out).eval()
     folds = int(world.head["folds"].max()) + 1
     if kind == "text_only_diffusion":  # it trains on no audio, so every training clip is held out from it
-        starter.cross_fitted_depth([model] * folds, world.towers, world.head, world.args.pick_strengths)
+        cross_fitted_depth([model] * folds, world.captions, world.towers, world.head, world.args.pick_strengths)
     elif kind == "diffusion_link":  # the starter's rule: one depth on every fold, each through a bridge without it
         seeded = dataclasses.replace(world.starter_args, seed=seed)
-        bridges = [model] + [starter.fold_bridge(seeded, world.towers, world.head, fold, work_dir=world.args.work_dir,
-                                                 out=f"{out}_fold{fold}")[0] for fold in range(1, folds)]
-        starter.cross_fitted_depth(bridges, world.towers, world.head, starter.depth_grid(seeded))
+        bridges = [model] + [fold_bridge(seeded, world.captions, world.towers, world.head, fold,
+                                         work_dir=world.args.work_dir, out=f"{out}_fold{fold}")[0]
+                             for fold in range(1, folds)]
+        cross_fitted_depth(bridges, world.captions, world.towers, world.head, depth_grid(seeded))
     logger.info("  %s seed %d: s*/T=%s (%s)", kind, seed, model.config.strength, json.dumps(model.config.depth_selection))
     return model
 
@@ -214,7 +167,7 @@ def trained_bridge(world: World, kind: str, seed: int) -> DiffusionLinkBridge:
 def noise_std(world: World) -> float:
     """CapDec's rule: noise as large as the gap, here the RMS per-coordinate difference of the training pairs."""
     ntrain = len(world.head["oof"])
-    paired = world.towers["esc_text"][world.head["labels"][:ntrain] * 5]
+    paired = world.towers["esc_text"][world.captions.first_caption_rows(world.head["labels"][:ntrain])]
     return round(float((world.head["oof"] - paired).pow(2).mean().sqrt()), 2)
 
 
@@ -229,19 +182,25 @@ def noise_injection_decoder(world: World) -> DiffusionLinkForAudioCaptioning:
     out = os.path.join(world.args.work_dir, "noise_decoder")
     marker = os.path.join(out, "noise_injection_std.json")
     std = noise_std(world)
-    if not os.path.exists(marker) or json.load(open(marker, encoding="utf-8")).get("noise_injection_std") != std:
-        from training import train_captioner
-
+    if read_noise_std(marker) != std:
         work = world.args.starter_work_dir
         train_file = os.path.join(work, "decoder_train.safetensors")
         if not os.path.exists(train_file):
             raise FileNotFoundError(f"{train_file} is missing: run `python training/build_starter.py` first.")
         bridge_dir = os.path.join(work, "bridge_picked")  # read by the builder; a zero-shot decoder never uses it
-        argv = starter.decoder_arguments(world.starter_args, os.path.join(work, "encoder"), bridge_dir, train_file, out)
-        train_captioner.main(argv + ["--noise_injection_std", str(std)])
+        argv = decoder_arguments(world.starter_args, os.path.join(work, "encoder"), bridge_dir, train_file, out)
+        run_recipe("train_captioner", argv + ["--noise_injection_std", str(std)])
         with open(marker, "w", encoding="utf-8") as f:  # the cache is valid for this std only
             json.dump({"noise_injection_std": std}, f)
     return DiffusionLinkForAudioCaptioning.from_pretrained(out).eval()
+
+
+def read_noise_std(marker: str) -> float | None:
+    """The noise std a cached noise-injection decoder was trained with (its marker file), None without one."""
+    if not os.path.exists(marker):
+        return None
+    with open(marker, encoding="utf-8") as f:
+        return json.load(f).get("noise_injection_std")
 
 
 # ---------------------------------------------------------------------------------------------------- scoring
@@ -261,7 +220,7 @@ def score_row(world: World, name: str, embeds: torch.Tensor, decoder=None, decod
     details = caption_score_details(captions, world.references, CAPTION_METRICS)
     row = {"class_accuracy": caption_class_accuracy(
         captions, world.labels, world.head["prototypes"],
-        lambda texts: starter.embed_minilm(world.encoder, world.text_tokenizer, texts, name))}
+        lambda texts: embed_texts(world.encoder, world.text_tokenizer, texts, name))}
     row.update({k: details.scores[k] for k in CAPTION_METRICS if k in details.scores})
     gap = modality_gap(embeds, world.paired_text)  # of the decoder's input
     row.update({k: gap[k] for k in GAP_METRICS})
@@ -336,7 +295,7 @@ def run(args) -> dict:
     oracle_rows = []
     for seed in seeds:
         rng = torch.Generator().manual_seed(seed)
-        picks = [int(label) * 5 + int(torch.randint(5, (1,), generator=rng)) for label in world.labels]
+        picks = world.captions.random_caption_rows(world.labels, rng)
         oracle = world.towers["esc_text"][picks]
         oracle_rows.append(score_row(world, f"text_oracle_seed{seed}", oracle))
         decoded.setdefault("text oracle", []).append(score_row(world, f"text_oracle_seed{seed}", oracle, decoding=True))

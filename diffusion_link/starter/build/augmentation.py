@@ -1,5 +1,5 @@
-"""Waveform augmentation for the starter's audio head: what real recordings do to a clip that 250 clean ESC-50 clips
-never show the head.
+"""Stage "augment": waveform augmentation for the starter's audio head, what real recordings do to a clip that 250
+clean ESC-50 clips never show the head, and the cached tower embeddings of the augmented clips.
 
 `augmented_examples(waves, labels, folds, copies, seed, sampling_rate)` makes `copies` augmented versions of every
 training clip. Each version draws, in order:
@@ -16,7 +16,21 @@ fold inside a mixture, and the starter's test clips are never used at all: only 
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
+import random
+
 import numpy as np
+import torch
+
+from diffusion_link.starter.build.arguments import StarterArguments
+from diffusion_link.starter.build.stages import stage
+from diffusion_link.starter.world import StarterWorld, cached_tensors, embed_texts, text_tokenizer
+
+
+logger = logging.getLogger("build_starter")
 
 
 def coloured_noise(n: int, colour: str, rng: np.random.Generator) -> np.ndarray:
@@ -90,3 +104,43 @@ def augmented_examples(waves: list[np.ndarray], labels: list[int], folds: list[i
             out.append({"wave": augment(wave, rng, waves[partner] if partner >= 0 else None), "clip": row,
                         "label": labels[row], "partner": partner, "copy": copy})
     return out
+
+
+@stage("augment")
+def augmented_tower_embeddings(args: StarterArguments, world: StarterWorld, encoder, split: dict,
+                               folds: list[int]) -> dict[str, torch.Tensor] | None:
+    """Tower embeddings of `head_augmentation_copies` augmented versions of each training clip (cached), with
+    `clip`, `label`, `partner` (-1: no mixture) and `text` (a mixture's compositional caption embedding); None with
+    no copies."""
+    if not args.head_augmentation_copies:
+        return None
+    # Mixtures pair clips within a fold, so the cache is keyed by the folds too.
+    key = hashlib.sha1(json.dumps([args.head_augmentation_copies, args.seed, folds]).encode()).hexdigest()[:10]
+    path = os.path.join(args.work_dir, f"towers_augmented_{key}.safetensors")
+    return cached_tensors(path, lambda: _augmented(args, world, encoder, split, folds))
+
+
+@torch.no_grad()
+def _augmented(args: StarterArguments, world: StarterWorld, encoder, split: dict, folds: list[int]) -> dict:
+    from diffusion_link.audio_io import load_audio
+    from diffusion_link.starter.feature_extraction_starter_encoder import StarterFeatureExtractor
+
+    fe = StarterFeatureExtractor()
+    waves = [load_audio(world.audio_path(clip), fe.sampling_rate) for clip in split["train"]]
+    labels = [clip["target"] for clip in split["train"]]
+    examples = augmented_examples(waves, labels, folds, args.head_augmentation_copies, seed=args.seed + 1)
+    audio = []
+    for start in range(0, len(examples), 32):
+        features = fe([e["wave"] for e in examples[start : start + 32]], return_tensors="pt")
+        audio.append(encoder.audio_tower_embeddings(features["input_features"], features["attention_mask"]))
+    rng = random.Random(args.seed + 2)
+    mixtures = [i for i, e in enumerate(examples) if e["partner"] >= 0]
+    texts = [mixture_caption(rng.choice(world.captions.captions(examples[i]["label"])),
+                             rng.choice(world.captions.captions(labels[examples[i]["partner"]])))
+             for i in mixtures]
+    text = torch.zeros(len(examples), encoder.config.text_config.hidden_size)
+    if mixtures:
+        text[mixtures] = embed_texts(encoder, text_tokenizer(encoder), texts, "mixture captions")
+    logger.info("  augment: %d versions of %d clips, %d mixtures", len(examples), len(waves), len(mixtures))
+    return {"audio": torch.cat(audio), "text": text,
+            **{k: torch.tensor([e[k] for e in examples]) for k in ("clip", "label", "partner")}}
