@@ -35,7 +35,7 @@ import torch
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from diffusion_link.pipeline_audio_captioning import DEFAULT_MAX_NEW_TOKENS
+    from diffusion_link.configuration_diffusion_link_captioner import DEFAULT_MAX_NEW_TOKENS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=os.environ.get("DIFFUSION_LINK_DATA") or os.path.join("..", "shared", "data"))
@@ -52,7 +52,6 @@ def main(argv: list[str] | None = None) -> dict:
     from diffusion_link.hub.references import resolve_reference
     from diffusion_link.metrics import caption_class_accuracy
     from diffusion_link.starter import default_captioner
-    from diffusion_link.starter.build.decoding import caption_embeddings
     from diffusion_link.starter.world import StarterWorld, read_split
 
     hf_logging.set_verbosity_error()
@@ -95,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
     oracle = embed_text(encoder, minilm_tokenizer, oracle_texts)
 
     def decode(embeds: torch.Tensor) -> list[str]:
-        return caption_embeddings(model, pipe.tokenizer, embeds, args.max_new_tokens, batch=16)
+        return model.caption_embeds(embeds, pipe.tokenizer, max_new_tokens=args.max_new_tokens, batch_size=16)
 
     decoded = {"diffusion_link": bridged, "identity": decode(audio), "text_oracle": decode(oracle)}
     if getattr(model.config, "num_candidates", 1) > 1:

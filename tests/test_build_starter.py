@@ -125,14 +125,14 @@ def test_held_out_clips_are_captioned_through_the_bridge_of_their_fold(world, mo
     models = [DiffusionLinkBridge(DiffusionLinkConfig(embedding_dim=D, hidden_size=16, num_blocks=1)) for _ in range(5)]
     seen = []
 
-    def fake_decode_all(args, model, tokenizer, text_tokenizer, audio, counts=None):
+    def fake_decode_all(args, model, tokenizer, audio, counts=None):
         fold = next(i for i, b in enumerate(models) if model.bridge is b)
         seen.append((fold, audio))
         return {"greedy": [f"fold {fold}"] * len(audio), "candidates": {2: [[{"fold": fold}]] * len(audio)},
                 "seconds": {1: 1.0, 2: 2.0}}
 
     monkeypatch.setattr(decoding, "decode_all", fake_decode_all)
-    merged = decoding.heldout_decodings(None, captioner, None, None, head, models)
+    merged = decoding.heldout_decodings(None, captioner, None, head, models)
     assert [fold for fold, _ in seen] == [0, 1, 2, 3, 4]
     for fold, audio in seen:
         torch.testing.assert_close(audio, head["oof"][head["folds"] == fold])
@@ -140,3 +140,17 @@ def test_held_out_clips_are_captioned_through_the_bridge_of_their_fold(world, mo
     assert [c[0]["fold"] for c in merged["candidates"][2]] == [f for f in range(5) for _ in range(2)]
     assert merged["seconds"] == {1: 5.0, 2: 10.0}
     assert captioner.bridge is models[0] and captioner.config.bridge_config is models[0].config
+
+
+def test_decode_all_captions_greedy_and_scored_candidates_through_the_captioner():
+    pipe = tiny_captioner()
+    captioner = pipe.model
+    args = parse_args(["--eval_max_new_tokens", "3", "--decoding_candidates", "2"])
+    audio = torch.randn(3, captioner.config.embedding_dim)
+    run = decoding.decode_all(args, captioner, pipe.tokenizer, audio)
+    assert len(run["greedy"]) == 3 and all(isinstance(c, str) for c in run["greedy"])
+    assert set(run["seconds"]) == {1, 2} and len(run["candidates"][2]) == 3
+    for candidates in run["candidates"][2]:
+        assert len(candidates) == 2 and set(candidates[0]) >= {"text", "lm_logprob", "audio_text_similarity"}
+    named = dict(decoding.decodings(run, [1.0]))
+    assert named["greedy"] == run["greedy"] and len(named["2:similarity"]) == 3

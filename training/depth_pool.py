@@ -27,11 +27,10 @@ import torch
 from diffusion_link.experiments.atomic_files import atomic_open
 from diffusion_link.experiments.script_arguments import parse_script_args
 from diffusion_link.metrics import caption_class_correct
-from diffusion_link.pipeline_audio_captioning import DEFAULT_MAX_NEW_TOKENS
+from diffusion_link.configuration_diffusion_link_captioner import DEFAULT_MAX_NEW_TOKENS
 from diffusion_link.reranking import rank_candidates
 from diffusion_link.starter import STARTER_CAPTIONER
 from diffusion_link.starter.build.arguments import STARTER_RECIPE
-from diffusion_link.starter.build.decoding import candidate_captions
 from diffusion_link.starter.build.frozen_parts import (
     EXPERIMENT_WORK_DIR, STARTER_WORK_DIR, FrozenParts, starter_arguments,
 )
@@ -82,8 +81,8 @@ def measure(args: DepthPoolArguments) -> dict:
             embeds = audio if depth == 0 else captioner.link(audio, strength=depth,
                                                              generator=torch.Generator().manual_seed(0))
             start = time.time()
-            found[name, depth] = candidate_captions(captioner, world.tokenizer, world.text_tokenizer, embeds, audio,
-                                                    config.num_candidates, DEFAULT_MAX_NEW_TOKENS)
+            found[name, depth] = captioner.caption_embeds(embeds, world.tokenizer, num_candidates=config.num_candidates,
+                                                          audio_embeds=audio, max_new_tokens=DEFAULT_MAX_NEW_TOKENS)
             seconds[name, depth] = time.time() - start
     rules = [(config.rerank, config.rerank_weight), ("similarity", 1.0), ("combined", config.rerank_weight)]
     rules = list(dict.fromkeys(rules))

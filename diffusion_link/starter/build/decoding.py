@@ -1,8 +1,7 @@
-"""Captioning embeddings, and stage "decoding": the pick of the starter's default decoding.
+"""Stage "decoding": the pick of the starter's default decoding.
 
-`caption_embeddings` / `candidate_captions` are the one "caption these embeddings" of the build, the experiment,
-`training/depth_pool.py` and `benchmarks/bench_starter.py`: greedy captions, or per clip the scored beam candidates
-(`diffusion_link.reranking.scored_candidates`) of decoder-input embeddings after the captioner's prompt.
+Embeddings are captioned by the captioner's own `caption_embeds` (greedy, or per clip the scored beam candidates), as
+in the experiment, `training/depth_pool.py` and `benchmarks/bench_starter.py`.
 
 The default decoding is picked on the 250 training clips held out: each clip's out-of-fold embedding through a bridge
 trained without its head fold (the starter's own bridge for fold 0, the fold bridges for folds 1-4), so neither the
@@ -29,13 +28,7 @@ from diffusion_link.metrics.calibration import (
     fit_confidence_calibration,
     reliability_diagram,
 )
-from diffusion_link.reranking import (
-    candidate_generate_kwargs,
-    confidence,
-    confidence_features,
-    rank_candidates,
-    scored_candidates,
-)
+from diffusion_link.reranking import confidence, confidence_features, rank_candidates
 from diffusion_link.starter.build.arguments import StarterArguments
 from diffusion_link.starter.build.decoder import with_bridge
 from diffusion_link.starter.build.stages import stage
@@ -47,39 +40,6 @@ logger = logging.getLogger("build_starter")
 DECODING_BATCH = 8
 
 
-# ---------------------------------------------------------------------------------------------------- captioning
-def _prompt_ids(captioner: DiffusionLinkForAudioCaptioning, tokenizer) -> torch.Tensor:
-    return torch.tensor([tokenizer(captioner.config.prompt, add_special_tokens=False).input_ids])
-
-
-def caption_embeddings(captioner: DiffusionLinkForAudioCaptioning, tokenizer, embeds: torch.Tensor,
-                       max_new_tokens: int, batch: int = 16) -> list[str]:
-    """Greedy captions of (N, D) decoder-input embeddings after the captioner's prompt, `batch` clips at a time."""
-    prompt = _prompt_ids(captioner, tokenizer)
-    captions = []
-    for start in range(0, len(embeds), batch):
-        ids = captioner.generate(text_embeds=embeds[start : start + batch], input_ids=prompt,
-                                 max_new_tokens=max_new_tokens)
-        captions += [t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
-    return captions
-
-
-def candidate_captions(captioner: DiffusionLinkForAudioCaptioning, tokenizer, audio_text_tokenizer,
-                       embeds: torch.Tensor, audio: torch.Tensor, k: int, max_new_tokens: int,
-                       batch: int = DECODING_BATCH) -> list[list[dict]]:
-    """The `k` scored beam candidates (`reranking.scored_candidates`, in beam order: dicts with `text`,
-    `lm_logprob`, `audio_text_similarity`) of each of the (N, D) decoder inputs `embeds` after the captioner's
-    prompt, their similarity taken against the clips' raw (N, D) `audio` with the tower's `audio_text_tokenizer`."""
-    prompt = _prompt_ids(captioner, tokenizer)
-    found = []
-    for b in range(0, len(embeds), batch):
-        generated = captioner.generate(text_embeds=embeds[b : b + batch], input_ids=prompt,
-                                       **candidate_generate_kwargs(k, {"max_new_tokens": max_new_tokens}))
-        found += scored_candidates(generated, tokenizer, k, captioner.audio_tower, audio_text_tokenizer,
-                                   audio[b : b + batch])
-    return found
-
-
 # ---------------------------------------------------------------------------------------------------- the stage
 @stage("decoding")
 def decoding(args: StarterArguments, world: StarterWorld, captioner: DiffusionLinkForAudioCaptioning, tokenizer,
@@ -88,6 +48,7 @@ def decoding(args: StarterArguments, world: StarterWorld, captioner: DiffusionLi
     the bridge of its fold, `fold_bridges`, which never trained on it); report both on the test clips."""
     minilm = StarterAudioTextEncoder.from_bases()
     minilm_tokenizer = text_tokenizer(minilm)
+    captioner.audio_text_tokenizer = minilm_tokenizer  # the candidates' similarity: MiniLM, the heads' text side
 
     def correct(captions, labels):
         return caption_class_correct(captions, labels, head["prototypes"],
@@ -97,8 +58,8 @@ def decoding(args: StarterArguments, world: StarterWorld, captioner: DiffusionLi
     order = torch.cat([(head["folds"] == fold).nonzero().flatten() for fold in range(len(bridges))])
     sets = {"heldout": (head["oof"][order], head["labels"][:ntrain][order]),
             "test": (head["test"], head["labels"][ntrain:])}
-    runs = {"heldout": heldout_decodings(args, captioner, tokenizer, minilm_tokenizer, head, bridges),
-            "test": decode_all(args, captioner, tokenizer, minilm_tokenizer, sets["test"][0])}
+    runs = {"heldout": heldout_decodings(args, captioner, tokenizer, head, bridges),
+            "test": decode_all(args, captioner, tokenizer, sets["test"][0])}
     choices = {}
     for name, (_, labels) in sets.items():
         for decoding_name, captions in decodings(runs[name], args.rerank_weights):
@@ -106,7 +67,7 @@ def decoding(args: StarterArguments, world: StarterWorld, captioner: DiffusionLi
                                                           "captions": captions}
     # The budget compares times per clip measured in turns (best of 3 rounds), so a change in the machine's load
     # hits every decoding alike; one timed pass per decoding would let the load pick the default.
-    times = decoding_times(args, captioner, tokenizer, minilm_tokenizer, head["oof"][head["folds"] == 0])
+    times = decoding_times(args, captioner, tokenizer, head["oof"][head["folds"] == 0])
     allowed = [d for d in choices if times[decoding_candidates(d)] <= args.decoding_time_budget * times[1]]
     # The best held-out class accuracy within the budget; ties go to fewer candidates, then to the listed order.
     pick = max(allowed, key=lambda d: (choices[d]["heldout"]["class_accuracy"], -decoding_candidates(d)))
@@ -151,7 +112,7 @@ def confidence_report(args: StarterArguments, sets: dict, runs: dict, k: int, re
     }
 
 
-def heldout_decodings(args: StarterArguments, captioner, tokenizer, audio_text_tokenizer, head: dict,
+def heldout_decodings(args: StarterArguments, captioner, tokenizer, head: dict,
                       bridges: list[DiffusionLinkBridge]) -> dict:
     """`decode_all` of every training clip's out-of-fold embedding through the bridge of its fold, fold by fold (the
     clips in fold order); the captioner keeps its own bridge (`bridges[0]`) afterwards."""
@@ -159,7 +120,7 @@ def heldout_decodings(args: StarterArguments, captioner, tokenizer, audio_text_t
     try:
         for fold, fold_bridge_model in enumerate(bridges):
             with_bridge(captioner, fold_bridge_model)
-            run = decode_all(args, captioner, tokenizer, audio_text_tokenizer, head["oof"][head["folds"] == fold])
+            run = decode_all(args, captioner, tokenizer, head["oof"][head["folds"] == fold])
             merged["greedy"] += run["greedy"]
             for k, found in run["candidates"].items():
                 merged["candidates"].setdefault(k, []).extend(found)
@@ -175,8 +136,8 @@ def mean(values) -> float:
     return sum(values) / len(values)
 
 
-def decoding_times(args: StarterArguments, captioner, tokenizer, audio_text_tokenizer, audio: torch.Tensor,
-                   clips: int = 16, rounds: int = 3) -> dict[int, float]:
+def decoding_times(args: StarterArguments, captioner, tokenizer, audio: torch.Tensor, clips: int = 16,
+                   rounds: int = 3) -> dict[int, float]:
     """Seconds per clip of greedy (1) and of each `decoding_candidates` beam count on the first `clips` clips at batch
     `DECODING_BATCH`, each the best of `rounds` rounds in which the decodings take turns."""
     audio = audio[:clips]
@@ -184,27 +145,29 @@ def decoding_times(args: StarterArguments, captioner, tokenizer, audio_text_toke
     best = dict.fromkeys(counts, float("inf"))
     for _ in range(rounds):
         for k in counts:
-            out = decode_all(args, captioner, tokenizer, audio_text_tokenizer, audio, counts=[k])
+            out = decode_all(args, captioner, tokenizer, audio, counts=[k])
             best[k] = min(best[k], out["seconds"][k] / len(audio))
     return best
 
 
-def decode_all(args: StarterArguments, captioner, tokenizer, audio_text_tokenizer, audio: torch.Tensor,
+def decode_all(args: StarterArguments, captioner: DiffusionLinkForAudioCaptioning, tokenizer, audio: torch.Tensor,
                counts=None) -> dict:
     """Greedy captions (count 1) and the scored beams of each other count (default: greedy and every
-    `decoding_candidates`) for the (N, D) raw `audio`, in batches of `DECODING_BATCH`, with the wall time of each."""
+    `decoding_candidates`) for the (N, D) raw `audio` through the captioner's bridge (`caption_embeds`, the
+    similarity against `audio`), in batches of `DECODING_BATCH`, with the wall time of each."""
     counts = [1, *args.decoding_candidates] if counts is None else counts
     bridged = captioner.link(audio)
     out = {"seconds": {}, "candidates": {}}
     if 1 in counts:
         start = time.time()
-        out["greedy"] = caption_embeddings(captioner, tokenizer, bridged, args.eval_max_new_tokens,
-                                           batch=DECODING_BATCH)
+        out["greedy"] = captioner.caption_embeds(bridged, tokenizer, max_new_tokens=args.eval_max_new_tokens,
+                                                 batch_size=DECODING_BATCH)
         out["seconds"][1] = time.time() - start
     for k in [c for c in counts if c > 1]:
         start = time.time()
-        out["candidates"][k] = candidate_captions(captioner, tokenizer, audio_text_tokenizer, bridged, audio, k,
-                                                  args.eval_max_new_tokens)
+        out["candidates"][k] = captioner.caption_embeds(bridged, tokenizer, num_candidates=k, audio_embeds=audio,
+                                                        max_new_tokens=args.eval_max_new_tokens,
+                                                        batch_size=DECODING_BATCH)
         out["seconds"][k] = time.time() - start
     return out
 

@@ -10,7 +10,6 @@ import torch
 from diffusion_link import DiffusionLinkForAudioCaptioning, StarterAudioTextEncoder, modality_gap
 from diffusion_link.metrics import caption_class_accuracy
 from diffusion_link.starter.build.arguments import StarterArguments
-from diffusion_link.starter.build.decoding import caption_embeddings
 from diffusion_link.starter.build.stages import stage
 from diffusion_link.starter.world import StarterWorld, embed_texts, text_tokenizer
 
@@ -34,7 +33,7 @@ def evaluate(args: StarterArguments, world: StarterWorld, captioner: DiffusionLi
     minilm_tokenizer = text_tokenizer(minilm)
     results = {"class_accuracy": {}, "examples": {}}
     for name, embeds in (("identity", raw), ("diffusion_link", bridged), ("text_oracle", oracle)):
-        captions = caption_embeddings(captioner, tokenizer, embeds, max_new_tokens=args.eval_max_new_tokens)
+        captions = captioner.caption_embeds(embeds, tokenizer, max_new_tokens=args.eval_max_new_tokens, batch_size=16)
         results["class_accuracy"][name] = caption_class_accuracy(
             captions, labels, head["prototypes"], lambda texts: embed_texts(minilm, minilm_tokenizer, texts, name))
         results["examples"][name] = captions[:10]

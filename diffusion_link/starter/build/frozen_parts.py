@@ -10,11 +10,10 @@ import torch
 
 from diffusion_link import DiffusionLinkForAudioCaptioning, StarterAudioTextEncoder
 from diffusion_link.hub.references import cache_dir
-from diffusion_link.pipeline_audio_captioning import DEFAULT_MAX_NEW_TOKENS
+from diffusion_link.configuration_diffusion_link_captioner import DEFAULT_MAX_NEW_TOKENS
 from diffusion_link.reranking import rank_candidates
 from diffusion_link.starter import STARTER_CAPTIONER
 from diffusion_link.starter.build.arguments import StarterArguments, parse_args
-from diffusion_link.starter.build.decoding import caption_embeddings, candidate_captions
 from diffusion_link.starter.build.heads import heads
 from diffusion_link.starter.build.towers import towers
 from diffusion_link.starter.world import StarterWorld, cached_tensors, text_tokenizer
@@ -53,7 +52,7 @@ class FrozenParts:
     tensors: `oof` (N_train, D), `folds`, `test` (N_test, D), `labels`, `prototypes`), `labels` and `test_audio` of
     the test clips, their `references` (their labels' captions) and `paired_text` (their labels' first caption
     embeddings, (N_test, D)), the `decoder` from `captioner` with its `tokenizer`, `encoder` and its
-    `text_tokenizer` (MiniLM)."""
+    `text_tokenizer` (MiniLM), which also scores the decoder's caption candidates."""
 
     def __init__(self, starter_args: StarterArguments, work_dir: str, captioner: str = STARTER_CAPTIONER):
         self.starter_args = starter_args
@@ -75,14 +74,15 @@ class FrozenParts:
 
         self.tokenizer = AutoTokenizer.from_pretrained(captioner)
         self.text_tokenizer = text_tokenizer(self.encoder)
+        self.decoder.audio_text_tokenizer = self.text_tokenizer
 
     def caption(self, embeds: torch.Tensor, decoder=None, decoding: bool = False) -> list[str]:
         """Greedy captions of the decoder inputs `embeds` (N, D), or with `decoding`, the captioner's default
         decoding (`config.num_candidates` beams, picked by `config.rerank`), scored against the clips' raw audio."""
         decoder = decoder or self.decoder
         if not decoding or decoder.config.num_candidates == 1:
-            return caption_embeddings(decoder, self.tokenizer, embeds, DEFAULT_MAX_NEW_TOKENS)
+            return decoder.caption_embeds(embeds, self.tokenizer, max_new_tokens=DEFAULT_MAX_NEW_TOKENS, batch_size=16)
         config = decoder.config
-        found = candidate_captions(decoder, self.tokenizer, self.text_tokenizer, embeds, self.test_audio,
-                                   config.num_candidates, DEFAULT_MAX_NEW_TOKENS)
+        found = decoder.caption_embeds(embeds, self.tokenizer, num_candidates=config.num_candidates,
+                                       audio_embeds=self.test_audio, max_new_tokens=DEFAULT_MAX_NEW_TOKENS)
         return [rank_candidates(c, config.rerank, config.rerank_weight)[0]["text"] for c in found]
