@@ -50,6 +50,25 @@ def test_resume_picks_the_newest_complete_checkpoint(tmp_path):
     assert resume_checkpoint(TrainingArguments(output_dir=str(tmp_path / "new"))) is None
 
 
+def test_config_fields_take_their_defaults_from_the_config_class():
+    import dataclasses
+
+    from diffusion_link import DiffusionLinkCaptionerConfig, DiffusionLinkConfig
+    from diffusion_link.experiments.script_arguments import config_default, config_field
+
+    @dataclass
+    class Args:
+        num_blocks: int = config_field(DiffusionLinkConfig, "num_blocks", help="blocks")
+        modules: str = config_field(DiffusionLinkCaptionerConfig, "lora_target_modules", help="m", convert=",".join)
+
+    assert (Args().num_blocks, Args().modules) == (3, "q_proj,v_proj")
+    assert dataclasses.fields(Args)[0].metadata["help"] == "blocks"
+    (parsed,) = parse_script_args((Args,), ["--num_blocks", "5"])
+    assert parsed.num_blocks == 5
+    with pytest.raises(ValueError, match="no argument 'no_such_field'"):
+        config_default(DiffusionLinkConfig, "no_such_field")
+
+
 class _Exited(Exception):
     pass
 
@@ -66,15 +85,15 @@ def _fake_group(monkeypatch, destroy):
     def fake_exit(code):
         raise _Exited(code)
 
-    from diffusion_link.experiments import script_arguments
+    from diffusion_link.experiments import distributed
 
-    monkeypatch.setattr(script_arguments.os, "_exit", fake_exit)
-    monkeypatch.setattr(script_arguments.logging, "shutdown", lambda: None)  # keep pytest's log handlers open
+    monkeypatch.setattr(distributed.os, "_exit", fake_exit)
+    monkeypatch.setattr(distributed.logging, "shutdown", lambda: None)  # keep pytest's log handlers open
     return calls
 
 
 def test_finish_distributed_waits_for_everyone_then_tears_the_group_down(monkeypatch):
-    from diffusion_link.experiments.script_arguments import finish_distributed
+    from diffusion_link.experiments.distributed import finish_distributed
 
     calls = _fake_group(monkeypatch, destroy=lambda: None)
     finish_distributed(teardown_timeout=5)
@@ -84,7 +103,7 @@ def test_finish_distributed_waits_for_everyone_then_tears_the_group_down(monkeyp
 def test_a_teardown_that_never_returns_ends_the_process_with_success(monkeypatch, caplog):
     import threading
 
-    from diffusion_link.experiments.script_arguments import finish_distributed
+    from diffusion_link.experiments.distributed import finish_distributed
 
     never = threading.Event()
     calls = _fake_group(monkeypatch, destroy=never.wait)  # the pytorch#75097 hang

@@ -44,12 +44,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import AutoModel, AutoProcessor
 
-from diffusion_link.experiments.atomic_files import atomic_path
-from diffusion_link.audio_io import load_audio
-from diffusion_link.experiments.embedding_files import save_embeddings
-from diffusion_link.embedding_extraction import embed_audio, embed_text
 from diffusion_link.apps.reference_captions import read_caption_file
-from diffusion_link.experiments.script_arguments import finish_distributed, parse_script_args
+from diffusion_link.audio_io import load_audio
+from diffusion_link.embedding_extraction import embed_audio, embed_text
+from diffusion_link.experiments.atomic_files import atomic_path
+from diffusion_link.experiments.distributed import finish_distributed
+from diffusion_link.experiments.embedding_files import save_embeddings
+from diffusion_link.experiments.script_arguments import parse_script_args
 
 
 logger = logging.getLogger(__name__)

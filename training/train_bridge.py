@@ -36,16 +36,21 @@ from diffusion_link import DiffusionLinkBridge, DiffusionLinkConfig, modality_ga
 from diffusion_link.experiments.depth_selection import DEPTH_GRID, pick_depth, sweep_depths, write_depth_sweep
 from diffusion_link.experiments.embedding_files import UNPAIRED_KEY, load_embeddings
 from diffusion_link.metrics import paired_figures
-from diffusion_link.experiments.script_arguments import finish_distributed, parse_script_args, read_json_config, resume_checkpoint
+from diffusion_link.experiments.distributed import finish_distributed
+from diffusion_link.experiments.script_arguments import config_field, parse_script_args, read_json_config, resume_checkpoint
 
 
 logger = logging.getLogger(__name__)
 
-BRIDGE_TYPES = ("diffusion_link", "text_only_diffusion")
+# What this script trains: the paper's bridge or the text-only peer. (Not the kinds of bridge a captioner can hold,
+# which `DiffusionLinkCaptionerConfig.bridge_type` names.)
+TRAINABLE_BRIDGE_TYPES = ("diffusion_link", "text_only_diffusion")
 
 
 @dataclass
 class ModelArguments:
+    """The bridge's recipe. The fields that set a `DiffusionLinkConfig` argument take their defaults from it."""
+
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "A saved bridge to continue training from. Default: a new bridge."}
     )
@@ -56,34 +61,39 @@ class ModelArguments:
     hidden_size: int | None = field(
         default=None, metadata={"help": "Width of the residual MLP. Default: 2D (the paper's 'about 2D')."}
     )
-    num_blocks: int = field(default=3, metadata={"help": "Number of residual blocks."})
-    dropout: float = field(default=0.0, metadata={"help": "Dropout inside the residual blocks."})
-    max_train_timestep: int | None = field(
-        default=None, metadata={"help": "Draw training timesteps from [0, this). Default: the whole schedule."}
+    num_blocks: int = config_field(DiffusionLinkConfig, "num_blocks", help="Number of residual blocks.")
+    dropout: float = config_field(DiffusionLinkConfig, "dropout", help="Dropout inside the residual blocks.")
+    max_train_timestep: int | None = config_field(
+        DiffusionLinkConfig, "max_train_timestep",
+        help="Draw training timesteps from [0, this). Default: the whole schedule.",
     )
     topology_loss_weight: float | None = field(
         default=None, metadata={"help": "lambda of the topology loss. Default: the bridge type's (1.0 / 0.0)."}
     )
-    ema_decay: float = field(default=0.995, metadata={"help": "EMA decay of the denoiser weights."})
-    x0_parameterization: str = field(
-        default="direct",
-        metadata={"help": "'direct' (the network outputs x0) or 'skip' (x0 = sqrt(a_t) x_t + sqrt(1 - a_t) F)."},
+    ema_decay: float = config_field(DiffusionLinkConfig, "ema_decay", help="EMA decay of the denoiser weights.")
+    x0_parameterization: str = config_field(
+        DiffusionLinkConfig, "x0_parameterization",
+        help="'direct' (the network outputs x0) or 'skip' (x0 = sqrt(a_t) x_t + sqrt(1 - a_t) F).",
     )
     strength: float | None = field(
         default=None, metadata={"help": "Default link() depth s*/T saved in the config (0.1 / 0.6 by type)."}
     )
-    num_inference_steps: int = field(default=5, metadata={"help": "Default number of DDIM steps of link()."})
-    standardization: str = field(default="scalar", metadata={"help": "'scalar' or 'per_dim' text-embedding std."})
-    input_normalization: str = field(default="l2", metadata={"help": "'l2' (unit vectors, CLAP) or 'none'."})
-    audio_adapter: str = field(
-        default="none",
-        metadata={"help": "'none' (the paper) or 'linear' (start the diffusion from a ridge map of the audio, fit in "
-                          "closed form on the training pairs; DiffusionLinkConfig.audio_adapter)."},
+    num_inference_steps: int = config_field(
+        DiffusionLinkConfig, "num_inference_steps", help="Default number of DDIM steps of link()."
+    )
+    standardization: str = config_field(DiffusionLinkConfig, "standardization",
+                                        help="'scalar' or 'per_dim' text-embedding std.")
+    input_normalization: str = config_field(DiffusionLinkConfig, "input_normalization",
+                                            help="'l2' (unit vectors, CLAP) or 'none'.")
+    audio_adapter: str = config_field(
+        DiffusionLinkConfig, "audio_adapter",
+        help="'none' (the paper) or 'linear' (start the diffusion from a ridge map of the audio, fit in closed form "
+             "on the training pairs; DiffusionLinkConfig.audio_adapter).",
     )
 
     def __post_init__(self):
-        if self.bridge_type not in BRIDGE_TYPES:
-            raise ValueError(f"`bridge_type` must be one of {BRIDGE_TYPES}, got {self.bridge_type!r}.")
+        if self.bridge_type not in TRAINABLE_BRIDGE_TYPES:
+            raise ValueError(f"`bridge_type` must be one of {TRAINABLE_BRIDGE_TYPES}, got {self.bridge_type!r}.")
 
     def build_config(self, embedding_dim: int) -> DiffusionLinkConfig:
         fields = dict(
@@ -331,7 +341,10 @@ def checkpoint_step(checkpoint: str | None) -> int | None:
     return int(name.split("-")[-1]) if name.startswith("checkpoint-") and name.split("-")[-1].isdigit() else None
 
 
-def build_bridge(model_args: ModelArguments, train_tensors: dict[str, torch.Tensor]) -> DiffusionLinkBridge:
+def initial_bridge(model_args: ModelArguments, train_tensors: dict[str, torch.Tensor]) -> DiffusionLinkBridge:
+    """The bridge training starts from: the saved one of `--model_name_or_path`, or a new one whose normalisation
+    (and, with `audio_adapter="linear"`, ridge map) is fit on the training rows (N, D) and whose EMA starts at its
+    weights. (A captioner builds its own bridge from its config; this is the training script's start.)"""
     dim = next(iter(train_tensors.values())).shape[1]
     if model_args.model_name_or_path:
         bridge = DiffusionLinkBridge.from_pretrained(model_args.model_name_or_path)
@@ -379,7 +392,7 @@ def main(argv: list[str] | None = None) -> DiffusionLinkBridge:
     eval_dataset = None if eval_tensors is None else BridgeEmbeddingDataset(eval_tensors, text_only=text_only)
     validating = eval_tensors is not None and not text_only and "audio_embeds" in eval_tensors
 
-    bridge = build_bridge(model_args, train_tensors)
+    bridge = initial_bridge(model_args, train_tensors)
     logger.info(
         "bridge: D=%d hidden=%d blocks=%d, %d trainable parameters; %d training rows an epoch (%d paired)",
         bridge.config.embedding_dim, bridge.config.hidden_size, bridge.config.num_blocks,

@@ -19,8 +19,8 @@ Data (`--train_file`, `--validation_file`):
 The model comes from `--model_name_or_path` (a saved captioner) or is built from parts (`--audio_tower_name_or_path`,
 `--language_model_name_or_path`, `--bridge_name_or_path`). The output folder is a complete pipeline folder:
 `pipeline("audio-captioning", model=output_dir)`. Evaluation (at `--eval_steps`) reports the loss and caption scores
-of greedy generations on up to `--max_eval_generations` validation rows (`GENERATION_METRICS`: exact match, token F1
-and the Java-free COCO metrics BLEU-1..4, ROUGE-L, CIDEr-D). Re-running the same command resumes from
+of greedy generations on up to `--max_eval_generations` validation rows (`GENERATION_METRICS`, the default metrics of
+`diffusion-link evaluate`: exact match, token F1 and the Java-free COCO metrics BLEU-1..4, ROUGE-L, CIDEr-D). Re-running the same command resumes from
 the last checkpoint, LoRA adapter included. `report_to` defaults to `none`.
 """
 
@@ -42,26 +42,32 @@ from transformers import (
     set_seed,
 )
 
-from diffusion_link import AudioCaptionPipeline, DiffusionLinkForAudioCaptioning
-from diffusion_link.experiments.embedding_files import UNPAIRED_KEY, load_embeddings
-from diffusion_link.embedding_extraction import embed_text
-from diffusion_link.metrics import COCO_METRICS, caption_scores
-from diffusion_link.pipeline_audio_captioning import DEFAULT_MAX_NEW_TOKENS
-from diffusion_link.hub.references import resolve_reference
+from diffusion_link import AudioCaptionPipeline, DiffusionLinkCaptionerConfig, DiffusionLinkForAudioCaptioning
+from diffusion_link.apps.evaluation import DEFAULT_EVALUATION_METRICS
 from diffusion_link.apps.reference_captions import read_caption_file
-from diffusion_link.experiments.script_arguments import finish_distributed, parse_script_args, resume_checkpoint
+from diffusion_link.configuration_diffusion_link_captioner import DEFAULT_MAX_NEW_TOKENS
+from diffusion_link.embedding_extraction import embed_text
+from diffusion_link.experiments.distributed import finish_distributed
+from diffusion_link.experiments.embedding_files import UNPAIRED_KEY, load_embeddings
+from diffusion_link.experiments.script_arguments import config_field, parse_script_args, resume_checkpoint
+from diffusion_link.hub.references import resolve_reference
+from diffusion_link.metrics import caption_scores
 
 
 logger = logging.getLogger(__name__)
 
 MODES = ("zero_shot", "supervised")
 LM_DTYPES = {None: None, "auto": "auto", "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-# Scores of the greedy generations at each evaluation: all pure Python, cheap next to the generation itself.
-GENERATION_METRICS = ("exact_match", "token_f1", *COCO_METRICS)
+# Scores of the greedy generations at each evaluation, those `diffusion-link evaluate` reports by default: all pure
+# Python, cheap next to the generation itself.
+GENERATION_METRICS = DEFAULT_EVALUATION_METRICS
 
 
 @dataclass
 class ModelArguments:
+    """Where the captioner comes from, and its recipe. The fields that set a `DiffusionLinkCaptionerConfig` argument
+    take their defaults from it."""
+
     model_name_or_path: str | None = field(default=None, metadata={"help": "A saved captioner to fine-tune."})
     audio_tower_name_or_path: str | None = field(
         default=None, metadata={"help": "Audio tower (e.g. laion/clap-htsat-unfused) when building from parts."}
@@ -79,16 +85,20 @@ class ModelArguments:
     text_tokenizer_name_or_path: str | None = field(
         default=None, metadata={"help": "Tokenizer of the audio tower's text side, to embed caption files."}
     )
-    prefix_length: int = field(default=4, metadata={"help": "Soft-prefix tokens made from one embedding."})
-    prompt: str = field(default="Describe the audio you hear.", metadata={"help": "Instruction after the prefix."})
-    lora_r: int = field(default=8, metadata={"help": "LoRA rank (0: projector only)."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
-    lora_target_modules: str = field(default="q_proj,v_proj", metadata={"help": "Comma-separated LM module names."})
-    noise_injection_std: float = field(default=0.0, metadata={"help": "CapDec noise on text embeddings (zero-shot)."})
+    prefix_length: int = config_field(DiffusionLinkCaptionerConfig, "prefix_length",
+                                      help="Soft-prefix tokens made from one embedding.")
+    prompt: str = config_field(DiffusionLinkCaptionerConfig, "prompt", help="Instruction after the prefix.")
+    lora_r: int = config_field(DiffusionLinkCaptionerConfig, "lora_r", help="LoRA rank (0: projector only).")
+    lora_alpha: int = config_field(DiffusionLinkCaptionerConfig, "lora_alpha", help="LoRA alpha.")
+    lora_dropout: float = config_field(DiffusionLinkCaptionerConfig, "lora_dropout", help="LoRA dropout.")
+    lora_target_modules: str = config_field(DiffusionLinkCaptionerConfig, "lora_target_modules",
+                                            help="Comma-separated LM module names.", convert=",".join)
+    noise_injection_std: float = config_field(DiffusionLinkCaptionerConfig, "noise_injection_std",
+                                              help="CapDec noise on text embeddings (zero-shot).")
     projector_learning_rate: float | None = field(
         default=None, metadata={"help": "Learning rate of the projector (default: --learning_rate, as the LoRA)."}
     )
+    # Not the config's default ("embedded"): a fine-tuned captioner saves only what it trained.
     base_weights: str = field(
         default="referenced", metadata={"help": "'referenced' (save only trained parts + base names) or 'embedded'."}
     )

@@ -1,7 +1,11 @@
-"""What every Trainer script of this project shares: reading its arguments and finding where to resume.
+"""What every Trainer script of this project shares: declaring and reading its arguments, and finding where to resume.
 
+    num_blocks: int = config_field(DiffusionLinkConfig, "num_blocks", help="Number of residual blocks.")
     model_args, data_args, training_args = parse_script_args((ModelArguments, DataArguments, TrainingArguments), argv)
     trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
+
+A script argument that sets a config field takes its default from the config class (`config_field`), so a config
+default has one home and the scripts follow it.
 
 A script takes one JSON config (as transformers' examples do), command-line flags, or both: the JSON first, then flags
 that override its values (`train_bridge.py training/configs/starter_bridge.json --train_file x --seed 1`). Recipes
@@ -12,29 +16,47 @@ really train data-parallel.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import logging
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from transformers import HfArgumentParser
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from diffusion_link.experiments.distributed import accelerator_available
+
 
 logger = logging.getLogger(__name__)
 
 
-def accelerator_available() -> bool:
-    """Whether torch sees a CUDA, XPU or MPS device."""
-    import torch
+def config_default(config_class: type, name: str) -> Any:
+    """The default of argument `name` of `config_class.__init__`; `ValueError` when it has none."""
+    parameter = inspect.signature(config_class.__init__).parameters.get(name)
+    if parameter is None or parameter.default is inspect.Parameter.empty:
+        raise ValueError(f"{config_class.__name__}.__init__ has no argument {name!r} with a default.")
+    return parameter.default
 
-    xpu = getattr(torch, "xpu", None)
-    mps = getattr(torch.backends, "mps", None)
-    return bool(torch.cuda.is_available() or (xpu is not None and xpu.is_available())
-                or (mps is not None and mps.is_available()))
+
+def config_field(config_class: type, name: str, *, help: str, convert: Callable[[Any], Any] | None = None):
+    """A dataclass `field` whose default is the default of `config_class`'s argument `name` (through `convert`, when
+    the flag spells the value differently: a tuple of module names as one comma-separated string, say).
+
+    The training scripts' `ModelArguments` declare their config fields this way, so changing a default in the config
+    class changes what the script does without flags."""
+    default = config_default(config_class, name)
+    if convert is not None:
+        default = convert(default)
+    metadata = {"help": help}
+    if isinstance(default, (list, dict, set)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 def read_json_config(path: str) -> dict:
@@ -107,35 +129,3 @@ def resume_checkpoint(training_args) -> str | None:
         if resume:
             logger.info("resuming from %s", resume)
     return resume
-
-
-def finish_distributed(teardown_timeout: float = 120.0) -> None:
-    """End a `torchrun` / `accelerate launch` run cleanly: wait for every process, then tear the process group down.
-
-    A process that exits with its gloo group still alive can abort at interpreter shutdown ("terminate called without
-    an active exception") after all its work is done, failing the whole launch. And `destroy_process_group` itself
-    now and then never returns after its peers have left (pytorch/pytorch#75097; seen once here, a two-process CPU
-    run stuck for minutes after writing its checkpoint). So the teardown runs in a daemon thread: past the barrier
-    every process has done its work, and one whose teardown outlasts `teardown_timeout` seconds says so and exits 0.
-    A no-op outside distributed runs."""
-    import threading
-
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return
-    dist.barrier()
-    torn_down = threading.Event()
-
-    def teardown():
-        dist.destroy_process_group()
-        torn_down.set()
-
-    threading.Thread(target=teardown, daemon=True, name="destroy_process_group").start()
-    if not torn_down.wait(teardown_timeout):
-        logger.warning("destroy_process_group did not return within %.0f s after every process finished its work "
-                       "(pytorch/pytorch#75097); exiting without it.", teardown_timeout)
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
