@@ -207,6 +207,7 @@ class DiffusionLinkForAudioCaptioning(DiffusionLinkCaptionerPreTrainedModel):
         language_model: str | PreTrainedModel,
         bridge: str | nn.Module | None = None,
         *,
+        bridge_type: str | None = None,
         base_weights: str = "referenced",
         dtype: torch.dtype | None = None,
         **config_kwargs,
@@ -214,32 +215,48 @@ class DiffusionLinkForAudioCaptioning(DiffusionLinkCaptionerPreTrainedModel):
         """A new captioner from pretrained parts, e.g. `("laion/clap-htsat-unfused", "meta-llama/Llama-2-7b-hf",
         "path/to/bridge")`: ids/paths are loaded, modules are used as given. The projector and LoRA start fresh.
 
-        `base_weights="referenced"` (default when both bases are given by name) makes `save_pretrained` store only
-        the trained parts and the two names.
+        `bridge`: a saved [`DiffusionLinkBridge`] (id or folder) or a bridge the config can record
+        ([`DiffusionLinkBridge`], [`MeanShiftBridge`], [`IdentityBridge`]). Without one, `bridge_type` must say what
+        to build: `"identity"` for no bridge, `"mean_shift"` or `"diffusion_link"` for an untrained one (nothing is
+        guessed). `base_weights="referenced"` (the default) makes `save_pretrained` store only the trained parts and
+        the two bases' names, so both bases must then be given by name; pass `base_weights="embedded"` for modules.
+
+        Raises `ValueError` for a missing `bridge_type`, a `bridge_type` that contradicts `bridge`, or referenced
+        bases given as modules, and `TypeError` for a bridge whose type the config cannot record (`LinearMapBridge`,
+        `CaptionMemoryBridge`: use them through their own `link()`).
         """
         tower_ref = audio_tower if isinstance(audio_tower, str) else None
         lm_ref = language_model if isinstance(language_model, str) else None
+        if base_weights == "referenced" and not (tower_ref and lm_ref):
+            modules = [name for name, ref in (("audio_tower", tower_ref), ("language_model", lm_ref)) if not ref]
+            raise ValueError(
+                f"`base_weights='referenced'` saves the bases by name, but {modules} were given as modules: pass "
+                "their Hub ids or folders, or `base_weights='embedded'`."
+            )
+        if bridge is None and bridge_type is None:
+            raise ValueError(
+                "No `bridge` given: pass a trained bridge, or `bridge_type='identity'` for none "
+                "(`'diffusion_link'` / `'mean_shift'` build an untrained one)."
+            )
+        if isinstance(bridge, nn.Module):
+            bridge_type = _checked_bridge_type(bridge, bridge_type)
         if isinstance(audio_tower, str):
             audio_tower = load_audio_tower(audio_tower)
         if isinstance(language_model, str):
             language_model = AutoModelForCausalLM.from_pretrained(resolve_base_reference(language_model), dtype=dtype)
-        if base_weights == "referenced" and not (tower_ref and lm_ref):
-            base_weights = "embedded"  # nothing to refer to
         if isinstance(bridge, str):
             bridge = DiffusionLinkBridge.from_pretrained(bridge)
+            bridge_type = _checked_bridge_type(bridge, bridge_type)
         fields = dict(
             audio_config=audio_tower.config,
             text_config=language_model.config,
+            bridge_type=bridge_type,
             base_weights=base_weights,
             audio_tower_name_or_path=tower_ref,
             language_model_name_or_path=lm_ref,
         )
         if isinstance(bridge, DiffusionLinkBridge):
-            fields.update(bridge_type="diffusion_link", bridge_config=bridge.config)
-        elif isinstance(bridge, MeanShiftBridge):
-            fields["bridge_type"] = "mean_shift"
-        elif isinstance(bridge, IdentityBridge):
-            fields["bridge_type"] = "identity"
+            fields["bridge_config"] = bridge.config
         fields.update(config_kwargs)
         config = DiffusionLinkCaptionerConfig(**fields)
         return cls(config, audio_tower=audio_tower, language_model=language_model, bridge=bridge)
@@ -591,6 +608,21 @@ class DiffusionLinkForAudioCaptioning(DiffusionLinkCaptionerPreTrainedModel):
         return self.language_model.generate(
             inputs_embeds=inputs_embeds, attention_mask=mask, generation_config=generation_config, **unused
         )
+
+
+def _checked_bridge_type(bridge: nn.Module, bridge_type: str | None) -> str:
+    """The config's `bridge_type` of a bridge module: `TypeError` for one the config cannot rebuild on load,
+    `ValueError` when it contradicts a `bridge_type` given."""
+    for cls, name in ((DiffusionLinkBridge, "diffusion_link"), (MeanShiftBridge, "mean_shift"),
+                      (IdentityBridge, "identity")):
+        if type(bridge) is cls:
+            if bridge_type is not None and bridge_type != name:
+                raise ValueError(f"`bridge_type={bridge_type!r}` contradicts the {cls.__name__} given.")
+            return name
+    raise TypeError(
+        f"A captioner's config can record a DiffusionLinkBridge, MeanShiftBridge or IdentityBridge, not a "
+        f"{type(bridge).__name__}: a saved captioner would reload with another bridge."
+    )
 
 
 def build_bridge(config: DiffusionLinkCaptionerConfig) -> nn.Module:

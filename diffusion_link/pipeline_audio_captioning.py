@@ -7,11 +7,12 @@ module level; soundfile / librosa are imported when a file must be decoded or re
 from __future__ import annotations
 
 import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
-import torch
-from transformers import Pipeline
+from transformers.pipelines.base import ChunkPipeline
 
 from .audio_io import (
     MIN_DURATION_S,
@@ -23,15 +24,17 @@ from .audio_io import (
     prepare_audio,
     window_bounds,
 )
-from .configuration_diffusion_link_captioner import DEFAULT_MAX_NEW_TOKENS, RERANK_MODES  # noqa: F401 (re-export)
+# DEFAULT_MAX_NEW_TOKENS is re-exported for the scripts that still import it from here; its home is the config module.
+from .configuration_diffusion_link_captioner import DEFAULT_MAX_NEW_TOKENS, check_rerank  # noqa: F401
 from .reranking import beam_candidates, candidate_generate_kwargs, confidence, rank_candidates, scored_candidates
 from .seeding import content_seed, seeded_generators
+from .validation import check_positive_int
 
 
 ON_ERROR = ("raise", "report")
 
 
-class AudioCaptionPipeline(Pipeline):
+class AudioCaptionPipeline(ChunkPipeline):
     """
     Caption audio with a Diffusion-Link captioner.
 
@@ -60,14 +63,15 @@ class AudioCaptionPipeline(Pipeline):
     by beam search and each result (or chunk) gets `candidates`, best first: `{text, lm_logprob,
     audio_text_similarity}`; `generated_text` is the first, picked by `rerank` ("lm", "similarity" or "combined",
     default `config.rerank`; see `diffusion_link.reranking`). With a calibrated model (`config.confidence_calibration`)
-    it also gets `confidence`, the probability that the caption names what is heard. The similarity needs the audio
-    tower's text tokenizer: `audio_text_tokenizer=` at construction, else the folder's `audio_text_tokenizer/`, else
-    `config.audio_text_tokenizer_name_or_path` (or the tower's own reference).
+    it also gets `confidence`, the probability that the caption names what is heard. The similarity is the model's
+    `score_captions`, with the model's `audio_text_tokenizer` (`audio_text_tokenizer=` at construction sets it).
 
-    Call arguments: `max_new_tokens` (30), `num_beams`, any other `generate` argument in `generate_kwargs`; the
-    bridge's `strength` and `num_inference_steps`; `batch_size` (windows per model call); `on_error="report"` to get
-    `{"error": ...}` for a failing input of a list instead of an exception; `return_embeddings=True` adds the (D,)
-    `audio_embeds` and the `bridged_embeds` the decoder read to each audible result (or chunk).
+    Call arguments: `max_new_tokens` (default: the LM's `generation_config.max_new_tokens`, 30), `num_beams`, any
+    other `generate` argument in `generate_kwargs`; the bridge's `strength` and `num_inference_steps`; `batch_size`
+    (audible windows per model call, across inputs); `on_error="report"` to get `{"error": ...}` for a failing input
+    of a list instead of an exception; `return_embeddings=True` adds the (D,) `audio_embeds` and the
+    `bridged_embeds` the decoder read to each audible result (or chunk). `num_workers` > 0 raises: windows are
+    decoded as they are captioned, in this process. A generator or dataset of inputs gives an iterator of results.
 
     Results are deterministic and batch-invariant: the bridge's forward noise for a window is seeded from that
     window's samples, so `pipe([x, y])[0] == pipe(x)`.
@@ -84,9 +88,7 @@ class AudioCaptionPipeline(Pipeline):
             self.model.audio_text_tokenizer = audio_text_tokenizer
         if self.tokenizer is None or self.feature_extractor is None:
             raise ValueError("AudioCaptionPipeline needs the captioner's tokenizer and feature extractor.")
-        prompt = getattr(self.model.config, "prompt", "")
-        ids = self.tokenizer(prompt, add_special_tokens=False).input_ids if prompt else []
-        self._prompt_ids = torch.tensor([ids], dtype=torch.long) if ids else None
+        self._prompt_ids = self.model.prompt_input_ids(self.tokenizer)  # (1, L) or None
 
     def push_to_hub(self, repo_id: str, *, max_shard_size: int | str | None = "50GB", tags: list[str] | None = None,
                     model_card_kwargs: dict | None = None, **upload_kwargs):
@@ -151,13 +153,9 @@ class AudioCaptionPipeline(Pipeline):
         if return_embeddings:
             forward["return_embeddings"] = True
         if num_candidates is not None:
-            if isinstance(num_candidates, bool) or not isinstance(num_candidates, int) or num_candidates < 1:
-                raise ValueError(f"`num_candidates` must be an int >= 1, got {num_candidates!r}.")
-            forward["num_candidates"] = num_candidates
+            forward["num_candidates"] = check_positive_int("num_candidates", num_candidates)
         if rerank is not None:
-            if rerank not in RERANK_MODES:
-                raise ValueError(f"`rerank` must be one of {RERANK_MODES}, got {rerank!r}.")
-            forward["rerank"] = rerank
+            forward["rerank"] = check_rerank(rerank)
         postprocess = {}
         if on_error is not None:
             if on_error not in ON_ERROR:
@@ -166,72 +164,39 @@ class AudioCaptionPipeline(Pipeline):
         return preprocess, forward, postprocess
 
     def __call__(self, inputs, **kwargs):
-        """Caption one input (returns a dict) or a list of inputs (returns a list of dicts, in order)."""
-        batch_size = kwargs.pop("batch_size", None) or self._batch_size or 1
-        kwargs.pop("num_workers", None)
-        preprocess, forward, postprocess = self._sanitize_parameters(**kwargs)
-        preprocess = {**self._preprocess_params, **preprocess}
-        forward = {**self._forward_params, **forward, "batch_size": batch_size}
-        on_error = {**self._postprocess_params, **postprocess}.get("on_error", "raise")
-        single = not isinstance(inputs, (list, tuple))
-        items = [inputs] if single else list(inputs)
+        """Caption one input (returns a dict), a list of inputs (a list of dicts, in order), or a generator or
+        dataset of inputs (an iterator of dicts, streamed). transformers' `Pipeline.__call__` does the work; a tuple
+        counts as a list and an empty list gives an empty list."""
+        if isinstance(inputs, tuple):
+            inputs = list(inputs)
+        if isinstance(inputs, list) and not inputs:
+            return []
+        return super().__call__(inputs, **kwargs)
 
-        prepared: list[dict | Exception] = []
-        for item in items:
-            try:
-                prepared.append(self.preprocess(item, **preprocess))
-            except (ValueError, TypeError, OSError) as err:
-                if on_error == "raise":
-                    raise
-                prepared.append(err)
-        # Windows are captioned as they come, `batch_size` audible ones per model call (the same batches as when all
-        # windows are cut first), and only their captions are kept: a streamed file never sits in memory whole.
-        done: list[list[dict]] = [[] for _ in prepared]
-        pending: list[tuple[int, dict]] = []
-        audible = 0  # non-silent windows in `pending`
-
-        def run_pending():
-            nonlocal audible
-            outputs = self.forward({"windows": [w for _, w in pending]}, **forward)
-            for k, (index, window) in enumerate(pending):
-                record = {"timestamp": window["timestamp"], "is_silent": window["is_silent"],
-                          "caption": outputs["captions"][k], "details": outputs["details"][k]}
-                if "embeddings" in outputs:
-                    record["embeddings"] = outputs["embeddings"][k]
-                done[index].append(record)
-            pending.clear()
-            audible = 0
-
-        for index, item in enumerate(prepared):
+    def get_iterator(self, inputs, num_workers: int, batch_size: int, preprocess_params, forward_params,
+                     postprocess_params):
+        """The results of `inputs`, in order, as an iterator: each input is preprocessed into windows, the windows of
+        consecutive inputs are captioned `batch_size` audible ones per `forward` call (`WindowBatcher`), and each
+        input's windows are postprocessed into its result as soon as they are all captioned."""
+        if num_workers:
+            raise ValueError(
+                f"`num_workers={num_workers}` is not supported by the audio-captioning pipeline: a file's windows are "
+                "decoded as they are captioned (a long file is streamed), in this process. Use num_workers=0."
+            )
+        check_positive_int("batch_size", batch_size)
+        postprocess_params = dict(postprocess_params)
+        on_error = postprocess_params.pop("on_error", "raise")
+        batcher = WindowBatcher(lambda windows: self.forward({"windows": windows}, **forward_params,
+                                                             batch_size=batch_size), batch_size)
+        for item, records in batcher.run(inputs, lambda x: self.preprocess(x, **preprocess_params), on_error):
             if isinstance(item, Exception):
-                continue
-            try:
-                for window in item["windows"]:  # a generator for a streamed file: may raise part way (NaN, decode)
-                    if window["is_silent"]:  # never embedded: its samples need not wait for the next model call
-                        window = {**window, "samples": None}
-                    pending.append((index, window))
-                    audible += not window["is_silent"]
-                    if audible == batch_size:
-                        run_pending()
-            except (ValueError, TypeError, OSError) as err:
-                if on_error == "raise":
-                    raise
-                prepared[index] = err
-                pending[:] = [p for p in pending if p[0] != index]
-                audible = sum(not w["is_silent"] for _, w in pending)
-        if pending:
-            run_pending()
-        results = []
-        for item, records in zip(prepared, done):
-            if isinstance(item, Exception):
-                results.append({"error": f"{type(item).__name__}: {item}"})
+                yield {"error": f"{type(item).__name__}: {item}"}
                 continue
             item = {**item, "windows": records, "captions": [r["caption"] for r in records],
                     "details": [r["details"] for r in records]}
-            if forward.get("return_embeddings"):
+            if forward_params.get("return_embeddings"):
                 item["embeddings"] = [r["embeddings"] for r in records]
-            results.append(self.postprocess(item))
-        return results[0] if single else results
+            yield self.postprocess(item, **postprocess_params)
 
     # ------------------------------------------------------------------ stages
     def preprocess(
@@ -272,7 +237,7 @@ class AudioCaptionPipeline(Pipeline):
         windows = model_inputs["windows"]
         config = self.model.config
         generate_kwargs = dict(generate_kwargs or {})  # max_new_tokens: the LM's generation_config (30)
-        num_candidates = num_candidates or getattr(config, "num_candidates", 1)
+        num_candidates = num_candidates or config.num_candidates
         if num_candidates > 1:
             generate_kwargs = candidate_generate_kwargs(num_candidates, generate_kwargs)
         captions = [""] * len(windows)
@@ -295,13 +260,11 @@ class AudioCaptionPipeline(Pipeline):
                 texts, lm_logprobs = beam_candidates(ids, self.tokenizer, num_candidates)
                 candidates = scored_candidates(texts, lm_logprobs, self.model.score_captions(embeds, texts))
                 for k, i in enumerate(rows):
-                    ranked = rank_candidates(candidates[k], rerank or getattr(config, "rerank", "combined"),
-                                             getattr(config, "rerank_weight", 1.0))
+                    ranked = rank_candidates(candidates[k], rerank or config.rerank, config.rerank_weight)
                     captions[i] = ranked[0]["text"]
                     details[i] = {"candidates": ranked}
-                    calibration = getattr(config, "confidence_calibration", None)
-                    if calibration:
-                        details[i]["confidence"] = confidence(ranked, calibration)
+                    if config.confidence_calibration:
+                        details[i]["confidence"] = confidence(ranked, config.confidence_calibration)
             else:
                 for i, text in zip(rows, self.tokenizer.batch_decode(ids, skip_special_tokens=True)):
                     captions[i] = text.strip()
@@ -317,7 +280,7 @@ class AudioCaptionPipeline(Pipeline):
             out["embeddings"] = embeddings
         return out
 
-    def postprocess(self, model_outputs: dict[str, Any], on_error: str = "raise") -> dict[str, Any]:
+    def postprocess(self, model_outputs: dict[str, Any]) -> dict[str, Any]:
         audio: PreparedAudio | AudioFileStream = model_outputs["audio"]
         windows, captions = model_outputs["windows"], model_outputs["captions"]
         result = {
@@ -343,6 +306,65 @@ class AudioCaptionPipeline(Pipeline):
             result.update((model_outputs.get("details") or [None])[0] or {})
             result.update((model_outputs.get("embeddings") or [None])[0] or {})
         return result
+
+
+class WindowBatcher:
+    """Captions the windows of a stream of inputs in model calls of `batch_size` audible windows each.
+
+    A long file is many windows and a short one is one; the windows of consecutive inputs share model calls, a silent
+    window rides along without counting (it is never embedded, so its samples are dropped at once), and only each
+    window's caption record is kept: a streamed file never sits in memory whole. `run` yields (prepared input,
+    records) in input order as soon as an input's windows are captioned, or (the exception, None) for an input that
+    failed with `on_error="report"`. The batches are the same whatever the inputs' grouping into calls, and so are
+    the results (each window's noise is seeded by its own samples).
+    """
+
+    def __init__(self, caption: Callable[[list[dict]], dict[str, list]], batch_size: int):
+        self.caption = caption  # (windows) -> {"captions", "details"[, "embeddings"]}, one entry per window
+        self.batch_size = batch_size
+
+    def run(self, inputs: Iterable, preprocess: Callable[[Any], dict], on_error: str = "raise") -> Iterator[tuple]:
+        started: deque[list] = deque()  # [prepared input or exception, its records, windows still pending]
+        pending: list[tuple[list, dict]] = []
+        for x in inputs:
+            entry = [None, [], 0]
+            started.append(entry)
+            try:
+                entry[0] = preprocess(x)
+                for window in entry[0]["windows"]:  # a generator for a streamed file: may raise part way
+                    if window["is_silent"]:
+                        window = {**window, "samples": None}
+                    pending.append((entry, window))
+                    entry[2] += 1
+                    if sum(not w["is_silent"] for _, w in pending) == self.batch_size:
+                        self._caption(pending)
+            except (ValueError, TypeError, OSError) as err:
+                if on_error == "raise":
+                    raise
+                entry[0], entry[2] = err, 0
+                pending[:] = [p for p in pending if p[0] is not entry]
+            while started and started[0][2] == 0:
+                yield self._finished(started.popleft())
+        if pending:
+            self._caption(pending)
+        while started:
+            yield self._finished(started.popleft())
+
+    def _caption(self, pending: list[tuple[list, dict]]) -> None:
+        outputs = self.caption([w for _, w in pending])
+        for k, (entry, window) in enumerate(pending):
+            record = {"timestamp": window["timestamp"], "is_silent": window["is_silent"],
+                      "caption": outputs["captions"][k], "details": outputs["details"][k]}
+            if "embeddings" in outputs:
+                record["embeddings"] = outputs["embeddings"][k]
+            entry[1].append(record)
+            entry[2] -= 1
+        pending.clear()
+
+    @staticmethod
+    def _finished(entry: list) -> tuple:
+        item, records, _ = entry
+        return (item, None) if isinstance(item, Exception) else (item, records)
 
 
 def _window(samples: np.ndarray, start: int, end: int, rate: int, silence_threshold_db: float) -> dict[str, Any]:

@@ -2,7 +2,6 @@ import csv
 import json
 import os
 import shutil
-import types
 
 import pytest
 
@@ -12,7 +11,6 @@ from diffusion_link.apps.evaluation import (
     PREDICTION_FIELDS,
     evaluate_captioner,
     resolve_metrics,
-    tower_text_tokenizer,
 )
 from diffusion_link.metrics import COCO_METRICS, caption_scores
 
@@ -169,30 +167,38 @@ def test_metric_names_and_groups():
         resolve_metrics("bleu_1")
 
 
-def test_tower_text_tokenizer_for_the_starter_a_named_clap_and_none(clap_tokenizer_dir):
-    def captioner(tower_config, tower_name="", audio_tower_name_or_path=None):
-        tower = types.SimpleNamespace(config=tower_config, name_or_path=tower_name)
-        return types.SimpleNamespace(audio_tower=tower, config=types.SimpleNamespace(
-            audio_tower_name_or_path=audio_tower_name_or_path))
+def test_the_gap_uses_the_models_own_text_tokenizer_or_the_one_given(saved_tiny_captioner, clap_tokenizer_dir):
+    from transformers import AutoTokenizer
 
-    # The starter encoder names its text model; a CLAP tower is found through the checkpoint the captioner names.
-    starter = captioner(types.SimpleNamespace(text_model_name_or_path=clap_tokenizer_dir))
-    clap = captioner(types.SimpleNamespace(), audio_tower_name_or_path=clap_tokenizer_dir)
-    loaded_clap = captioner(types.SimpleNamespace(), tower_name=clap_tokenizer_dir)
-    for model in (starter, clap, loaded_clap):
-        assert tower_text_tokenizer(model)("a dog barks").input_ids
-    tokenizer = tower_text_tokenizer(clap)
-    assert tower_text_tokenizer(captioner(types.SimpleNamespace()), tokenizer) is tokenizer
-    with pytest.raises(ValueError, match="text_tokenizer.*--gap off"):
-        tower_text_tokenizer(captioner(types.SimpleNamespace()))
+    from diffusion_link import DiffusionLinkForAudioCaptioning
+    from diffusion_link.apps.evaluation import _use_text_tokenizer
+
+    model = DiffusionLinkForAudioCaptioning.from_pretrained(saved_tiny_captioner)
+    _use_text_tokenizer(model, None)  # the folder's audio_text_tokenizer/, the one the pipeline scores with
+    assert model.audio_text_tokenizer("a dog barks").input_ids
+    given = AutoTokenizer.from_pretrained(clap_tokenizer_dir)
+    _use_text_tokenizer(model, given)
+    assert model.audio_text_tokenizer is given
+    _use_text_tokenizer(model, clap_tokenizer_dir)
+    assert model.audio_text_tokenizer is not given and model.audio_text_tokenizer("a dog").input_ids
     with pytest.raises(ValueError, match="does-not-exist"):
-        tower_text_tokenizer(captioner(types.SimpleNamespace(), audio_tower_name_or_path="/does-not-exist"))
+        _use_text_tokenizer(model, "/does-not-exist")
+
+
+def without_text_tokenizer(saved_tiny_captioner, tmp_path):
+    """A copy of the saved tiny captioner without its `audio_text_tokenizer/` (an embedded CLAP that names none)."""
+    import shutil
+
+    folder = tmp_path / "no-text-tokenizer"
+    shutil.copytree(saved_tiny_captioner, folder)
+    shutil.rmtree(folder / "audio_text_tokenizer")
+    return str(folder)
 
 
 def test_evaluate_without_a_text_tokenizer_stops_before_captioning(saved_tiny_captioner, clips, tmp_path, capsys):
     refs = write_csv(tmp_path / "r.csv", ["file_name", "caption"], [[c, CAPTIONS[0]] for c in clips])
     code = main(["evaluate", "--references", refs, "--output-dir", str(tmp_path / "out"), "--model",
-                 str(saved_tiny_captioner)])
+                 without_text_tokenizer(saved_tiny_captioner, tmp_path)])
     assert code == 2
     assert "--text-tokenizer" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

@@ -211,7 +211,7 @@ def test_referenced_bases_are_not_copied(tiny_parts, tmp_path):
 
 
 def test_referenced_checkpoint_with_wrong_weights_is_refused(tiny_parts, tmp_path):
-    model = DiffusionLinkForAudioCaptioning.from_pretrained_parts(tiny_parts["clap"], tiny_parts["llama"], lora_r=0)
+    model = DiffusionLinkForAudioCaptioning.from_pretrained_parts(tiny_parts["clap"], tiny_parts["llama"], bridge_type="identity", lora_r=0)
     model.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     config["lora_r"] = 4  # now the file lacks the adapters this config promises
@@ -227,3 +227,26 @@ def test_bf16_model_generates(model):
     assert ids.shape[0] == 2
     out = model(text_embeds=unit(2, D), input_ids=torch.tensor([[5, 6], [7, 8]]), labels=torch.tensor([[5, 6], [7, 8]]))
     assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.loss)
+
+
+def test_from_pretrained_parts_never_guesses_the_bridge_or_the_base_weights(tiny_parts):
+    from diffusion_link import CaptionMemoryBridge, IdentityBridge, LinearMapBridge, MeanShiftBridge
+
+    clap, llama = tiny_parts["clap"], tiny_parts["llama"]
+    with pytest.raises(ValueError, match="bridge_type='identity'"):
+        DiffusionLinkForAudioCaptioning.from_pretrained_parts(clap, llama, lora_r=0)
+    model = DiffusionLinkForAudioCaptioning.from_pretrained_parts(clap, llama, bridge_type="identity", lora_r=0)
+    assert model.config.bridge_type == "identity" and isinstance(model.bridge, IdentityBridge)
+    for bridge in (LinearMapBridge(D), CaptionMemoryBridge(D)):
+        with pytest.raises(TypeError, match=type(bridge).__name__):
+            DiffusionLinkForAudioCaptioning.from_pretrained_parts(clap, llama, bridge, lora_r=0)
+    with pytest.raises(ValueError, match="contradicts"):
+        DiffusionLinkForAudioCaptioning.from_pretrained_parts(clap, llama, MeanShiftBridge(D), bridge_type="identity")
+    with pytest.raises(ValueError, match="contradicts"):
+        DiffusionLinkForAudioCaptioning.from_pretrained_parts(clap, llama, tiny_parts["bridge"], bridge_type="identity")
+    tower = model.audio_tower
+    with pytest.raises(ValueError, match=r"\['audio_tower'\].*embedded"):
+        DiffusionLinkForAudioCaptioning.from_pretrained_parts(tower, llama, bridge_type="identity")
+    embedded = DiffusionLinkForAudioCaptioning.from_pretrained_parts(
+        tower, llama, MeanShiftBridge(D), base_weights="embedded", lora_r=0)
+    assert embedded.config.base_weights == "embedded" and embedded.config.bridge_type == "mean_shift"

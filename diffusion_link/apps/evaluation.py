@@ -50,7 +50,7 @@ from transformers.utils.logging import tqdm
 
 from diffusion_link.experiments.atomic_files import atomic_open, atomic_path
 from diffusion_link.metrics.caption_scores import CAPTION_METRICS, COCO_METRICS
-from diffusion_link.pipeline_audio_captioning import DEFAULT_MAX_NEW_TOKENS
+from diffusion_link.configuration_diffusion_link_captioner import DEFAULT_MAX_NEW_TOKENS
 from diffusion_link.validation import check_positive_int
 
 
@@ -98,55 +98,31 @@ def resolve_metrics(names: Sequence[str] | None) -> tuple[str, ...]:
 
 
 # ---------------------------------------------------------------------------------------------------- text side
-def tower_text_tokenizer(
-    model: DiffusionLinkForAudioCaptioning, text_tokenizer: PreTrainedTokenizerBase | str | os.PathLike | None = None
-) -> PreTrainedTokenizerBase:
-    """The tokenizer of the captioner's audio tower's *text* side, for
-    `encoding.embed_text(model.audio_tower, tokenizer, texts)`.
+def _use_text_tokenizer(model: DiffusionLinkForAudioCaptioning,
+                        text_tokenizer: PreTrainedTokenizerBase | str | os.PathLike | None) -> None:
+    """Make sure the captioner can embed the references (its `audio_text_tokenizer`, found by the model's own rule),
+    or raise `ValueError` saying how to give one. `text_tokenizer` (a tokenizer, or a folder / Hub id / `package:`
+    reference to load one from) replaces the model's."""
+    if isinstance(text_tokenizer, (str, os.PathLike)):
+        from transformers import AutoTokenizer
 
-    Looked up in this order:
+        from diffusion_link.hub.references import resolve_reference
 
-    1. `text_tokenizer`: a tokenizer (returned as is) or a folder / Hub id / `package:` reference to load one from;
-    2. the tower's `config.text_model_name_or_path` (the starter encoder: all-MiniLM-L6-v2's tokenizer);
-    3. the captioner's `config.audio_tower_name_or_path`, then the tower's own `name_or_path` (a CLAP checkpoint
-       such as laion/clap-htsat-unfused, whose folder holds the tokenizer saved with its `ClapProcessor`).
-
-    Raises `ValueError` listing what was tried when none gives a tokenizer (a captioner that embeds its CLAP weights
-    and was not built from a named checkpoint records no tokenizer: pass `text_tokenizer`).
-    """
-    from transformers import AutoTokenizer
-
-    from diffusion_link.hub.references import resolve_reference
-
-    if text_tokenizer is not None and not isinstance(text_tokenizer, (str, os.PathLike)):
-        return text_tokenizer
-    if text_tokenizer is not None:
         try:
-            return AutoTokenizer.from_pretrained(resolve_reference(os.fspath(text_tokenizer)))
+            text_tokenizer = AutoTokenizer.from_pretrained(resolve_reference(os.fspath(text_tokenizer)))
         except (OSError, ValueError) as err:
             raise ValueError(f"Cannot load the text tokenizer {os.fspath(text_tokenizer)!r}: {err}") from err
-    tower = getattr(model, "audio_tower", None)
-    if tower is None:
-        raise TypeError(f"Expected a captioner with an `audio_tower`, got {type(model).__name__}.")
-    candidates = [
-        ("the tower's config.text_model_name_or_path", getattr(tower.config, "text_model_name_or_path", None)),
-        ("the captioner's config.audio_tower_name_or_path", getattr(model.config, "audio_tower_name_or_path", None)),
-        ("the tower's name_or_path", getattr(tower, "name_or_path", None)),
-    ]
-    tried = []
-    for source, reference in candidates:
-        if not reference or any(reference == r for _, r, _ in tried):
-            continue
-        try:
-            return AutoTokenizer.from_pretrained(resolve_reference(reference))
-        except (OSError, ValueError) as err:
-            tried.append((source, reference, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"))
-    found = "; ".join(f"{source} {ref!r} ({why})" for source, ref, why in tried) or "no tokenizer reference"
-    raise ValueError(
-        f"Cannot find the text tokenizer of the audio tower ({type(tower).__name__}); tried: {found}. Pass "
-        "`text_tokenizer` (CLI: --text-tokenizer), the folder or Hub id of the tower's processor/tokenizer, or turn "
-        "the gap figures off (gap='off', CLI: --gap off)."
-    )
+    if text_tokenizer is not None:
+        model.audio_text_tokenizer = text_tokenizer
+        return
+    try:
+        model.audio_text_tokenizer
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"Cannot find the text tokenizer of the audio tower ({type(model.audio_tower).__name__}): {err} Pass "
+            "`text_tokenizer` (CLI: --text-tokenizer), the folder or Hub id of the tower's processor/tokenizer, or turn "
+            "the gap figures off (gap='off', CLI: --gap off)."
+        ) from err
 
 
 # ---------------------------------------------------------------------------------------------------- evaluation
@@ -183,8 +159,8 @@ def evaluate_captioner(
         max_new_tokens, num_beams: generation settings.
         strength, num_inference_steps: the bridge's `link()` settings (default: the bridge's own).
         gap: `"on"` (gap figures and plot) or `"off"`.
-        text_tokenizer: the tokenizer of the tower's text side, or where to load it from (see
-            `tower_text_tokenizer`, which finds it for the starter and named CLAP checkpoints).
+        text_tokenizer: the tokenizer of the tower's text side, or where to load it from; by default the model's
+            own `audio_text_tokenizer` (its folder's `audio_text_tokenizer/`, else the config's reference).
         trust_remote_code: passed to `pipeline()` when `pipe_or_model` is a name.
         command_line: the command to record (default: `sys.argv`).
 
@@ -218,14 +194,16 @@ def evaluate_captioner(
     pipe = _load_pipeline(pipe_or_model, trust_remote_code)
     model = pipe.model
     # Fewer files than the gap figures need: no tokenizer lookup and no embeddings kept.
-    tokenizer = tower_text_tokenizer(model, text_tokenizer) if gap == "on" and len(files) >= MIN_GAP_PAIRS else None
+    measure_gap = gap == "on" and len(files) >= MIN_GAP_PAIRS
+    if measure_gap:
+        _use_text_tokenizer(model, text_tokenizer)
     output_dir = os.fspath(output_dir)
     os.makedirs(output_dir, exist_ok=True)
     for stale in (GAP_FILE, GAP_PLOT_FILE):  # an earlier run's figures must not pass for this run's
         if os.path.isfile(os.path.join(output_dir, stale)):
             os.remove(os.path.join(output_dir, stale))
 
-    call = {"max_new_tokens": max_new_tokens, "num_beams": num_beams, "return_embeddings": tokenizer is not None}
+    call = {"max_new_tokens": max_new_tokens, "num_beams": num_beams, "return_embeddings": measure_gap}
     if strength is not None:
         call["strength"] = strength
     if num_inference_steps is not None:
@@ -273,7 +251,7 @@ def evaluate_captioner(
         "references": sum(len(r["references"]) for r in rows),
     }
     report["failures"] = failures
-    report["modality_gap"] = _gap_section(model, tokenizer, audio_embeds, bridged_embeds, gap_texts, len(rows),
+    report["modality_gap"] = _gap_section(model, measure_gap, audio_embeds, bridged_embeds, gap_texts, len(rows),
                                           output_dir, strength, num_inference_steps, gap)
     report["generation"] = {
         "batch_size": batch_size, "max_new_tokens": max_new_tokens, "num_beams": num_beams,
@@ -334,15 +312,14 @@ def _load_pipeline(pipe_or_model, trust_remote_code: bool):
 
 
 @torch.no_grad()
-def _gap_section(model, tokenizer, audio_embeds, bridged_embeds, texts, num_files, output_dir, strength,
+def _gap_section(model, measured, audio_embeds, bridged_embeds, texts, num_files, output_dir, strength,
                  num_inference_steps, gap) -> dict[str, Any]:
-    from diffusion_link.embedding_extraction import embed_text
     from diffusion_link.metrics import modality_gap, plot_modality_gap
 
     if gap == "off":
         return {"status": "off"}
     if len(texts) < MIN_GAP_PAIRS:
-        found = (f"only {num_files} files" if tokenizer is None
+        found = (f"only {num_files} files" if not measured
                  else f"{len(texts)} of {num_files} files captioned and not silent")
         return {
             "status": "skipped",
@@ -350,7 +327,7 @@ def _gap_section(model, tokenizer, audio_embeds, bridged_embeds, texts, num_file
             "separability probe is cross-validated).",
         }
     audio, bridged = torch.stack(audio_embeds), torch.stack(bridged_embeds)  # (n, D) each
-    text = embed_text(model.audio_tower, tokenizer, texts)  # (n, D)
+    text = model.embed_text(texts)  # (n, D), the tower's text side
     folds = min(MAX_PROBE_FOLDS, len(texts) // 2)
     section = {
         "status": "computed",
@@ -391,5 +368,5 @@ def _model_info(pipe_or_model, model) -> dict[str, Any]:
 
 
 __all__ = [
-    "DEFAULT_EVALUATION_METRICS", "MIN_GAP_PAIRS", "environment_info", "evaluate_captioner", "resolve_metrics", "tower_text_tokenizer",
+    "DEFAULT_EVALUATION_METRICS", "MIN_GAP_PAIRS", "environment_info", "evaluate_captioner", "resolve_metrics",
 ]
