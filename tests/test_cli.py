@@ -76,12 +76,14 @@ def test_caption_command_csv_glob_and_raise(saved_tiny_captioner, tmp_path, caps
 
 
 def test_caption_command_without_a_model_says_so(tmp_path, capsys, monkeypatch):
-    from diffusion_link.apps import cli
+    import diffusion_link.starter
 
     from .conftest import write_wav
 
-    monkeypatch.setattr(cli, "default_model", lambda: None)  # an install without the starter
+    monkeypatch.setattr(diffusion_link.starter, "default_captioner", lambda: None)  # an install without the starter
     assert main(["caption", write_wav(tmp_path / "a.wav")]) == 2
+    assert "this install has no starter captioner" in capsys.readouterr().err
+    assert main(["evaluate", write_wav(tmp_path / "b.wav"), "--output-dir", str(tmp_path / "out")]) == 2
     assert "--model" in capsys.readouterr().err
     assert main(["caption", str(tmp_path / "none*.wav"), "--model", "x"]) == 2
     assert "No file matches" in capsys.readouterr().err
@@ -128,3 +130,12 @@ def test_caption_command_candidates_confidence_and_min_confidence(saved_tiny_cap
         assert [len(row) for row in csv.reader(f)] == [3, 3, 3]
     assert main([*plain, "--model", str(calibrated), "--min-confidence", "1.5"]) == 2
     assert "--min-confidence" in capsys.readouterr().err
+
+
+def test_rerank_choices_are_the_configs():
+    from diffusion_link.apps.cli import build_parser
+    from diffusion_link.configuration_diffusion_link_captioner import RERANK_MODES
+
+    caption = build_parser()._subparsers._group_actions[0].choices["caption"]
+    (rerank,) = [action for action in caption._actions if action.dest == "rerank"]
+    assert tuple(rerank.choices) == RERANK_MODES

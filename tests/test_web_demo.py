@@ -22,9 +22,11 @@ import pytest
 from .conftest import REPO_ROOT, run_python, write_wav
 
 
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before Gradio is imported, as the page's own import does
 gradio = pytest.importorskip("gradio", reason="the web page needs the [app] extra (Gradio); `make test` installs it")
 
-from diffusion_link.apps.web_demo import Limits, WebDemo, build_app, write_space  # noqa: E402
+from diffusion_link.apps.space import space_requirements, write_space  # noqa: E402
+from diffusion_link.apps.web_demo import Limits, WebDemo, build_app  # noqa: E402
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -92,13 +94,14 @@ def test_the_app_is_offline_bound_to_localhost_and_queued(tiny_demo):
     assert serve.host == "127.0.0.1" and serve.port == 7860
 
 
+@pytest.mark.integration
 def test_space_folder_runs_the_page_and_is_pushed_to_the_hub(saved_tiny_captioner, tmp_path, hub):
     out = tmp_path / "space"
     files = write_space(str(out), str(saved_tiny_captioner), Limits(120, 20))
     assert {"app.py", "requirements.txt", "README.md", "diffusion_link/apps/web_demo.py", "model/config.json"} <= set(files)
     readme = (out / "README.md").read_text()
     assert readme.startswith("---\n") and "sdk: gradio" in readme and "app_file: app.py" in readme
-    assert "gradio" in (out / "requirements.txt").read_text()
+    assert (out / "requirements.txt").read_text().split() == space_requirements()  # a model of its own: no starter pins
     starter = out / "diffusion_link" / "starter"  # a model of its own: the starter's code, not its weights or data
     assert sorted(p.name for p in starter.iterdir()) == sorted(
         name for name in os.listdir(os.path.join(REPO_ROOT, "diffusion_link", "starter")) if name.endswith(".py"))
@@ -114,6 +117,30 @@ def test_space_folder_runs_the_page_and_is_pushed_to_the_hub(saved_tiny_captione
     repo = hub.repos[("space", "user/captioner-space")]
     pushed = set(repo.commits[repo.refs["main"]])
     assert {"app.py", "requirements.txt", "README.md", "model/model.safetensors"} <= pushed
+
+
+def test_space_requirements_are_setup_pys_and_the_starter_pins_live_once():
+    """The Space installs what `setup.py` asks for (its install_requires and the page's extras), read from the
+    package metadata, so the two cannot drift; the starter's base wheels come from their one home."""
+    import ast
+
+    from packaging.requirements import Requirement
+
+    from diffusion_link.starter import STARTER_BASE_PACKAGES
+
+    tree = ast.parse(open(os.path.join(REPO_ROOT, "setup.py"), encoding="utf-8").read())
+    assigned = {node.targets[0].id: node.value for node in tree.body
+                if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)}
+    extras = {key.value: ast.literal_eval(value) for key, value in zip(assigned["extras"].keys, assigned["extras"].values)}
+    wanted = [*ast.literal_eval(assigned["install_requires"]), *extras["plot"], *extras["starter"], *extras["app"]]
+
+    def normal(lines):
+        return {(Requirement(line).name.replace("_", "-").lower(), str(Requirement(line).specifier)) for line in lines}
+
+    assert normal(space_requirements()) == normal(wanted)
+    assert space_requirements(starter=True)[-len(STARTER_BASE_PACKAGES):] == list(STARTER_BASE_PACKAGES)
+    makefile = open(os.path.join(REPO_ROOT, "Makefile"), encoding="utf-8").read()
+    assert not any(pin in makefile for pin in STARTER_BASE_PACKAGES)  # `make` reads them from the package
 
 
 # ---------------------------------------------------------------------------------------------------- the browser
@@ -186,6 +213,7 @@ def caption_in_page(browser, url: str, path: str, wait_for: str = "#caption text
     return page, start
 
 
+@pytest.mark.integration
 def test_the_page_captions_an_upload_as_the_pipeline_does(starter_server, starter_pipe, browser, tmp_path):
     from diffusion_link.apps.demo import synthetic_sounds
 
@@ -207,6 +235,7 @@ def test_the_page_captions_an_upload_as_the_pipeline_does(starter_server, starte
     page.close()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("kind, message", [("corrupt", "is not audio this page can read"),
                                            ("silent", "The recording is silent")])
 def test_the_page_shows_a_message_for_bad_audio(starter_server, browser, tmp_path, kind, message):
@@ -227,6 +256,7 @@ def test_the_page_shows_a_message_for_bad_audio(starter_server, browser, tmp_pat
     page.close()
 
 
+@pytest.mark.integration
 def test_eight_concurrent_requests_are_all_answered_as_in_sequence(starter_server, tmp_path):
     from gradio_client import Client, handle_file
 

@@ -6,11 +6,15 @@
     diffusion-link evaluate (--references refs.csv [--audio-dir DIR] | PATHS...) --output-dir OUT [--model DIR_OR_ID]
                             [--metrics default meteor ...] [--batch-size 8] [--max-new-tokens 30] [--num-beams 1]
                             [--strength S] [--num-inference-steps K] [--limit N] [--gap on|off] [--text-tokenizer T]
+    diffusion-link serve [--model DIR_OR_ID] [--host 127.0.0.1] [--port 7860] [--concurrency 2]
+    diffusion-link space OUT_DIR [--model DIR_OR_ID] [--push REPO_ID] [--private]
 
 `evaluate` writes predictions.csv, scores.json (scores, environment, command line), gap.json and gap.png into
 OUT (see `diffusion_link.apps.evaluation`). References come from a CSV (`file_name` or AudioCaps' `youtube_id`, and
 `caption` / `caption_1..N` columns) or, for PATHS, from a sidecar text file next to each audio file (`dog.txt` for
-`dog.wav`, one caption per line).
+`dog.wav`, one caption per line). `serve` runs the web page (`diffusion_link.apps.web_demo`, the `[app]` extra) and
+`space` writes (and with `--push` uploads) a Hub Space folder that runs the same page (`diffusion_link.apps.space`).
+Without `--model`, every command uses the bundled starter captioner.
 
 Exit codes: 0 on success, 1 if any file failed (`caption`, `evaluate`), 2 on usage or input errors.
 """
@@ -26,13 +30,6 @@ import sys
 
 CSV_FIELDS = ("file", "generated_text", "is_silent", "duration_s", "sampling_rate", "num_channels", "peak_dbfs", "error",
               "confidence", "below_min_confidence")
-
-
-def default_model() -> str | None:
-    """The model `caption` uses without `--model`: the committed starter captioner."""
-    from diffusion_link.starter import default_captioner
-
-    return default_captioner()
 
 
 def expand_paths(paths: list[str]) -> list[str]:
@@ -77,12 +74,9 @@ def _caption(args: argparse.Namespace) -> int:
     from transformers import pipeline
 
     from diffusion_link import pipeline_audio_captioning  # noqa: F401  (registers the task)
+    from diffusion_link.starter import require_captioner
 
-    model = args.model or default_model()
-    if model is None:
-        print("error: this install has no starter captioner (diffusion_link/starter); pass --model (a captioner "
-              "folder or Hub id), or build it with training/build_starter.py.", file=sys.stderr)
-        return 2
+    model = require_captioner(args.model)
     files = expand_paths(args.paths)
     if args.output:
         _drop_partial_last_line(args.output)  # a row cut short by a killed run is dropped and its file redone
@@ -205,6 +199,7 @@ def _gap(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from diffusion_link.apps.evaluation import evaluate_captioner, resolve_metrics
     from diffusion_link.apps.reference_captions import read_references_csv, read_sidecar_references
+    from diffusion_link.starter import require_captioner
 
     if bool(args.paths) == bool(args.references):
         raise ValueError("give either --references refs.csv (with --audio-dir) or audio PATHS with sidecar .txt "
@@ -214,11 +209,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be a positive number of files, got {args.limit}.")
     metrics = resolve_metrics(args.metrics)
-    model = args.model or default_model()
-    if model is None:
-        print("error: this install has no starter captioner (diffusion_link/starter); pass --model (a captioner "
-              "folder or Hub id), or build it with training/build_starter.py.", file=sys.stderr)
-        return 2
+    model = require_captioner(args.model)
     if args.references:
         files, references = read_references_csv(args.references, args.audio_dir)
     else:
@@ -250,7 +241,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from diffusion_link.pipeline_audio_captioning import DEFAULT_MAX_NEW_TOKENS
+    from diffusion_link.configuration_diffusion_link_captioner import DEFAULT_MAX_NEW_TOKENS, RERANK_MODES
 
     parser = argparse.ArgumentParser(prog="diffusion-link", description="Diffusion-Link: audio-text modality gap tools.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -266,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--num-candidates", type=int, default=None,
                      help="Candidate captions per file, by beam search, reranked (default: the model's; the starter's "
                           "was picked on held-out clips). Results then carry `candidates` and, calibrated, `confidence`.")
-    cap.add_argument("--rerank", choices=("lm", "similarity", "combined"), default=None,
+    cap.add_argument("--rerank", choices=RERANK_MODES, default=None,
                      help="How the caption is picked among candidates (default: the model's).")
     cap.add_argument("--min-confidence", type=float, default=None,
                      help="Mark captions whose confidence is below this (`below_min_confidence`); they are kept.")
@@ -334,10 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _app_module():
-    try:
-        from diffusion_link.apps import web_demo
+    """`diffusion_link.apps.web_demo`, with Gradio imported; `ValueError` naming the extra when it is missing."""
+    from diffusion_link.apps import web_demo
 
-        import gradio  # noqa: F401
+    try:
+        web_demo.import_gradio()
     except ImportError:
         raise ValueError("the web page needs Gradio: pip install 'diffusion_link[app]'") from None
     return web_demo
@@ -355,10 +347,12 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _space(args: argparse.Namespace) -> int:
     web_demo = _app_module()
-    files = web_demo.write_space(args.out_dir, args.model, web_demo.Limits(args.max_duration_s, args.max_file_mb))
+    from diffusion_link.apps import space
+
+    files = space.write_space(args.out_dir, args.model, web_demo.Limits(args.max_duration_s, args.max_file_mb))
     print(f"wrote a Space of {len(files)} files to {args.out_dir}", file=sys.stderr)
     if args.push:
-        print(f"pushed: {web_demo.push_space(args.out_dir, args.push, private=args.private)}", file=sys.stderr)
+        print(f"pushed: {space.push_space(args.out_dir, args.push, private=args.private)}", file=sys.stderr)
     return 0
 
 

