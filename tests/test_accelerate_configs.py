@@ -30,16 +30,11 @@ import sys
 
 import pytest
 
-from .conftest import REPO_ROOT
+from .conftest import CAPTIONS, CLAP_CONFIG, LLAMA_CONFIG, REPO_ROOT, paper_captioner_config
 
 
 CONFIGS = os.path.join(REPO_ROOT, "training", "configs")
 SCRIPT = os.path.join(REPO_ROOT, "training", "train_captioner.py")
-CAPTIONS = [
-    "a dog barks while cars pass by", "rain falls steadily on a tin roof", "a man speaks and a crowd laughs",
-    "birds chirp in the early morning", "an engine idles and then revs loudly", "water runs from a tap into a sink",
-    "a baby cries and a woman talks softly", "wind blows through the trees",
-]
 
 
 def free_port() -> int:
@@ -101,6 +96,7 @@ def test_config_files_are_accepted_by_accelerate(config_file):
     assert config.distributed_type.value == expected
 
 
+@pytest.mark.integration
 def test_ddp_config_two_process_cpu_run(tiny_parts, tmp_path):
     output_dir = tmp_path / "ddp"
     proc = launch("accelerate_ddp.yaml", tiny_parts, output_dir)
@@ -120,8 +116,6 @@ def test_fsdp_config_wraps_the_captioners_decoder_layers(monkeypatch):
     from transformers import AutoModelForCausalLM, ClapConfig, ClapModel, LlamaConfig
 
     from diffusion_link import DiffusionLinkForAudioCaptioning
-
-    from .test_paper_scale import CLAP_CONFIG, LLAMA_CONFIG, paper_captioner_config
 
     args = launch_command_parser().parse_args(
         ["--config_file", os.path.join(CONFIGS, "accelerate_fsdp.yaml"), SCRIPT, "run.json"])
@@ -148,6 +142,7 @@ def test_fsdp_config_wraps_the_captioners_decoder_layers(monkeypatch):
     assert root_trainable == {torch.float32}
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="FSDP runs only on GPUs with this accelerate")
 def test_fsdp_config_gpu_run_saves_a_captioner_that_loads(tiny_parts, tmp_path):
     """The FSDP file on the GPUs there are (one is enough: the same FSDP2 code path, unsharded): training runs and the

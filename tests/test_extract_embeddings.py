@@ -220,6 +220,7 @@ def _many_argv(clap_dir, root, out):
             "--batch_size", "1"]
 
 
+@pytest.mark.integration
 def test_two_ranks_write_the_file_one_process_writes(clap_dir, tmp_path):
     _many_clips(tmp_path)
     single, multi = tmp_path / "single.safetensors", tmp_path / "multi.safetensors"
@@ -230,6 +231,7 @@ def test_two_ranks_write_the_file_one_process_writes(clap_dir, tmp_path):
     assert not (tmp_path / "multi.safetensors.partial").exists()
 
 
+@pytest.mark.integration
 def test_a_rank_that_dies_mid_run_resumes_from_its_shards(clap_dir, tmp_path):
     audio_dir = _many_clips(tmp_path)
     reference, out = tmp_path / "reference.safetensors", tmp_path / "out.safetensors"

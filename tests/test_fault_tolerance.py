@@ -90,6 +90,7 @@ def bridge_data(tmp_path_factory):
     return root / "train.safetensors"
 
 
+@pytest.mark.integration
 def test_killed_bridge_run_resumes_to_the_uninterrupted_weights(bridge_data, tmp_path):
     from training import train_bridge
 
@@ -121,6 +122,7 @@ def caption_file(tiny_parts):
     return str(path)
 
 
+@pytest.mark.integration
 def test_killed_captioner_run_resumes_to_the_uninterrupted_weights(tiny_parts, caption_file, tmp_path):
     from training import train_captioner
 

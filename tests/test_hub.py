@@ -23,6 +23,7 @@ def test_server_rejects_other_hosts():
         HubServer(("0.0.0.0", 0))
 
 
+@pytest.mark.integration
 def test_bridge_push_to_hub_then_from_pretrained_gives_identical_link(hub, tiny_bridge, tmp_path, monkeypatch):
     local = tmp_path / "bridge"
     tiny_bridge.save_pretrained(local)
@@ -50,6 +51,7 @@ def test_bridge_push_to_hub_then_from_pretrained_gives_identical_link(hub, tiny_
     torch.testing.assert_close(torch.tensor(json.loads(out.splitlines()[-1])), expected, rtol=0, atol=0)
 
 
+@pytest.mark.integration
 def test_captioner_push_to_hub_then_pipeline_by_repo_id_with_remote_code(hub, saved_tiny_captioner, tmp_path, monkeypatch):
     from transformers import pipeline
 
@@ -85,6 +87,7 @@ def test_captioner_push_to_hub_then_pipeline_by_repo_id_with_remote_code(hub, sa
     assert requested(hub, "GET", f"/user/captioner/resolve/{repo.refs['main']}/model.safetensors")
 
 
+@pytest.mark.integration
 def test_embedding_dataset_push_to_hub_then_load_dataset(hub, tmp_path, monkeypatch):
     rows = {
         "audio_embeds": torch.randn(6, 8, generator=torch.Generator().manual_seed(0)).tolist(),

@@ -24,12 +24,9 @@ from diffusion_link import (
     DiffusionLinkForAudioCaptioning,
 )
 
-from .conftest import REPO_ROOT
+from .conftest import CLAP_CONFIG, LLAMA_CONFIG, REPO_ROOT, paper_captioner_config
 
 
-ARCHITECTURES = os.path.join(REPO_ROOT, "training", "configs", "architectures")
-CLAP_CONFIG = os.path.join(ARCHITECTURES, "clap_htsat_unfused_config.json")
-LLAMA_CONFIG = os.path.join(ARCHITECTURES, "llama2_7b_config.json")
 CAPTIONER_RECIPE = os.path.join(REPO_ROOT, "training", "configs", "paper_captioner_llama2_zero_shot.json")
 BRIDGE_RECIPE = os.path.join(REPO_ROOT, "training", "configs", "paper_bridge_clap.json")
 
@@ -62,14 +59,6 @@ BRIDGE_PARAMETERS = 2 * (128 * 1024 + 1024 + 1024 * 1024 + 1024 + 512 * 1024 + 1
 LIGHT_CHECKPOINT_TENSOR_BYTES = 365_246_472
 # model.safetensors = 8-byte header length + JSON header (203 entries, padded to 8 bytes) + the tensors above.
 LIGHT_CHECKPOINT_FILE_BYTES = 365_272_592
-
-
-def paper_captioner_config(audio_config, text_config) -> DiffusionLinkCaptionerConfig:
-    """The captioner config the paper recipe (`paper_captioner_llama2_zero_shot.json`) builds from its parts: the
-    benchmark's own reading of the recipe, so the plan it prints is of the model checked here."""
-    from benchmarks.bench_paper_scale import captioner_config
-
-    return captioner_config(audio_config, text_config, tiny=False)
 
 
 @pytest.fixture(scope="module")

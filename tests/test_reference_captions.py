@@ -4,8 +4,7 @@ import pytest
 
 from diffusion_link.apps.reference_captions import read_references_csv, read_sidecar_references
 
-from .conftest import REPO_ROOT
-from .test_evaluation import write_csv
+from .conftest import REPO_ROOT, write_csv
 
 
 DATA = os.environ.get("DIFFUSION_LINK_DATA") or os.path.join(REPO_ROOT, "..", "shared", "data")

@@ -117,6 +117,7 @@ def test_bad_bridge_type_is_rejected(data_files, tmp_path):
         train_bridge.parse_args(as_argv(args_for(data_files, tmp_path, bridge_type="unet")))
 
 
+@pytest.mark.integration
 def test_two_process_ddp_run_on_cpu(data_files, tmp_path):
     out = tmp_path / "ddp"
     values = args_for(data_files, out, max_steps=4, save_steps=4, per_device_train_batch_size=8,

@@ -15,14 +15,7 @@ from diffusion_link.experiments.embedding_files import save_embeddings
 from diffusion_link.metrics import caption_scores
 from training import train_captioner
 
-from .conftest import REPO_ROOT, write_wav
-
-
-CAPTIONS = [
-    "a dog barks while cars pass by", "rain falls steadily on a tin roof", "a man speaks and a crowd laughs",
-    "birds chirp in the early morning", "an engine idles and then revs loudly", "water runs from a tap into a sink",
-    "a baby cries and a woman talks softly", "wind blows through the trees",
-]
+from .conftest import CAPTIONS, REPO_ROOT, write_wav
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +130,7 @@ def test_bad_mode_is_rejected():
         train_captioner.DataArguments(train_file="x", mode="few_shot")
 
 
+@pytest.mark.integration
 def test_two_process_ddp_run_on_cpu(tiny_parts, caption_data, tmp_path):
     argv = argv_for(tiny_parts, caption_data, tmp_path / "ddp", max_steps=4, per_device_train_batch_size=4,
                     save_strategy="steps", save_steps=4)
