@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig
 
-from .validation import check_positive_int
+from .validation import check_positive_int, check_strength  # noqa: F401 (check_strength: re-exported)
 
 
 _NORMALIZATIONS = ("l2", "none")
@@ -185,8 +185,3 @@ class DiffusionLinkConfig(PretrainedConfig):
         self.depth_selection = depth_selection
         super().__init__(**kwargs)
 
-
-def check_strength(strength: float) -> None:
-    """Raise a `ValueError` unless `strength` (the fraction of the schedule `link()` noises to) lies in (0, 1]."""
-    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 < strength <= 1.0:
-        raise ValueError(f"`strength` must be a float in (0, 1], got {strength!r}.")

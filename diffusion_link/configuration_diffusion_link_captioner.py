@@ -10,7 +10,7 @@ from transformers import PretrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from .configuration_diffusion_link import DiffusionLinkConfig
-from .validation import check_positive_int
+from .validation import check_choice, check_positive_int
 
 
 BRIDGE_TYPES = ("diffusion_link", "identity", "mean_shift")
@@ -25,10 +25,9 @@ DEFAULT_MAX_NEW_TOKENS = 30
 
 
 def check_rerank(rerank: str) -> str:
-    """Return `rerank`, or raise `ValueError` unless it is one of `RERANK_MODES` (config, pipeline, reranking)."""
-    if rerank not in RERANK_MODES:
-        raise ValueError(f"`rerank` must be one of {RERANK_MODES}, got {rerank!r}.")
-    return rerank
+    """Return `rerank`, or raise `ValueError` unless it is one of `RERANK_MODES` (the config, the pipeline and
+    `reranking.rank_candidates` check it; the CLI's `choices` are `RERANK_MODES`)."""
+    return check_choice("rerank", rerank, RERANK_MODES)
 
 
 class DiffusionLinkCaptionerConfig(PretrainedConfig):
@@ -121,8 +120,7 @@ class DiffusionLinkCaptionerConfig(PretrainedConfig):
         if embedding_dim is None:
             embedding_dim = getattr(self.audio_config, "projection_dim", None)
         check_positive_int("embedding_dim", embedding_dim)
-        if bridge_type not in BRIDGE_TYPES:
-            raise ValueError(f"`bridge_type` must be one of {BRIDGE_TYPES}, got {bridge_type!r}.")
+        check_choice("bridge_type", bridge_type, BRIDGE_TYPES)
         if bridge_config is None:
             bridge_config = DiffusionLinkConfig(embedding_dim=embedding_dim, hidden_size=2 * embedding_dim)
         elif isinstance(bridge_config, dict):
@@ -149,8 +147,7 @@ class DiffusionLinkCaptionerConfig(PretrainedConfig):
             raise ValueError("`lora_target_modules` must name at least one module when `lora_r` > 0.")
         if noise_injection_std < 0:
             raise ValueError(f"`noise_injection_std` must be >= 0, got {noise_injection_std}.")
-        if base_weights not in BASE_WEIGHTS:
-            raise ValueError(f"`base_weights` must be one of {BASE_WEIGHTS}, got {base_weights!r}.")
+        check_choice("base_weights", base_weights, BASE_WEIGHTS)
         if base_weights == "referenced" and not (audio_tower_name_or_path and language_model_name_or_path):
             raise ValueError(
                 "`base_weights='referenced'` needs `audio_tower_name_or_path` and `language_model_name_or_path`."

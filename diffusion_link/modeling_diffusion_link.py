@@ -21,12 +21,12 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .configuration_diffusion_link import DiffusionLinkConfig, check_strength
+from .configuration_diffusion_link import DiffusionLinkConfig
 from .model_card_mixin import ModelCardMixin
 from .peer_bridges import LinearMapBridge
 from .pretrained_loading import check_pretrained_config, checked_from_pretrained, own_aligned_memory
 from .seeding import content_generators
-from .validation import check_embeddings, check_positive_int
+from .validation import check_embeddings, check_positive_int, check_strength
 
 
 GeneratorArg = torch.Generator | Sequence[torch.Generator] | None

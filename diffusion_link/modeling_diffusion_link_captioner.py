@@ -11,6 +11,7 @@ transformers, diffusers and flat sibling modules; peft is imported when a checkp
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import os
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ from .embedding_extraction import audio_embeddings, embed_audio, embed_text
 from .model_card_mixin import ModelCardMixin
 from .modeling_diffusion_link import DiffusionLinkBridge, GeneratorArg
 from .pretrained_loading import (
+    ReferencedBasesMixin,
     check_pretrained_config,
     checked_from_pretrained,
     hub_kwargs,
@@ -40,6 +42,9 @@ from .validation import check_embeddings, check_positive_int
 
 # The subfolder of a saved captioner that holds its audio tower's text tokenizer (see `audio_text_tokenizer`).
 AUDIO_TEXT_TOKENIZER_FOLDER = "audio_text_tokenizer"
+# True while transformers' `from_pretrained` builds an embedded captioner: it re-creates the parameters when it
+# loads the weights, so dtype placement and freezing run once, after that, instead of in `__init__` too.
+_LOADING_EMBEDDED = contextvars.ContextVar("loading_embedded_captioner", default=False)
 
 
 @dataclass
@@ -93,7 +98,7 @@ class DiffusionLinkCaptionerPreTrainedModel(ModelCardMixin, PreTrainedModel):
                 nn.init.zeros_(linear.bias)
 
 
-class DiffusionLinkForAudioCaptioning(DiffusionLinkCaptionerPreTrainedModel):
+class DiffusionLinkForAudioCaptioning(ReferencedBasesMixin, DiffusionLinkCaptionerPreTrainedModel):
     r"""
     Audio captioner of Diffusion-Link: `audio_tower` (frozen; `ClapModel` or any model with `get_audio_features` /
     `get_text_features`), `bridge` (frozen; [`DiffusionLinkBridge`] or a peer), `multi_modal_projector` (trained)
@@ -102,6 +107,9 @@ class DiffusionLinkForAudioCaptioning(DiffusionLinkCaptionerPreTrainedModel):
     Build one from pretrained parts with [`~DiffusionLinkForAudioCaptioning.from_pretrained_parts`]; load a saved one
     with `from_pretrained` (embedded or referenced bases, see `DiffusionLinkCaptionerConfig.base_weights`).
     """
+
+    _base_prefixes = ("audio_tower.", "language_model.")
+    _trained_in_bases = ("lora_",)
 
     def __init__(
         self,
@@ -127,8 +135,9 @@ class DiffusionLinkForAudioCaptioning(DiffusionLinkCaptionerPreTrainedModel):
         if config.lora_r:
             self._add_lora()
         self.post_init()
-        self.trained_parts_to_float32()  # an LM given in bf16 gets bf16 LoRA layers from peft
-        self.apply_freezing()
+        if not _LOADING_EMBEDDED.get():
+            self.trained_parts_to_float32()  # an LM given in bf16 gets bf16 LoRA layers from peft
+            self.apply_freezing()
         self.train(self.training)  # the frozen tower and bridge start (and stay) in eval mode
 
     # ------------------------------------------------------------------ building and freezing
@@ -148,7 +157,8 @@ class DiffusionLinkForAudioCaptioning(DiffusionLinkCaptionerPreTrainedModel):
     def apply_freezing(self) -> None:
         """Freeze the audio tower, the bridge and the LM base; train the projector and the LoRA adapters.
 
-        Called after `__init__` and after `from_pretrained` (which re-creates parameters as trainable).
+        Called once per model: by `__init__`, or by `from_pretrained` after transformers loaded the weights of an
+        embedded checkpoint (which re-creates the parameters as trainable); and after `merge_and_unload`.
         """
         self.audio_tower.requires_grad_(False)
         self.bridge.requires_grad_(False)
@@ -270,50 +280,34 @@ class DiffusionLinkForAudioCaptioning(DiffusionLinkCaptionerPreTrainedModel):
             config = DiffusionLinkCaptionerConfig.from_pretrained(
                 pretrained_model_name_or_path, **hub_kwargs(kwargs)
             )
-        if getattr(config, "base_weights", "embedded") == "referenced":
+        if config.base_weights == "referenced":
             kwargs.pop("config", None)
             model = cls._from_referenced(pretrained_model_name_or_path, config, **kwargs)
         else:
-            model = checked_from_pretrained(super().from_pretrained, pretrained_model_name_or_path, *args, **kwargs)
+            token = _LOADING_EMBEDDED.set(True)
+            try:
+                model = checked_from_pretrained(super().from_pretrained, pretrained_model_name_or_path, *args, **kwargs)
+            finally:
+                _LOADING_EMBEDDED.reset(token)
             if isinstance(model, tuple):
                 model = model[0]
+            model.trained_parts_to_float32()
+            model.apply_freezing()
         model._audio_text_tokenizer_folder = _saved_tokenizer_folder(pretrained_model_name_or_path, kwargs)
         # Small trained parts get fresh (aligned) memory, so a loaded model reproduces the saved one bit for bit.
         own_aligned_memory((*model.bridge.parameters(), *model.bridge.buffers(), *model.multi_modal_projector.parameters()))
-        model.trained_parts_to_float32()
-        model.apply_freezing()
         return model
 
     @classmethod
     def _from_referenced(cls, path, config: DiffusionLinkCaptionerConfig, **kwargs) -> "DiffusionLinkForAudioCaptioning":
-        from safetensors.torch import load_file
-        from transformers.utils import cached_file
-
-        dtype = kwargs.get("dtype")
+        """The bases from their references, then the trained parts from `path` (`ReferencedBasesMixin`)."""
         audio_tower = load_audio_tower(config.audio_tower_name_or_path)
         language_model = AutoModelForCausalLM.from_pretrained(
-            resolve_base_reference(config.language_model_name_or_path), dtype=dtype
+            resolve_base_reference(config.language_model_name_or_path), dtype=kwargs.get("dtype")
         )
-        model = cls(config, audio_tower=audio_tower, language_model=language_model)
-        weights = cached_file(path, "model.safetensors", **hub_kwargs(kwargs))
-        state = load_file(weights)
-        expected = set(model.trained_state_dict())
-        missing, unexpected = expected - set(state), set(state) - expected
-        if missing or unexpected:
-            raise ValueError(
-                f"{weights} does not match a referenced-bases captioner: missing {sorted(missing)[:5]}, "
-                f"unexpected {sorted(unexpected)[:5]}."
-            )
-        model.load_state_dict(state, strict=False)
+        model = cls(config, audio_tower=audio_tower, language_model=language_model)  # float32 parts, frozen bases
+        model.load_trained_parts(path, **kwargs)
         return model.eval()
-
-    def trained_state_dict(self) -> dict[str, torch.Tensor]:
-        """The weights that are not part of the frozen bases: bridge, projector and LoRA adapters."""
-        return {
-            k: v
-            for k, v in self.state_dict().items()
-            if not (k.startswith("audio_tower.") or k.startswith("language_model.")) or "lora_" in k
-        }
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """transformers' `save_pretrained` (only the trained parts with referenced bases), plus the audio tower's text

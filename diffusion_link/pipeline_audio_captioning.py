@@ -28,7 +28,7 @@ from .audio_io import (
 from .configuration_diffusion_link_captioner import DEFAULT_MAX_NEW_TOKENS, check_rerank  # noqa: F401
 from .reranking import beam_candidates, candidate_generate_kwargs, confidence, rank_candidates, scored_candidates
 from .seeding import content_seed, seeded_generators
-from .validation import check_positive_int
+from .validation import check_choice, check_positive_int
 
 
 ON_ERROR = ("raise", "report")
@@ -158,9 +158,7 @@ class AudioCaptionPipeline(ChunkPipeline):
             forward["rerank"] = check_rerank(rerank)
         postprocess = {}
         if on_error is not None:
-            if on_error not in ON_ERROR:
-                raise ValueError(f"`on_error` must be one of {ON_ERROR}, got {on_error!r}.")
-            postprocess["on_error"] = on_error
+            postprocess["on_error"] = check_choice("on_error", on_error, ON_ERROR)
         return preprocess, forward, postprocess
 
     def __call__(self, inputs, **kwargs):

@@ -24,7 +24,6 @@ def hub_kwargs(kwargs: dict) -> dict:
     return {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
 
 
-
 def check_pretrained_config(config_class: type, path, kwargs: dict) -> None:
     """Raise `ValueError` naming `path` when its config.json is missing or of another `model_type`.
 
@@ -64,6 +63,41 @@ def checked_from_pretrained(load, path, *args, **kwargs):
     return (model, info) if return_info else model
 
 
+class ReferencedBasesMixin:
+    """"Trained parts over referenced bases": a model whose frozen bases are loaded from where they are published
+    (a Hub id, a folder, a `package:` / `cache:` reference) and whose `model.safetensors` holds only what was trained.
+    The captioner (with `base_weights="referenced"`) and the starter encoder both load this way.
+
+    A subclass names its bases' state-dict prefixes in `_base_prefixes`, and in `_trained_in_bases` the key
+    fragments of trained weights that live inside a base (the LoRA adapters of the captioner's LM).
+    """
+
+    _base_prefixes: tuple[str, ...] = ()
+    _trained_in_bases: tuple[str, ...] = ()
+
+    def trained_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights that are not part of the frozen bases: what `save_pretrained` writes."""
+        return {k: v for k, v in self.state_dict().items()
+                if not k.startswith(self._base_prefixes) or any(part in k for part in self._trained_in_bases)}
+
+    def load_trained_parts(self, path, **kwargs) -> None:
+        """Load `path`'s `model.safetensors` (a folder or Hub repo; `kwargs` may hold `HUB_KWARGS`) into the trained
+        parts, the bases being loaded already. Strict: a file whose keys are not exactly `trained_state_dict()`'s
+        raises `ValueError` naming the file and the keys."""
+        from safetensors.torch import load_file
+        from transformers.utils import cached_file
+
+        weights = cached_file(path, "model.safetensors", **hub_kwargs(kwargs))
+        state = load_file(weights)
+        expected = set(self.trained_state_dict())
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        if missing or unexpected:
+            raise ValueError(
+                f"{weights} does not hold the trained parts of this {type(self).__name__} "
+                f"({self.config.model_type}): missing ({len(missing)}) {missing[:5]}, unexpected "
+                f"({len(unexpected)}) {unexpected[:5]}."
+            )
+        self.load_state_dict(state, strict=False)
 
 
 @torch.no_grad()
@@ -78,24 +112,17 @@ def own_aligned_memory(tensors: Iterable[torch.Tensor]) -> None:
         tensor.data = tensor.data.clone()
 
 
-# References to weights inside installed Python packages or this package's cache (see
-# `diffusion_link.hub.references`); only meaningful where diffusion_link is installed.
-PACKAGE_REFERENCE_PREFIXES = ("package:", "cache:")
-
-
 def resolve_base_reference(reference: str) -> str:
-    """Where `from_pretrained` finds a referenced base model: a Hub id or a folder as it is; a `package:` or `cache:`
-    reference through `diffusion_link.hub.references` (the package must be installed: a Hub copy of this file
-    does not carry that code)."""
-    if not isinstance(reference, str) or not reference:
-        raise ValueError(f"A model reference must be a non-empty string, got {reference!r}.")
-    if not reference.startswith(PACKAGE_REFERENCE_PREFIXES):
-        return reference
+    """Where `from_pretrained` finds a referenced base model: `diffusion_link.hub.references.resolve_reference`, the
+    one home of the reference forms (a Hub id or folder as it is; `package:` / `cache:` weights of installed
+    packages). A Hub copy of this file runs without the package too, and then takes Hub ids and folders only."""
     try:
         from diffusion_link.hub.references import resolve_reference
     except ImportError as err:
-        raise ImportError(
-            f"{reference!r} refers to weights inside an installed package; loading it needs diffusion_link "
-            "(pip install diffusion_link)."
-        ) from err
+        if isinstance(reference, str) and reference.partition(":")[0] in ("package", "cache"):
+            raise ImportError(
+                f"{reference!r} refers to weights inside an installed package; loading it needs diffusion_link "
+                "(pip install diffusion_link)."
+            ) from err
+        return reference
     return resolve_reference(reference)

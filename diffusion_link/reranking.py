@@ -21,7 +21,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from .configuration_diffusion_link_captioner import check_rerank
+from .configuration_diffusion_link_captioner import RERANK_MODES
+from .validation import check_choice
 
 
 CONFIDENCE_FEATURES = ("audio_text_similarity", "lm_logprob", "similarity_margin", "agreement")
@@ -63,7 +64,7 @@ def candidate_generate_kwargs(num_candidates: int, generate_kwargs: dict | None 
 def rank_candidates(candidates: list[dict], rerank: str = "combined", weight: float = 1.0) -> list[dict]:
     """The candidates (dicts with `text`, `lm_logprob`, `audio_text_similarity`) best first by `rerank`; repeated
     texts are kept once (the best-scored copy) and empty ones go last."""
-    check_rerank(rerank)
+    check_choice("rerank", rerank, RERANK_MODES)  # config.check_rerank's rule, without a detour through the config
 
     def score(c: dict) -> float:
         if rerank == "lm":

@@ -20,6 +20,21 @@ def check_positive_int(name: str, value) -> int:
     return value
 
 
+def check_choice(name: str, value, choices: tuple) -> str:
+    """Return `value`, or raise `ValueError` naming `name` unless it is one of `choices`."""
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {choices}, got {value!r}.")
+    return value
+
+
+def check_strength(strength: float) -> float:
+    """Return `strength`, or raise `ValueError` unless it (the fraction of the schedule the bridge's `link()` noises
+    to) lies in (0, 1]. Here rather than in the bridge's config module: `link()` checks it on every call."""
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 < strength <= 1.0:
+        raise ValueError(f"`strength` must be a float in (0, 1], got {strength!r}.")
+    return strength
+
+
 def check_embeddings(
     name: str,
     embeds: torch.Tensor,

@@ -114,3 +114,31 @@ def test_pickle_weights_are_never_unpickled(saved_bridge, tiny_bridge, tmp_path)
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         DiffusionLinkBridge.from_pretrained(folder, use_safetensors=False)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("base_weights", ["embedded", "referenced"])
+def test_freezing_and_dtype_placement_run_once_per_load(tiny_parts, tmp_path, monkeypatch, base_weights):
+    from diffusion_link import IdentityBridge
+
+    parts = (tiny_parts["clap"], tiny_parts["llama"]) if base_weights == "referenced" else None
+    if parts is None:
+        from transformers import AutoModel, AutoModelForCausalLM
+
+        parts = (AutoModel.from_pretrained(tiny_parts["clap"]), AutoModelForCausalLM.from_pretrained(tiny_parts["llama"]))
+    model = DiffusionLinkForAudioCaptioning.from_pretrained_parts(*parts, IdentityBridge(), base_weights=base_weights,
+                                                                  lora_r=2, lora_alpha=4)
+    model.save_pretrained(tmp_path)
+    calls = {"apply_freezing": 0, "trained_parts_to_float32": 0}
+    for name in calls:
+        real = getattr(DiffusionLinkForAudioCaptioning, name)
+
+        def counted(self, _real=real, _name=name):
+            calls[_name] += 1
+            return _real(self)
+
+        monkeypatch.setattr(DiffusionLinkForAudioCaptioning, name, counted)
+    loaded = DiffusionLinkForAudioCaptioning.from_pretrained(tmp_path)
+    assert calls == {"apply_freezing": 1, "trained_parts_to_float32": 1}
+    trainable = {n for n, p in loaded.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or n.startswith("multi_modal_projector.") for n in trainable)

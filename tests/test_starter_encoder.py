@@ -81,3 +81,25 @@ def test_saved_folder_holds_only_the_heads(tmp_path):
     with safe_open(tmp_path / "model.safetensors", "pt") as f:
         keys = list(f.keys())
     assert keys and all(k.startswith(("audio_projection.", "logit_scale")) for k in keys)
+
+
+def test_from_pretrained_loads_the_heads_strictly_and_honours_its_arguments(tmp_path, monkeypatch):
+    from safetensors.torch import load_file, save_file
+
+    monkeypatch.setattr(StarterAudioTextEncoder, "load_bases", lambda self: None)  # the towers: real files, not here
+    torch.manual_seed(0)
+    model = StarterAudioTextEncoder(tiny_config())
+    model.save_pretrained(tmp_path / "repo" / "encoder")
+    loaded = StarterAudioTextEncoder.from_pretrained(tmp_path / "repo", subfolder="encoder", local_files_only=True)
+    for key, value in model.head_state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0)
+    assert StarterAudioTextEncoder.from_pretrained(tmp_path / "repo" / "encoder", dtype=torch.float64).logit_scale.dtype == torch.float64
+    with pytest.raises(TypeError, match="device_mapp"):
+        StarterAudioTextEncoder.from_pretrained(tmp_path / "repo" / "encoder", device_mapp="cpu")
+    weights = tmp_path / "repo" / "encoder" / "model.safetensors"
+    state = load_file(weights)
+    save_file({**state, "text_model.extra": torch.zeros(1)}, weights)
+    with pytest.raises(ValueError, match=r"model\.safetensors.*unexpected \(1\) \['text_model\.extra'\]"):
+        StarterAudioTextEncoder.from_pretrained(tmp_path / "repo" / "encoder")
+    with pytest.raises(ValueError, match="expected a 'diffusion_link_starter_encoder'"):
+        StarterAudioTextEncoder.from_pretrained(tmp_path / "repo")  # no config.json there

@@ -21,7 +21,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from diffusion_link.embedding_extraction import embed_text
+from diffusion_link.embedding_extraction import embed_text, mean_pooled
 from diffusion_link.hub.references import resolve_reference
 
 
@@ -42,15 +42,12 @@ class MeanPooledTextEncoder(nn.Module):
     def get_text_features(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
     ) -> torch.Tensor:
-        """(B, L) token ids (+ mask) -> (B, H) L2-normalised embeddings.
-
-        The same pooling as `StarterAudioTextEncoder.text_tower_embeddings`, without the starter's audio tower.
-        """
+        """(B, L) token ids (+ mask) -> (B, H) L2-normalised embeddings (`embedding_extraction.mean_pooled`, as the
+        starter's text tower), without the starter's audio tower."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         hidden = self.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, L, H)
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, L, 1)
-        return nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9), dim=-1)
+        return mean_pooled(hidden, attention_mask)
 
 
 @functools.lru_cache(maxsize=2)

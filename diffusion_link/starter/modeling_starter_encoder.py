@@ -15,8 +15,14 @@ from torch import nn
 from transformers import BertModel, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from diffusion_link.starter.configuration_starter_encoder import StarterEncoderConfig
+from diffusion_link.embedding_extraction import mean_pooled
 from diffusion_link.hub.references import resolve_reference
+from diffusion_link.pretrained_loading import HUB_KWARGS, ReferencedBasesMixin, check_pretrained_config, hub_kwargs
+from diffusion_link.starter.configuration_starter_encoder import StarterEncoderConfig
+
+
+# `from_pretrained` arguments that `AutoModel` passes along and that mean nothing for this model.
+_AUTO_KWARGS = ("_from_auto", "trust_remote_code", "proxies")
 
 
 class AiSFXConvBlock(nn.Module):
@@ -74,7 +80,7 @@ class StarterEncoderOutput(ModelOutput):
     text_embeds: torch.FloatTensor | None = None
 
 
-class StarterAudioTextEncoder(PreTrainedModel):
+class StarterAudioTextEncoder(ReferencedBasesMixin, PreTrainedModel):
     r"""
     CLAP-style joint space over frozen pretrained towers: `audio_model` (aiSFX, 512-d) and `text_model`
     (all-MiniLM-L6-v2, mean-pooled, 384-d), with trained `audio_projection` (and, if configured, `text_projection`)
@@ -89,7 +95,7 @@ class StarterAudioTextEncoder(PreTrainedModel):
     config_class = StarterEncoderConfig
     main_input_name = "input_features"
     base_model_prefix = "starter_encoder"
-    _base_prefixes = ("audio_model.", "text_model.")
+    _base_prefixes = ("audio_model.", "text_model.")  # the frozen towers (`ReferencedBasesMixin`)
 
     def __init__(self, config: StarterEncoderConfig):
         super().__init__(config)
@@ -149,30 +155,36 @@ class StarterAudioTextEncoder(PreTrainedModel):
         self.train(self.training)
 
     def head_state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in self.state_dict().items() if not k.startswith(self._base_prefixes)}
+        """The trained heads and temperature (`trained_state_dict`): what `save_pretrained` writes."""
+        return self.trained_state_dict()
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         # Only the trained heads: the towers come from installed packages (see `load_bases`).
-        state = kwargs.get("state_dict") or self.state_dict()
-        kwargs["state_dict"] = {k: v for k, v in state.items() if not k.startswith(self._base_prefixes)}
+        if kwargs.get("state_dict") is None:
+            kwargs["state_dict"] = self.trained_state_dict()
+        else:
+            kwargs["state_dict"] = {k: v for k, v in kwargs["state_dict"].items() if not k.startswith(self._base_prefixes)}
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        from safetensors.torch import load_file
-        from transformers.utils import cached_file
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, config: StarterEncoderConfig | None = None,
+                        dtype: torch.dtype | None = None, **kwargs) -> "StarterAudioTextEncoder":
+        """The towers from `config`'s references (`load_bases`), then the heads saved at
+        `pretrained_model_name_or_path` (a folder or Hub repo), strictly (`ReferencedBasesMixin.load_trained_parts`).
 
-        config = kwargs.pop("config", None) or StarterEncoderConfig.from_pretrained(pretrained_model_name_or_path)
+        Takes the file-fetching arguments (`cache_dir`, `revision`, `token`, `subfolder`, ...) and `dtype`; any
+        other argument raises `TypeError` rather than being ignored.
+        """
+        unknown = sorted(k for k in kwargs if k not in HUB_KWARGS and k not in _AUTO_KWARGS)
+        if args or unknown:
+            raise TypeError(f"StarterAudioTextEncoder.from_pretrained does not take {list(args) + unknown}.")
+        if config is None:
+            check_pretrained_config(cls.config_class, pretrained_model_name_or_path, kwargs)
+            config = StarterEncoderConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs(kwargs))
         model = cls.from_bases(config)
-        weights = cached_file(pretrained_model_name_or_path, "model.safetensors")
-        state = load_file(weights)
-        expected = set(model.head_state_dict())
-        if set(state) != expected:
-            raise ValueError(
-                f"{weights} does not hold this encoder's heads: missing {sorted(expected - set(state))[:5]}, "
-                f"unexpected {sorted(set(state) - expected)[:5]}."
-            )
-        model.load_state_dict(state, strict=False)
+        model.load_trained_parts(pretrained_model_name_or_path, **kwargs)
+        if dtype is not None:
+            model = model.to(dtype)
         return model.eval()
 
     # ------------------------------------------------------------------ features
@@ -200,8 +212,7 @@ class StarterAudioTextEncoder(PreTrainedModel):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         hidden = self.text_model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return F.normalize((hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9), dim=-1)
+        return mean_pooled(hidden, attention_mask)
 
     def get_audio_features(self, input_features: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
         """(B, D) L2-normalised audio embeddings in the joint space."""
