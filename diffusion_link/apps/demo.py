@@ -49,13 +49,10 @@ def synthetic_sounds(folder: str, seconds: float = 5.0) -> list[str]:
 def gap_report(pipe, data: str, output_dir: str) -> dict | None:
     """Gap figures of the starter's 150 held-out ESC-50 clips vs their class captions, raw and bridged."""
     import torch
-    from transformers import AutoTokenizer
 
     from diffusion_link.audio_io import load_audio
-    from diffusion_link.starter import STARTER_DIR
-    from diffusion_link.embedding_extraction import embed_text
     from diffusion_link.metrics import format_gap_table, modality_gap, plot_modality_gap
-    from diffusion_link.hub.references import resolve_reference
+    from diffusion_link.starter import STARTER_DIR
 
     audio_dir = os.path.join(data, "esc50", "audio")
     split_file = os.path.join(STARTER_DIR, "split.json")
@@ -70,8 +67,7 @@ def gap_report(pipe, data: str, output_dir: str) -> dict | None:
     rate = pipe.feature_extractor.sampling_rate
     waves = [load_audio(os.path.join(audio_dir, clip["filename"]), rate) for clip in test]
     audio = model.embed_audio(waveforms=waves, feature_extractor=pipe.feature_extractor, batch_size=16)
-    tokenizer = AutoTokenizer.from_pretrained(resolve_reference(model.audio_tower.config.text_model_name_or_path))
-    text = embed_text(model.audio_tower, tokenizer, [classes[clip["category"]][0] for clip in test])
+    text = model.embed_text([classes[clip["category"]][0] for clip in test])  # the captioner's own joint space
     with torch.no_grad():
         bridged = model.link(audio)
     report = {"raw": modality_gap(audio, text), "bridged": modality_gap(bridged, text)}
@@ -94,12 +90,14 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import pipeline
     from transformers.utils import logging as hf_logging
 
-    from diffusion_link.starter import default_captioner
+    from diffusion_link.starter import require_captioner
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    if default_captioner() is None:
-        print("error: no starter captioner in this install (diffusion_link/starter).", file=sys.stderr)
+    try:
+        require_captioner(None)  # the demo shows the starter, which `pipeline("audio-captioning")` loads by default
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
     start = time.time()
     pipe = pipeline("audio-captioning")  # the starter: no model argument, no download
