@@ -293,3 +293,47 @@ def test_model_and_pipeline_embed_long_audio_the_same_way(pipe):
         pipe.model.embed_audio()
     with pytest.raises(ValueError, match="feature_extractor"):
         pipe.model.embed_audio(waveforms=[wave])
+
+
+def test_num_workers_is_refused_not_dropped(pipe):
+    x = {"array": noise(seed=1), "sampling_rate": RATE}
+    with pytest.raises(ValueError, match="num_workers=2"):
+        pipe(x, num_workers=2)
+    with pytest.raises(ValueError, match="num_workers=1"):
+        pipe([x], num_workers=1)
+    assert pipe(x, num_workers=0) == pipe(x)
+
+
+def test_transformers_call_streams_generators_and_keeps_the_error_policy(pipe, tmp_path):
+    xs = [{"array": noise(seed=s), "sampling_rate": RATE} for s in (4, 5, 6)]
+    expected = [pipe(x) for x in xs]
+    produced = []
+
+    def inputs():
+        for x in xs:
+            produced.append(1)
+            yield x
+
+    results = pipe(inputs(), batch_size=1)
+    assert not isinstance(results, list) and len(produced) <= 1  # an iterator (transformers peeks at the first)
+    assert next(results) == expected[0] and len(produced) <= 2
+    assert list(results) == expected[1:]
+    assert pipe(tuple(xs), batch_size=2) == expected and pipe([]) == []
+    bad = str(tmp_path / "gone.wav")
+    report = pipe([xs[0], bad, xs[1]], batch_size=2, on_error="report")
+    assert report[0] == expected[0] and report[2] == expected[1] and "gone.wav" in report[1]["error"]
+
+
+def test_the_window_batcher_fills_model_calls_with_audible_windows_across_inputs(pipe, monkeypatch):
+    sizes = []
+    real = pipe._forward
+
+    def recorded(model_inputs, **kwargs):
+        sizes.append(sum(not w["is_silent"] for w in model_inputs["windows"]))
+        return real(model_inputs, **kwargs)
+
+    monkeypatch.setattr(pipe, "_forward", recorded)
+    long = np.concatenate([noise(seconds=1.0, seed=7), np.zeros(RATE, np.float32), noise(seconds=1.0, seed=8)])
+    out = pipe([noise(seed=9), long, noise(seed=10)], sampling_rate=RATE, batch_size=2, chunk_length_s=1.0)
+    assert sizes == [2, 2, 2]  # 2 + 3 + 2 one-second windows, one silent: three calls of two audible windows
+    assert [c["is_silent"] for c in out[1]["chunks"]] == [False, True, False]

@@ -22,7 +22,7 @@ from diffusion_link.starter.configuration_starter_encoder import StarterEncoderC
 
 
 # `from_pretrained` arguments that `AutoModel` passes along and that mean nothing for this model.
-_AUTO_KWARGS = ("_from_auto", "trust_remote_code", "proxies")
+_AUTO_KWARGS = ("_from_auto", "_from_pipeline", "adapter_kwargs", "trust_remote_code", "proxies")
 
 
 class AiSFXConvBlock(nn.Module):
