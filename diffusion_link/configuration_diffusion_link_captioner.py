@@ -76,7 +76,9 @@ class DiffusionLinkCaptionerConfig(PretrainedConfig):
             Where the frozen language model is loaded from in `"referenced"` mode.
         audio_text_tokenizer_name_or_path (`str`, *optional*):
             The tokenizer of the audio tower's text side (CLAP's RoBERTa, the starter's MiniLM), which scores
-            candidate captions (`diffusion_link.reranking`). Defaults to `audio_tower_name_or_path`.
+            captions (`DiffusionLinkForAudioCaptioning.score_captions`). Defaults to `audio_tower_name_or_path`; a
+            saved captioner's own `audio_text_tokenizer/` subfolder comes first (see the model's
+            `audio_text_tokenizer`).
         num_candidates (`int`, *optional*, defaults to 1):
             Candidate captions per clip the pipeline decodes by beam search by default; 1 is greedy decoding.
         rerank (`str`, *optional*, defaults to `"combined"`):
