@@ -280,6 +280,7 @@ def build_model(args: ModelArguments) -> DiffusionLinkForAudioCaptioning:
         args.audio_tower_name_or_path,
         args.language_model_name_or_path,
         bridge,
+        bridge_type=None if bridge is not None else "identity",  # as --bridge_name_or_path's help says
         base_weights=args.base_weights,
         dtype=dtype,
         prefix_length=args.prefix_length,
