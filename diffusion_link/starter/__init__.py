@@ -5,7 +5,11 @@ installed), and its committed files: `encoder/` and `captioner/` (trained parts 
 referenced), `split.json`, `esc50_captions.json` and `build_report.json`. `training/build_starter.py` rebuilds them.
 
 - `configuration_starter_encoder`, `modeling_starter_encoder`, `feature_extraction_starter_encoder`: the CLAP-style
-  joint space (frozen aiSFX + MiniLM with trained projection heads) and its audio front end.
+  joint space (frozen aiSFX + MiniLM with trained projection heads) and its audio front end;
+- `world`: the starter's data (its sources, captions per label, the split, the folds, the prototypes, the
+  tower-embedding cache), read from the shared data folder by path, never copied;
+- `build/`: the stages of `training/build_starter.py` (towers, augmentation, heads, bridges, decoder, evaluation,
+  decoding, assembly), which the experiment and the benchmarks share.
 """
 
 from __future__ import annotations
