@@ -311,12 +311,14 @@ class DiffusionLinkForAudioCaptioning(ReferencedBasesMixin, DiffusionLinkCaption
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """transformers' `save_pretrained` (only the trained parts with referenced bases), plus the audio tower's text
-        tokenizer in `audio_text_tokenizer/` whenever the model has one (see `audio_text_tokenizer`), so the saved
-        folder scores captions with exactly the tokenizer this model used."""
+        tokenizer in `audio_text_tokenizer/` when the model holds one (set, loaded, or in the folder it was loaded
+        from), so the saved folder scores captions with exactly the tokenizer this model used. A tokenizer that would
+        first have to be loaded from the tower's reference (a Hub id, perhaps unreachable offline) is not loaded for
+        the save: the saved config keeps that reference, and the rule finds it again at use."""
         if self.config.base_weights == "referenced" and kwargs.get("state_dict") is None:
             kwargs["state_dict"] = self.trained_state_dict()
         out = super().save_pretrained(save_directory, *args, **kwargs)
-        has_tokenizer = self._audio_text_tokenizer is not None or self._audio_text_tokenizer_source() is not None
+        has_tokenizer = self._audio_text_tokenizer is not None or self._audio_text_tokenizer_folder is not None
         if kwargs.get("is_main_process", True) and has_tokenizer:
             self.audio_text_tokenizer.save_pretrained(os.path.join(save_directory, AUDIO_TEXT_TOKENIZER_FOLDER))
         return out
