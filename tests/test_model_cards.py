@@ -137,6 +137,7 @@ def test_captioner_save_pretrained_writes_card(saved_tiny_captioner):
     assert f"embedding size {config['embedding_dim']}" in card.text
 
 
+@pytest.mark.integration  # a fresh Python process
 def test_push_to_hub_uploads_our_card_and_keeps_one_already_there(hub, tiny_bridge, tmp_path):
     local = tmp_path / "bridge"
     tiny_bridge.save_pretrained(local)

@@ -362,6 +362,7 @@ def test_every_beta_schedule_survives_save_and_load(tiny_bridge_config, tmp_path
     torch.testing.assert_close(loaded.link(x, generator=torch.Generator().manual_seed(3)), expected, atol=0, rtol=0)
 
 
+@pytest.mark.integration  # a fresh Python process
 def test_saved_folder_loads_with_remote_code_in_a_fresh_process(tiny_bridge, tmp_path):
     x = unit(4, 12)
     expected = tiny_bridge.link(x, generator=torch.Generator().manual_seed(3))

@@ -172,6 +172,7 @@ def test_save_load_round_trip_keeps_lora_and_generations(model, tmp_path):
     assert isinstance(auto, DiffusionLinkForAudioCaptioning)
 
 
+@pytest.mark.integration  # a fresh Python process
 def test_merged_export_needs_no_peft(model, tmp_path):
     expected = model.generate(audio_embeds=unit(3, D), input_ids=prompt_ids(), max_new_tokens=8)
     model.merge_and_unload()

@@ -46,6 +46,7 @@ def caption(pipe, x, **kw):
 
 
 # ---------------------------------------------------------------------------------------------------- loading
+@pytest.mark.integration  # a fresh Python process
 def test_fresh_process_captions_a_file_an_array_and_a_batch(saved, tmp_path):
     wav = write_wav(tmp_path / "clip.wav", seconds=2.0, rate=44100)
     code = (
@@ -66,6 +67,7 @@ def test_fresh_process_captions_a_file_an_array_and_a_batch(saved, tmp_path):
     assert batch_out[0] == file_out and batch_out[1] == array_out
 
 
+@pytest.mark.integration  # a fresh Python process
 def test_copied_folder_works_with_remote_code_only(saved, tmp_path):
     copied = shutil.copytree(saved, tmp_path / "elsewhere" / "captioner")
     wav = write_wav(tmp_path / "clip.wav")

@@ -15,7 +15,10 @@ DATA = os.environ.get("DIFFUSION_LINK_DATA") or os.path.join(REPO_ROOT, "..", "s
 # A held-out (test-split) clip and its class; the starter never trained on it.
 KNOWN_CLIP, KNOWN_CLASS = "4-167077-A-20.wav", "crying_baby"
 
-pytestmark = pytest.mark.skipif(default_captioner() is None, reason="this checkout has no starter captioner")
+pytestmark = [
+    pytest.mark.skipif(default_captioner() is None, reason="this checkout has no starter captioner"),
+    pytest.mark.integration,  # the real starter model, in a fresh process
+]
 
 
 def test_trained_parts_are_small_safetensors():
