@@ -14,7 +14,7 @@ from diffusion_link.apps.evaluation import (
 )
 from diffusion_link.metrics import COCO_METRICS, caption_scores
 
-from .conftest import REPO_ROOT, write_wav
+from .conftest import REPO_ROOT, write_csv, write_wav
 
 
 CAPTIONS = [
@@ -39,14 +39,6 @@ def clips(tmp_path_factory):
     """Five 1 s noise clips and their names."""
     folder = tmp_path_factory.mktemp("clips")
     return [write_wav(folder / f"clip{i}.wav", seconds=1.0, seed=i) for i in range(5)]
-
-
-def write_csv(path, header, rows):
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return str(path)
 
 
 def read_predictions(folder):
