@@ -115,10 +115,7 @@ class ExperimentArguments:
 
 def parse_args(argv: list[str] | None = None) -> ExperimentArguments:
     """`[recipe.json] [--flag value ...]`; without a JSON first, the committed recipe (`EXPERIMENT_RECIPE`)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not (argv and argv[0].endswith(".json")):
-        argv = [EXPERIMENT_RECIPE, *argv]
-    (args,) = parse_script_args((ExperimentArguments,), argv)
+    (args,) = parse_script_args((ExperimentArguments,), argv, default_config=EXPERIMENT_RECIPE)
     return args
 
 

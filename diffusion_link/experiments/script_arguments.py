@@ -72,17 +72,19 @@ def read_json_config(path: str) -> dict:
 
 
 def parse_script_args(dataclass_types: Sequence[type], argv: Sequence[str] | None = None,
-                      defaults: dict | None = None) -> tuple:
+                      defaults: dict | None = None, default_config: str | None = None) -> tuple:
     """Parse `[config.json] [--flag value ...]` (default `sys.argv[1:]`) into one instance of each dataclass.
 
     `defaults` (a script's own recipe) replace the dataclasses' defaults; the JSON's values replace those, and flags
-    replace everything. A field required on the command line may come from any of them; a key that no dataclass has
+    replace everything. Without a JSON first, `default_config` (a script's committed recipe file), if given, is read
+    in its place. A field required on the command line may come from any of them; a key that no dataclass has
     raises, as `HfArgumentParser.parse_dict` does.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     values = dict(defaults or {})
-    if argv and argv[0].endswith(".json"):
-        values.update(read_json_config(argv.pop(0)))
+    config = argv.pop(0) if argv and argv[0].endswith(".json") else default_config
+    if config:
+        values.update(read_json_config(config))
     parser = HfArgumentParser(dataclass_types)
     known = {action.dest for action in parser._actions}
     if "report_to" in known:  # a Trainer script: no tracker switches itself on

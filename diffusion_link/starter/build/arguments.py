@@ -4,7 +4,6 @@ bridge and decoder recipes) and the flags that override it."""
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass, field
 
 from diffusion_link.experiments.script_arguments import parse_script_args, read_json_config
@@ -65,8 +64,5 @@ class StarterArguments:
 
 def parse_args(argv: list[str] | None = None) -> StarterArguments:
     """`[recipe.json] [--flag value ...]`; without a JSON first, the committed recipe (`STARTER_RECIPE`)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not (argv and argv[0].endswith(".json")):
-        argv = [STARTER_RECIPE, *argv]
-    (args,) = parse_script_args((StarterArguments,), argv)
+    (args,) = parse_script_args((StarterArguments,), argv, default_config=STARTER_RECIPE)
     return args
