@@ -51,7 +51,7 @@ setup(
     # The committed starter (trained parts only, safetensors) ships inside the package, and so do the local
     # `evaluate` metric scripts (their folders are not packages).
     package_data={
-        "diffusion_link.starter": ["*.json", "*/*.json", "*/*.safetensors", "*/*.md", "*/*.jinja"],
+        "diffusion_link.starter": ["*.json", "*.tsv", "*/*.json", "*/*.safetensors", "*/*.md", "*/*.jinja"],
         "diffusion_link.metrics": ["evaluate_modules/*/*.py"],
         "diffusion_link.hub_cards": ["*.md"],
     },
