@@ -5,7 +5,9 @@
 
 Each package is fetched (`apt-get download`, or its `.deb` from `--debs_dir`), unpacked into
 `$DIFFUSION_LINK_CACHE/debian`, and its recordings matched by content (md5) with
-`diffusion_link/starter/debian_sounds.tsv`; what differs (another Debian release) is reported, not fatal.
+`diffusion_link/starter/debian_sounds.tsv`; what differs (another Debian release) is reported, not fatal. The
+recordings found are written one file each to `--audio_dir` (default `$DIFFUSION_LINK_CACHE/debian/audio`), which the
+starter's Debian sources read (`diffusion_link.starter.debian.sources`).
 `--write_manifest` (re)writes the manifest's rows of these packages from the survey in the shared data folder
 (`debian_sounds/captions.tsv`), deduplicated by content; the other packages' rows are kept, so it resumes package by
 package. Each package's wall time is logged.
@@ -23,9 +25,9 @@ import time
 from diffusion_link.starter import STARTER_DIR
 from diffusion_link.starter.debian.collections import BY_PACKAGE, COLLECTIONS, keeps
 from diffusion_link.starter.debian.manifest import (
-    Recording, check_package, deduplicate, md5, package_contents, read_manifest, write_manifest,
+    Recording, check_package, deduplicate, extract_found, md5, package_contents, read_manifest, write_manifest,
 )
-from diffusion_link.starter.debian.packages import fetch_package
+from diffusion_link.starter.debian.packages import debian_cache, fetch_package
 from diffusion_link.starter.world import data_dir
 
 
@@ -67,6 +69,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", default=None, help="The shared data folder ($DIFFUSION_LINK_DATA or ../shared/data).")
     parser.add_argument("--manifest", default=MANIFEST)
     parser.add_argument("--write_manifest", action="store_true")
+    parser.add_argument("--audio_dir", default=debian_cache("audio"),
+                        help="Where the recordings found are written, one file each (PACKAGE/MD5.EXT).")
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.INFO)
     manifest = read_manifest(args.manifest) if os.path.exists(args.manifest) else []
@@ -82,7 +86,9 @@ def main(argv: list[str] | None = None) -> None:
                             kept.package, kept.member or kept.file)
             write_manifest(manifest, args.manifest)
         rows = [r for r in manifest if r.package == package]
-        logger.info("%s in %.1f s", check_package(fetched, rows).summary(), time.time() - start)
+        check = check_package(fetched, rows)
+        written = extract_found(check, rows, args.audio_dir)
+        logger.info("%s; %d extracted to %s; in %.1f s", check.summary(), written, args.audio_dir, time.time() - start)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@
     diffusion-link evaluate (--references refs.csv [--audio-dir DIR] | PATHS...) --output-dir OUT [--model DIR_OR_ID]
                             [--metrics default meteor ...] [--batch-size 8] [--max-new-tokens 30] [--num-beams 1]
                             [--strength S] [--num-inference-steps K] [--limit N] [--gap on|off] [--text-tokenizer T]
+    diffusion-link search "a door creaking" PATHS... [--top-k 10] [--output results.jsonl] [--model DIR_OR_ID]
     diffusion-link serve [--model DIR_OR_ID] [--host 127.0.0.1] [--port 7860] [--concurrency 2]
     diffusion-link space OUT_DIR [--model DIR_OR_ID] [--push REPO_ID] [--private]
 
@@ -14,6 +15,9 @@ OUT (see `diffusion_link.apps.evaluation`). References come from a CSV (`file_na
 `caption` / `caption_1..N` columns) or, for PATHS, from a sidecar text file next to each audio file (`dog.txt` for
 `dog.wav`, one caption per line). `serve` runs the web page (`diffusion_link.apps.web_demo`, the `[app]` extra) and
 `space` writes (and with `--push` uploads) a Hub Space folder that runs the same page (`diffusion_link.apps.space`).
+`search` ranks the sounds under PATHS for a text query in the model's joint space, a table on the terminal or JSON
+lines `{"query", "rank", "file", "score"}` best first, with each file's embedding cached by content and model
+(`diffusion_link.apps.search`).
 Without `--model`, every command uses the bundled starter captioner.
 
 Exit codes: 0 on success, 1 if any file failed (`caption`, `evaluate`), 2 on usage or input errors.
@@ -240,6 +244,40 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 1 if counts["failed"] else 0
 
 
+def _search(args: argparse.Namespace) -> int:
+    from transformers import pipeline
+
+    from diffusion_link import pipeline_audio_captioning  # noqa: F401  (registers the task)
+    from diffusion_link.apps.search import print_table, search
+    from diffusion_link.starter import require_captioner
+
+    if args.top_k is not None and args.top_k < 1:
+        print(f"error: --top-k must be a positive integer, got {args.top_k}.", file=sys.stderr)
+        return 2
+    if args.batch_size < 1:
+        print(f"error: --batch-size must be a positive integer, got {args.batch_size}.", file=sys.stderr)
+        return 2
+    files = expand_paths(args.paths)
+    if not files:
+        print(f"error: no audio file under {' '.join(args.paths)}.", file=sys.stderr)
+        return 2
+    pipe = pipeline("audio-captioning", model=require_captioner(args.model), trust_remote_code=args.trust_remote_code)
+    result = search(pipe, args.query, files, top_k=args.top_k, batch_size=args.batch_size)
+    for path, error in result.failed.items():
+        print(f"error: {path}: {error}", file=sys.stderr)
+    if args.output:
+        from diffusion_link.experiments.atomic_files import atomic_open
+
+        with atomic_open(args.output, "w", encoding="utf-8") as f:
+            for row in result.ranking:
+                f.write(json.dumps(row) + "\n")
+    else:
+        print_table(result.ranking)
+    print(f"ranked {len(result.ranking)} of {len(files)} files ({result.embedded} embedded now, the rest from the "
+          f"cache); {len(result.failed)} failed", file=sys.stderr)
+    return 1 if result.failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from diffusion_link.configuration_diffusion_link_captioner import DEFAULT_MAX_NEW_TOKENS, RERANK_MODES
 
@@ -303,6 +341,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--trust-remote-code", action="store_true", help="Allow the model folder's own code.")
     ev.set_defaults(func=_evaluate)
 
+    se = commands.add_parser("search", help="Rank the sounds under folders for a text query (the joint space).")
+    se.add_argument("query", help='What to look for, e.g. "a door creaking".')
+    se.add_argument("paths", nargs="+", help="Audio files, folders (recursive) or glob patterns.")
+    se.add_argument("--top-k", type=int, default=10, help="How many files to list, best first (default 10).")
+    se.add_argument("--output", help="Write JSON lines {query, rank, file, score} here instead of a table.")
+    se.add_argument("--model", help="Captioner folder or Hub id (default: the bundled starter captioner).")
+    se.add_argument("--batch-size", type=int, default=8, help="Files embedded per call (default 8).")
+    se.add_argument("--trust-remote-code", action="store_true", help="Allow the model folder's own code.")
+    se.set_defaults(func=_search)
     srv = commands.add_parser("serve", help="A web page to try a captioner (needs the [app] extra, Gradio).")
     srv.add_argument("--model", help="Captioner folder or Hub id (default: the bundled starter captioner).")
     srv.add_argument("--host", default="127.0.0.1", help="Address to bind (default 127.0.0.1: this machine only).")

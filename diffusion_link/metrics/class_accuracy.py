@@ -6,6 +6,10 @@ counts as right when the prototype most similar to it (by cosine) is its class's
 joint space's text side. **An empty caption counts as wrong**: it names no class (silence gets no caption, and a
 decoder that stops at once has said nothing), and it is never replaced by a filler word, whose nearest class would be
 an accident of the text encoder.
+
+In a world of several label sets (ESC-50's 50 classes, each Debian collection's concepts), each clip is matched only
+among its own set's prototypes: `candidates`, an (N, C) boolean mask of the classes each clip may be named as (None:
+all). So an ESC-50 hen clip captioned "chickens clucking" is right, although a Debian concept says the same.
 """
 
 from __future__ import annotations
@@ -29,12 +33,27 @@ def class_prototypes(caption_embeds: torch.Tensor, caption_labels: torch.Tensor,
     return F.normalize(torch.stack([embeds[caption_labels == c].mean(0) for c in range(num_classes)]), dim=-1)
 
 
-def class_accuracy(embeds: torch.Tensor, labels: torch.Tensor | Sequence[int], prototypes: torch.Tensor) -> float:
-    """Share of the (N, D) `embeds` whose most similar of the (C, D) `prototypes` is their (N,) label."""
+def nearest_class(embeds: torch.Tensor, prototypes: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
+    """(N,) index of the most similar of the (C, D) `prototypes` to each of the (N, D) `embeds`, among the classes
+    the (N, C) boolean `candidates` allows (None: all)."""
+    sims = F.normalize(embeds.float(), dim=-1) @ prototypes.float().T
+    if candidates is not None:
+        candidates = torch.as_tensor(candidates, dtype=torch.bool)
+        if candidates.shape != sims.shape:
+            raise ValueError(f"`candidates` has shape {tuple(candidates.shape)}, expected {tuple(sims.shape)} "
+                             "(one row per embedding, one column per prototype).")
+        sims = sims.masked_fill(~candidates, float("-inf"))
+    return sims.argmax(1)
+
+
+def class_accuracy(embeds: torch.Tensor, labels: torch.Tensor | Sequence[int], prototypes: torch.Tensor,
+                   candidates: torch.Tensor | None = None) -> float:
+    """Share of the (N, D) `embeds` whose most similar of the (C, D) `prototypes` (among `candidates`) is their
+    (N,) label."""
     labels = torch.as_tensor(labels)
     if len(embeds) != len(labels):
         raise ValueError(f"Got {len(embeds)} embeddings for {len(labels)} labels.")
-    return float(((F.normalize(embeds.float(), dim=-1) @ prototypes.float().T).argmax(1) == labels).float().mean())
+    return float((nearest_class(embeds, prototypes, candidates) == labels).float().mean())
 
 
 def caption_class_accuracy(
@@ -42,11 +61,13 @@ def caption_class_accuracy(
     labels: torch.Tensor | Sequence[int],
     prototypes: torch.Tensor,
     embed_texts: Callable[[list[str]], torch.Tensor],
+    candidates: torch.Tensor | None = None,
 ) -> float:
-    """Share of `captions` whose text embedding's nearest prototype is their label; empty captions count as wrong.
+    """Share of `captions` whose text embedding's nearest prototype (among `candidates`) is their label; empty
+    captions count as wrong.
 
     `embed_texts` maps a list of (non-empty) captions to their (n, D) text embeddings in the prototypes' space."""
-    right = caption_class_correct(captions, labels, prototypes, embed_texts)
+    right = caption_class_correct(captions, labels, prototypes, embed_texts, candidates)
     return sum(right) / len(right) if right else 0.0
 
 
@@ -55,6 +76,7 @@ def caption_class_correct(
     labels: torch.Tensor | Sequence[int],
     prototypes: torch.Tensor,
     embed_texts: Callable[[list[str]], torch.Tensor],
+    candidates: torch.Tensor | None = None,
 ) -> list[bool]:
     """Per caption, whether it names its label's class by the rule above (an empty caption: False)."""
     labels = torch.as_tensor(labels)
@@ -64,7 +86,8 @@ def caption_class_correct(
     spoken = [i for i, c in enumerate(captions) if isinstance(c, str) and c.strip()]
     if spoken:
         embeds = embed_texts([captions[i] for i in spoken])
-        hits = (F.normalize(embeds.float(), dim=-1) @ prototypes.float().T).argmax(1) == labels[spoken]
+        allowed = None if candidates is None else torch.as_tensor(candidates, dtype=torch.bool)[spoken]
+        hits = nearest_class(embeds, prototypes, allowed) == labels[spoken]
         for i, hit in zip(spoken, hits.tolist()):
             right[i] = bool(hit)
     return right

@@ -44,6 +44,11 @@ def _aisfx_mel_filters() -> np.ndarray:
 class StarterFeatureExtractor(SequenceFeatureExtractor):
     """Waveforms at 44.1 kHz -> `input_features` (B, frames, 96) zero-padded, and `attention_mask` (B, frames).
 
+    The mask comes when the clips differ in length (padding) or `return_attention_mask=True`; clips of one length
+    need none (`return_attention_mask=None`, the default). So one clip gives `input_features` alone, as CLAP's
+    extractor does, and transformers' `pipeline("zero-shot-audio-classification")` can pass the text's own
+    `attention_mask` beside it.
+
     Args:
         max_length_s (`float`, defaults to 10.0): the longest piece the encoder reads in one go
             (`nb_max_samples`); callers split longer audio into pieces and average their embeddings.
@@ -58,7 +63,8 @@ class StarterFeatureExtractor(SequenceFeatureExtractor):
         self.nb_max_samples = int(max_length_s * sampling_rate)
         self.hop_length = AISFX_HOP
 
-    def __call__(self, raw_audio, sampling_rate: int | None = None, return_tensors: str | None = None, **kwargs) -> BatchFeature:
+    def __call__(self, raw_audio, sampling_rate: int | None = None, return_tensors: str | None = None,
+                 return_attention_mask: bool | None = None, **kwargs) -> BatchFeature:
         if sampling_rate is not None and sampling_rate != self.sampling_rate:
             raise ValueError(
                 f"StarterFeatureExtractor expects audio at {self.sampling_rate} Hz, got {sampling_rate} Hz; resample "
@@ -72,4 +78,7 @@ class StarterFeatureExtractor(SequenceFeatureExtractor):
         for i, mel in enumerate(mels):
             features[i, : len(mel)] = mel
             mask[i, : len(mel)] = 1
-        return BatchFeature({"input_features": features, "attention_mask": mask}, tensor_type=return_tensors)
+        out = {"input_features": features}
+        if return_attention_mask or (return_attention_mask is None and len({m.shape[0] for m in mels}) > 1):
+            out["attention_mask"] = mask
+        return BatchFeature(out, tensor_type=return_tensors)

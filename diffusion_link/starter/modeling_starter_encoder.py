@@ -232,18 +232,21 @@ class StarterAudioTextEncoder(ReferencedBasesMixin, PreTrainedModel):
         audio_tower_embeds: torch.Tensor | None = None,
         text_tower_embeds: torch.Tensor | None = None,
         return_loss: bool = True,
+        token_type_ids: torch.Tensor | None = None,
     ) -> StarterEncoderOutput:
-        """Symmetric InfoNCE between paired audio and text rows. Pre-computed tower outputs (`audio_tower_embeds`
-        (B, 512), `text_tower_embeds` (B, 384)) skip the frozen towers, as head training does."""
+        """`logits_per_audio` (B_audio, B_text) and, for paired rows (B_audio == B_text), the symmetric InfoNCE loss.
+        Pre-computed tower outputs (`audio_tower_embeds` (B, 512), `text_tower_embeds` (B, 384)) skip the frozen
+        towers, as head training does. Called as CLAP is (`input_ids`, `attention_mask` of the texts and
+        `input_features` of the audio), it serves transformers' zero-shot audio classification pipeline."""
         if audio_tower_embeds is None:
             audio_tower_embeds = self.audio_tower_embeddings(input_features, feature_attention_mask)
         if text_tower_embeds is None:
-            text_tower_embeds = self.text_tower_embeddings(input_ids, attention_mask)
+            text_tower_embeds = self.text_tower_embeddings(input_ids, attention_mask, token_type_ids)
         audio = F.normalize(self.audio_projection(audio_tower_embeds), dim=-1)
         text = F.normalize(self.text_projection(text_tower_embeds), dim=-1)
         logits = self.logit_scale.exp().clamp(max=100) * audio @ text.T  # (B, B)
         loss = None
-        if return_loss:
+        if return_loss and logits.shape[0] == logits.shape[1]:
             labels = torch.arange(len(logits), device=logits.device)
             loss = 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
         return StarterEncoderOutput(loss=loss, logits_per_audio=logits, audio_embeds=audio, text_embeds=text)

@@ -36,6 +36,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(STARTER_DIR))
 ESC50_CAPTIONS_FILE = os.path.join(STARTER_DIR, "esc50_captions.json")
 SPLIT_FILE = os.path.join(STARTER_DIR, "split.json")
 SPLIT_KEYS = ("filename", "target", "category", "src_file")  # what `split.json` keeps of a clip
+OPTIONAL_SPLIT_KEYS = ("source", "name")  # kept where clips have them (a Debian clip's `name`: its place in the package)
 
 
 def data_dir(path: str | None = None, required: str | None = "esc50") -> str:
@@ -57,16 +58,19 @@ class Source:
 
     Args:
         name: short name, stored in each clip's `source`.
-        audio_dir: folder of the audio files, relative to the shared data folder.
+        audio_dir: folder of the audio files, relative to the shared data folder (or to `audio_root`).
         captions: label -> its caption variants (at least one each), in the source's label order.
         split: `split(data_folder, label_index) -> {"train": [clip, ...], "test": [...], "split_within_source": [...]}`
             with each clip's `target` taken from `label_index` (label -> index in the world).
+        audio_root: a folder outside the shared data that holds `audio_dir` (the Debian recordings extracted into
+            the cache, `diffusion_link.starter.debian.sources`); None: the shared data folder.
     """
 
     name: str
     audio_dir: str
     captions: Mapping[str, Sequence[str]]
     split: Callable[[str, Mapping[str, int]], dict]
+    audio_root: str | None = None
 
     def __post_init__(self):
         empty = [label for label, texts in self.captions.items() if not texts]
@@ -124,13 +128,14 @@ ESC50 = Source(name="esc50", audio_dir=os.path.join("esc50", "audio"), captions=
 class CaptionTable:
     """The caption variants of every label, stored label by label: row `r` of a world's caption embeddings is
     `texts[r]`, a caption of label `row_labels[r]`. Labels are strings with an index (their order of first mention);
-    a label named by several sources has the captions of each, in source order."""
+    a label named by several sources has the captions of each, in source order, each text once."""
 
     def __init__(self, captions_per_source: Sequence[Mapping[str, Sequence[str]]]):
         merged: dict[str, list[str]] = {}
         for captions in captions_per_source:
             for label, texts in captions.items():
-                merged.setdefault(label, []).extend(texts)
+                known = merged.setdefault(label, [])
+                known.extend(t for t in texts if t not in known)
         self.labels: list[str] = list(merged)
         self.label_index: dict[str, int] = {label: k for k, label in enumerate(self.labels)}
         self.texts: list[str] = [t for label in self.labels for t in merged[label]]
@@ -229,7 +234,25 @@ class StarterWorld:
     def audio_path(self, clip: Mapping) -> str:
         """The audio file of `clip` in the shared data folder."""
         source = self.sources[clip.get("source", next(iter(self.sources)))]
-        return os.path.join(data_dir(self.data, required=None), source.audio_dir, clip["filename"])
+        root = source.audio_root or data_dir(self.data, required=None)
+        return os.path.join(root, source.audio_dir, clip["filename"])
+
+    def source_index(self, clips: Sequence[Mapping]) -> torch.Tensor:
+        """(N,) index of each clip's source (in source order)."""
+        names = list(self.sources)
+        return torch.tensor([names.index(c.get("source", names[0])) for c in clips], dtype=torch.long)
+
+    def source_label_mask(self) -> torch.Tensor:
+        """(S, L) boolean: which labels each source names (a label two sources share is in both rows)."""
+        mask = torch.zeros(len(self.sources), len(self.labels), dtype=torch.bool)
+        for s, source in enumerate(self.sources.values()):
+            mask[s, [self.captions.label_index[label] for label in source.captions]] = True
+        return mask
+
+    def candidates(self, source_index: torch.Tensor) -> torch.Tensor:
+        """(N, L) boolean class-accuracy `candidates` of clips of the (N,) `source_index`: a clip is named among its
+        own source's labels (see `diffusion_link.metrics.class_accuracy`)."""
+        return self.source_label_mask()[source_index]
 
     def labels_of(self, clips: Sequence[Mapping]) -> torch.Tensor:
         """(N,) label indices of `clips`."""
@@ -242,7 +265,7 @@ class StarterWorld:
 
 def write_split(split: Mapping, path: str) -> None:
     """`split.json`: the clips of each side (`SPLIT_KEYS`) and the classes split within a recording."""
-    keep = SPLIT_KEYS + (("source",) if any("source" in c for c in split["train"]) else ())
+    keep = SPLIT_KEYS + tuple(k for k in OPTIONAL_SPLIT_KEYS if any(k in c for c in split["train"]))
     with open(path, "w", encoding="utf-8") as f:
         json.dump({side: [{k: c[k] for k in keep if k in c} for c in split[side]] for side in ("train", "test")}
                   | {"split_within_source": split["split_within_source"]}, f, indent=1)
@@ -333,7 +356,7 @@ def embed_audio_files(encoder, paths: Sequence[str], batch: int = 16) -> torch.T
     audio = []
     for start in range(0, len(paths), batch):
         features = fe([load_audio(p, fe.sampling_rate) for p in paths[start : start + batch]], return_tensors="pt")
-        audio.append(encoder.audio_tower_embeddings(features["input_features"], features["attention_mask"]))
+        audio.append(encoder.audio_tower_embeddings(features["input_features"], features.get("attention_mask")))
         logger.info("  aiSFX: %d / %d clips", min(start + batch, len(paths)), len(paths))
     return torch.cat(audio)
 
@@ -345,6 +368,7 @@ def cached_tensors(path: str, compute: Callable[[], dict[str, torch.Tensor]]) ->
     if os.path.exists(path):
         return load_file(path)
     tensors = compute()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     save_file({k: v.contiguous() for k, v in tensors.items()}, path)
     return tensors
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from diffusion_link.experiments.script_arguments import parse_script_args, read_json_config
 from diffusion_link.hub.references import cache_dir
 from diffusion_link.starter import STARTER_DIR
-from diffusion_link.starter.world import REPO_ROOT
+from diffusion_link.starter.world import ESC50, REPO_ROOT, StarterWorld
 
 
 STARTER_RECIPE = os.path.join(REPO_ROOT, "training", "configs", "starter.json")
@@ -36,6 +36,9 @@ class StarterArguments:
                 "(training/configs/starter.json) uses 8 at probability 0.25."})
     head_augmentation_probability: float = field(default=0.5, metadata={
         "help": "Chance that a head's training slot of a class takes an augmented clip instead of an original."})
+    sources: list[str] = field(default_factory=lambda: ["esc50"], metadata={
+        "help": "The world's sources: esc50, debian (every Debian collection) or Debian package names. The recipe "
+                "uses esc50 and debian; fetch the Debian ones first (`python training/debian_sounds.py`)."})
     stop_after: str | None = field(default=None, metadata={"help": "Stop after this stage (e.g. 'heads' to measure them)."})
     decoding_time_budget: float = field(default=2.0, metadata={
         "help": "The default decoding may take at most this many times greedy decoding's time per clip (batch 8)."})
@@ -55,6 +58,25 @@ class StarterArguments:
     def recipe_path(self, path: str) -> str:
         """`path` as given when absolute, else relative to the repository."""
         return path if os.path.isabs(path) else os.path.join(REPO_ROOT, path)
+
+    def world(self, leave_out: str | None = None) -> StarterWorld:
+        """The world of `sources` (without the source named `leave_out`)."""
+        from diffusion_link.starter.debian.collections import BY_PACKAGE
+        from diffusion_link.starter.debian.sources import debian_sources
+
+        names = []
+        for name in self.sources:
+            if name == "debian":
+                names += list(BY_PACKAGE)
+            elif name == "esc50" or name in BY_PACKAGE:
+                names.append(name)
+            else:
+                raise ValueError(f"--sources: unknown source {name!r}; expected esc50, debian or one of "
+                                 f"{sorted(BY_PACKAGE)}.")
+        names = [n for n in dict.fromkeys(names) if n != leave_out]
+        packages = [n for n in names if n != "esc50"]
+        sources = ([ESC50] if "esc50" in names else []) + (debian_sources(packages) if packages else [])
+        return StarterWorld(sources, data=self.data)
 
     @property
     def language_model(self) -> str:

@@ -132,7 +132,7 @@ def _augmented(args: StarterArguments, world: StarterWorld, encoder, split: dict
     audio = []
     for start in range(0, len(examples), 32):
         features = fe([e["wave"] for e in examples[start : start + 32]], return_tensors="pt")
-        audio.append(encoder.audio_tower_embeddings(features["input_features"], features["attention_mask"]))
+        audio.append(encoder.audio_tower_embeddings(features["input_features"], features.get("attention_mask")))
     rng = random.Random(args.seed + 2)
     mixtures = [i for i, e in enumerate(examples) if e["partner"] >= 0]
     texts = [mixture_caption(rng.choice(world.captions.captions(examples[i]["label"])),

@@ -50,20 +50,23 @@ def decoding(args: StarterArguments, world: StarterWorld, captioner: DiffusionLi
     minilm_tokenizer = text_tokenizer(minilm)
     captioner.audio_text_tokenizer = minilm_tokenizer  # the candidates' similarity: MiniLM, the heads' text side
 
-    def correct(captions, labels):
-        return caption_class_correct(captions, labels, head["prototypes"],
-                                     lambda texts: embed_texts(minilm, minilm_tokenizer, texts, "decoding"))
-
     ntrain = len(head["oof"])
     order = torch.cat([(head["folds"] == fold).nonzero().flatten() for fold in range(len(bridges))])
     sets = {"heldout": (head["oof"][order], head["labels"][:ntrain][order]),
             "test": (head["test"], head["labels"][ntrain:])}
+    candidates = {"heldout": head["candidates"][:ntrain][order], "test": head["candidates"][ntrain:]}
+
+    def correct(captions, labels, name):  # each clip named among its own source's labels
+        return caption_class_correct(captions, labels, head["prototypes"],
+                                     lambda texts: embed_texts(minilm, minilm_tokenizer, texts, "decoding"),
+                                     candidates[name])
+
     runs = {"heldout": heldout_decodings(args, captioner, tokenizer, head, bridges),
             "test": decode_all(args, captioner, tokenizer, sets["test"][0])}
     choices = {}
     for name, (_, labels) in sets.items():
         for decoding_name, captions in decodings(runs[name], args.rerank_weights):
-            choices.setdefault(decoding_name, {})[name] = {"class_accuracy": mean(correct(captions, labels)),
+            choices.setdefault(decoding_name, {})[name] = {"class_accuracy": mean(correct(captions, labels, name)),
                                                           "captions": captions}
     # The budget compares times per clip measured in turns (best of 3 rounds), so a change in the machine's load
     # hits every decoding alike; one timed pass per decoding would let the load pick the default.
@@ -95,7 +98,7 @@ def confidence_report(args: StarterArguments, sets: dict, runs: dict, k: int, re
     ranked, right = {}, {}
     for name, (_, labels) in sets.items():
         ranked[name] = [rank_candidates(c, rerank, weight) for c in runs[name]["candidates"][k]]
-        right[name] = correct([r[0]["text"] for r in ranked[name]], labels)
+        right[name] = correct([r[0]["text"] for r in ranked[name]], labels, name)
     calibration = fit_confidence_calibration([confidence_features(r) for r in ranked["heldout"]], right["heldout"])
     probs = {name: [confidence(r, calibration) for r in ranked[name]] for name in sets}
     sure = [ok for p, ok in zip(probs["test"], right["test"]) if p >= 0.8]

@@ -35,7 +35,8 @@ def evaluate(args: StarterArguments, world: StarterWorld, captioner: DiffusionLi
     for name, embeds in (("identity", raw), ("diffusion_link", bridged), ("text_oracle", oracle)):
         captions = captioner.caption_embeds(embeds, tokenizer, max_new_tokens=args.eval_max_new_tokens, batch_size=16)
         results["class_accuracy"][name] = caption_class_accuracy(
-            captions, labels, head["prototypes"], lambda texts: embed_texts(minilm, minilm_tokenizer, texts, name))
+            captions, labels, head["prototypes"], lambda texts: embed_texts(minilm, minilm_tokenizer, texts, name),
+            head["candidates"][ntrain:])
         results["examples"][name] = captions[:10]
         logger.info("  %s: class accuracy %.3f; e.g. %s", name, results["class_accuracy"][name], captions[:3])
     paired_text = esc_text[world.captions.first_caption_rows(labels)]

@@ -21,7 +21,7 @@ from diffusion_link.starter.world import StarterWorld, cached_tensors, text_toke
 
 EXPERIMENT_WORK_DIR = os.path.join(cache_dir(), "experiment")
 STARTER_WORK_DIR = os.path.join(cache_dir(), "starter_build")
-HEAD_KEYS = ("oof", "folds", "test", "labels", "prototypes")
+HEAD_KEYS = ("oof", "folds", "test", "labels", "prototypes", "sources", "candidates")
 
 
 def starter_arguments(recipe: str, starter_work_dir: str, *, data: str | None = None, bridge_steps: int | None = None,

@@ -113,8 +113,9 @@ def project_audio(encoder, audio: torch.Tensor) -> torch.Tensor:
 @stage("heads")
 def heads(args: StarterArguments, world: StarterWorld, encoder, split: dict, towers: dict) -> dict:
     """The out-of-fold embeddings `oof` (N_train, D) of the training clips, their `folds` (N_train,), the final
-    head's `test` (N_test, D) embeddings, the `labels` (N_train + N_test,), the class `prototypes` (L, D) and a
-    `report`; the encoder keeps the final head."""
+    head's `test` (N_test, D) embeddings, the `labels` (N_train + N_test,), the class `prototypes` (L, D), each
+    clip's `sources` (N_train + N_test,) and class-accuracy `candidates` (N_train + N_test, L: its source's labels)
+    and a `report`; the encoder keeps the final head."""
     ntrain = len(split["train"])
     audio = towers["audio"]
     labels = world.labels_of(split["train"] + split["test"])
@@ -133,14 +134,20 @@ def heads(args: StarterArguments, world: StarterWorld, encoder, split: dict, tow
     encoder.load_state_dict(state, strict=False)
     test = project_audio(encoder, audio[ntrain:])
     prototypes = captions.prototypes(text)
-    sims = test @ text.T
+    # Each clip is named among its own source's labels (ESC-50's 50 classes, a Debian collection's concepts).
+    sources = world.source_index(split["train"] + split["test"])
+    candidates = world.candidates(sources)
+    test_rows = candidates[ntrain:][:, captions.row_labels]  # a test clip's own captions
+    sims = (test @ text.T).masked_fill(~test_rows, float("-inf"))
     r1 = float((captions.row_labels[sims.argmax(1)] == labels[ntrain:]).float().mean())
     report = {
         "test_audio_to_caption_r1": r1,
-        "test_class_accuracy_raw": class_accuracy(test, labels[ntrain:], prototypes),
-        "oof_class_accuracy_raw": class_accuracy(oof, train_labels, prototypes),
-        "train_class_accuracy_raw": class_accuracy(project_audio(encoder, train_audio), train_labels, prototypes),
+        "test_class_accuracy_raw": class_accuracy(test, labels[ntrain:], prototypes, candidates[ntrain:]),
+        "oof_class_accuracy_raw": class_accuracy(oof, train_labels, prototypes, candidates[:ntrain]),
+        "train_class_accuracy_raw": class_accuracy(project_audio(encoder, train_audio), train_labels, prototypes,
+                                                   candidates[:ntrain]),
         "temperature": float(1 / encoder.logit_scale.exp()),
     }
     logger.info("  heads: %s", json.dumps(report))
-    return {"oof": oof, "folds": folds, "test": test, "labels": labels, "prototypes": prototypes, "report": report}
+    return {"oof": oof, "folds": folds, "test": test, "labels": labels, "prototypes": prototypes,
+            "sources": sources, "candidates": candidates, "report": report}

@@ -120,3 +120,27 @@ def deduplicate(recordings: Iterable[Recording]) -> tuple[list[Recording], list[
             seen[r.md5] = r
             kept.append(r)
     return kept, dropped
+
+
+def recording_file(recording: Recording) -> str:
+    """Where a recording's audio goes in the extracted-audio folder: `PACKAGE/MD5.EXT` (the extension of its member,
+    else of its file), so two recordings never share a name and a changed recording never reuses one."""
+    extension = os.path.splitext(recording.member or recording.file)[1].lower()
+    return os.path.join(recording.package, recording.md5 + extension)
+
+
+def extract_found(check: ManifestCheck, rows: Sequence[Recording], folder: str) -> int:
+    """Write each recording of `rows` that `check` found to `folder`/`recording_file(row)` (kept when already there);
+    returns how many files it wrote."""
+    written = 0
+    for row in rows:
+        data = check.found.get(row.md5)
+        path = os.path.join(folder, recording_file(row))
+        if data is None or os.path.exists(path):
+            continue
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path + ".partial", "wb") as f:
+            f.write(data)
+        os.replace(path + ".partial", path)
+        written += 1
+    return written
