@@ -132,7 +132,8 @@ def test_held_out_clips_are_captioned_through_the_bridge_of_their_fold(world, mo
                 "seconds": {1: 1.0, 2: 2.0}}
 
     monkeypatch.setattr(decoding, "decode_all", fake_decode_all)
-    merged = decoding.heldout_decodings(None, captioner, None, head, models)
+    keep = torch.ones(len(head["oof"]), dtype=torch.bool)
+    merged = decoding.heldout_decodings(None, captioner, None, head, models, keep)
     assert [fold for fold, _ in seen] == [0, 1, 2, 3, 4]
     for fold, audio in seen:
         torch.testing.assert_close(audio, head["oof"][head["folds"] == fold])
@@ -140,6 +141,14 @@ def test_held_out_clips_are_captioned_through_the_bridge_of_their_fold(world, mo
     assert [c[0]["fold"] for c in merged["candidates"][2]] == [f for f in range(5) for _ in range(2)]
     assert merged["seconds"] == {1: 5.0, 2: 10.0}
     assert captioner.bridge is models[0] and captioner.config.bridge_config is models[0].config
+
+
+def test_heldout_mask_keeps_every_first_source_clip_and_a_seeded_draw_of_the_others():
+    args = parse_args(["--decoding_heldout_other_clips", "3"])
+    head = {"oof": torch.zeros(10, 2), "sources": torch.tensor([0, 0, 1, 1, 2, 2, 2, 1, 0, 2, 0, 0])}  # + 2 test clips
+    keep = decoding.heldout_mask(args, head)
+    assert keep[[0, 1, 8]].all() and int(keep.sum()) == 6
+    assert torch.equal(keep, decoding.heldout_mask(args, head))  # seeded
 
 
 def test_decode_all_captions_greedy_and_scored_candidates_through_the_captioner():

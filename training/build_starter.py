@@ -51,7 +51,7 @@ from diffusion_link.starter.build.evaluate import evaluate
 from diffusion_link.starter.build.heads import heads
 from diffusion_link.starter.build.stages import stage
 from diffusion_link.starter.build.towers import towers
-from diffusion_link.starter.world import StarterWorld, write_split
+from diffusion_link.starter.world import StarterWorld, sources_report, write_split
 
 
 __all__ = ["main", "parse_args", "bridge_arguments", "decoder_arguments"]  # the recipe tests read the command lines
@@ -78,8 +78,9 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.time()
     reports = {}
 
-    world = StarterWorld(data=args.data)
+    world = args.world()
     split = split_clips(args, world)
+    reports["sources"] = sources_report(world, split)
     encoder = StarterAudioTextEncoder.from_bases()
     embeddings = towers(args, world, encoder, split)
     head = heads(args, world, encoder, split, embeddings)

@@ -26,7 +26,7 @@ from transformers import AutoTokenizer
 from diffusion_link import DiffusionLinkForAudioCaptioning, StarterAudioTextEncoder
 from diffusion_link.experiments.atomic_files import atomic_open
 from diffusion_link.experiments.leave_one_source_out import (
-    project, score_source, source_clips, source_prototypes, subset_towers,
+    never_named, project, score_source, source_clips, source_prototypes, subset_towers,
 )
 from diffusion_link.experiments.script_arguments import parse_script_args
 from diffusion_link.starter import STARTER_CAPTIONER, STARTER_DIR
@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> dict:
     for model in ("compare", "rebuilt"):
         rows = [r[model] for r in results["held_out"].values()]
         results[f"mean_{model}"] = {k: sum(r[k] for r in rows) / len(rows)
-                                    for k in ("zero_shot_accuracy", "caption_class_accuracy")}
+                                    for k in ("zero_shot_accuracy", "caption_class_accuracy", "search_precision_at_5")}
+        results[f"never_named_{model}"] = never_named({n: r[model] for n, r in results["held_out"].items()})
     results["seconds"] = round(time.time() - start, 1)
     os.makedirs(os.path.dirname(loso.output), exist_ok=True)
     with atomic_open(loso.output, "w") as f:

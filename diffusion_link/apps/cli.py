@@ -262,7 +262,7 @@ def _search(args: argparse.Namespace) -> int:
         print(f"error: no audio file under {' '.join(args.paths)}.", file=sys.stderr)
         return 2
     pipe = pipeline("audio-captioning", model=require_captioner(args.model), trust_remote_code=args.trust_remote_code)
-    result = search(pipe, args.query, files, top_k=args.top_k, batch_size=args.batch_size)
+    result = search(pipe, args.query, files, top_k=args.top_k, batch_size=args.batch_size, cache_folder=args.cache_dir)
     for path, error in result.failed.items():
         print(f"error: {path}: {error}", file=sys.stderr)
     if args.output:
@@ -348,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--output", help="Write JSON lines {query, rank, file, score} here instead of a table.")
     se.add_argument("--model", help="Captioner folder or Hub id (default: the bundled starter captioner).")
     se.add_argument("--batch-size", type=int, default=8, help="Files embedded per call (default 8).")
+    se.add_argument("--cache-dir", help="Where the embeddings are cached (default $DIFFUSION_LINK_CACHE/search).")
     se.add_argument("--trust-remote-code", action="store_true", help="Allow the model folder's own code.")
     se.set_defaults(func=_search)
     srv = commands.add_parser("serve", help="A web page to try a captioner (needs the [app] extra, Gradio).")

@@ -77,8 +77,35 @@ def score_source(captioner, tokenizer, embed_texts, raw: torch.Tensor, clips: Se
     return {"clips": len(clips), "concepts": len(labels),
             "zero_shot_accuracy": class_accuracy(raw, local, prototypes),
             "caption_class_accuracy": sum(right) / len(right),
+            "search_precision_at_5": search_precision(raw, local, labels, embed_texts),
             "examples": [{"file": c["name"], "concept": c["category"], "caption": t, "right": ok}
                          for c, t, ok in sorted(zip(clips, captions, right), key=lambda x: x[0]["name"])]}
+
+
+def search_precision(raw: torch.Tensor, local: torch.Tensor, labels: list[str], embed_texts, k: int = 5) -> float:
+    """`diffusion-link search`'s precision on a source: each concept's caption as the query over all the source's
+    clips (ranked by cosine, as the search ranks), the share of its top min(k, clips of the concept) that are of the
+    concept, averaged over the concepts that have clips."""
+    present = sorted(set(local.tolist()))
+    queries = F.normalize(embed_texts([labels[c] for c in present]).float(), dim=-1)
+    scores = queries @ F.normalize(raw.float(), dim=-1).T  # (concepts, clips)
+    precisions = []
+    for row, concept in enumerate(present):
+        n = min(k, int((local == concept).sum()))
+        top = scores[row].topk(n).indices
+        precisions.append(float((local[top] == concept).float().mean()))
+    return sum(precisions) / len(precisions)
+
+
+def never_named(rows: dict) -> list[str]:
+    """The concepts whose clips were never captioned right, across the held-out sources' examples."""
+    named, seen = set(), set()
+    for row in rows.values():
+        for e in row["examples"]:
+            seen.add(e["concept"])
+            if e["right"]:
+                named.add(e["concept"])
+    return sorted(seen - named)
 
 
 def project(encoder, audio: torch.Tensor) -> torch.Tensor:

@@ -155,7 +155,42 @@ def starter_fields(reports: Mapping[str, Any]) -> dict[str, str]:
         "class_accuracy_oracle": f"{accuracy.get('text_oracle', float('nan')):.3f}",
         "bridge_depth": starter_depth_text(reports.get("fold_bridges", reports.get("bridge", {})).get("depth_selection")),
         "decoding": starter_decoding_text(reports.get("decoding")),
+        "sources_table": starter_sources_table(reports.get("sources")),
+        "cannot_hear": starter_cannot_hear_text(reports.get("leave_one_source_out")),
     }
+
+
+def starter_sources_table(sources: Sequence[Mapping[str, Any]] | None) -> str:
+    """The sources table (a build's "sources" report) in Markdown."""
+    if not sources:
+        return "ESC-50 fold 4 (250 training clips, 50 classes; CC-BY-NC-3.0)."
+    lines = ["| source | version | licence | training clips | concepts |", "|---|---|---|---:|---:|"]
+    lines += [f"| {s['source']} | {s['version']} | {s['licence']} | {s['train_clips']} | {s['concepts']} |"
+              for s in sources]
+    total = sum(s["train_clips"] for s in sources)
+    lines.append(f"| all | | | {total} | {sum(s['concepts'] for s in sources)} |")
+    return "\n".join(lines)
+
+
+def starter_cannot_hear_text(loso: Mapping[str, Any] | None) -> str:
+    """What the starter hears badly, from the leave-one-source-out figures (`training/leave_one_source_out.py`)."""
+    if not loso:
+        return "Sounds far from its training sources get vague or wrong captions; see the package's README."
+    lines = ["Measured by leaving each of these collections out of the joint space and the bridge, then captioning "
+             "its recordings (class accuracy among that collection's concepts):", "",
+             "| held-out collection | clips | concepts | caption class accuracy | zero-shot accuracy |",
+             "|---|---:|---:|---:|---:|"]
+    for name, row in loso["held_out"].items():
+        r = row["rebuilt"]
+        lines.append(f"| {name} | {r['clips']} | {r['concepts']} | {r['caption_class_accuracy']:.3f} | "
+                     f"{r['zero_shot_accuracy']:.3f} |")
+    missed = loso.get("never_named_rebuilt") or []
+    if missed:
+        shown = ", ".join(missed[:40]) + (f", and {len(missed) - 40} more" if len(missed) > 40 else "")
+        lines += ["", f"{len(missed)} concepts of the held-out collections were never named right when held out: {shown}."]
+    lines += ["", "Speech, music and fantasy or science-fiction sounds were left out of its data: expect vague captions "
+                  "for them."]
+    return "\n".join(lines)
 
 
 def starter_depth_text(pick: Mapping[str, Any] | None) -> str:

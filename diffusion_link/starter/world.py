@@ -62,6 +62,7 @@ class Source:
         captions: label -> its caption variants (at least one each), in the source's label order.
         split: `split(data_folder, label_index) -> {"train": [clip, ...], "test": [...], "split_within_source": [...]}`
             with each clip's `target` taken from `label_index` (label -> index in the world).
+        licence, version: of the recordings, for the model card's sources table.
         audio_root: a folder outside the shared data that holds `audio_dir` (the Debian recordings extracted into
             the cache, `diffusion_link.starter.debian.sources`); None: the shared data folder.
     """
@@ -71,6 +72,8 @@ class Source:
     captions: Mapping[str, Sequence[str]]
     split: Callable[[str, Mapping[str, int]], dict]
     audio_root: str | None = None
+    licence: str = ""
+    version: str = ""
 
     def __post_init__(self):
         empty = [label for label, texts in self.captions.items() if not texts]
@@ -121,7 +124,8 @@ def esc50_split(path: str | None = None, label_index: Mapping[str, int] | None =
 
 
 ESC50 = Source(name="esc50", audio_dir=os.path.join("esc50", "audio"), captions=read_class_captions(),
-               split=lambda folder, label_index: esc50_split(folder, label_index))
+               split=lambda folder, label_index: esc50_split(folder, label_index), licence="CC-BY-NC-3.0",
+               version="fold 4")
 
 
 # ---------------------------------------------------------------------------------------------------- captions
@@ -261,6 +265,18 @@ class StarterWorld:
     def references(self, labels: torch.Tensor | Sequence[int]) -> list[list[str]]:
         """The reference captions (the label's captions) of each of the (N,) `labels`."""
         return [self.captions.captions(int(l)) for l in labels]
+
+
+def sources_report(world: StarterWorld, split: Mapping) -> list[dict]:
+    """Per source: its licence, version, training and test clips, and concepts (labels)."""
+    several = len(world.sources) > 1
+    rows = []
+    for name, source in world.sources.items():
+        def count(side):
+            return sum(1 for c in split[side] if (c.get("source") == name if several else True))
+        rows.append({"source": name, "licence": source.licence, "version": source.version,
+                     "train_clips": count("train"), "test_clips": count("test"), "concepts": len(source.captions)})
+    return rows
 
 
 def write_split(split: Mapping, path: str) -> None:

@@ -40,6 +40,8 @@ class StarterArguments:
         "help": "The world's sources: esc50, debian (every Debian collection) or Debian package names. The recipe "
                 "uses esc50 and debian; fetch the Debian ones first (`python training/debian_sounds.py`)."})
     stop_after: str | None = field(default=None, metadata={"help": "Stop after this stage (e.g. 'heads' to measure them)."})
+    decoding_heldout_other_clips: int = field(default=250, metadata={
+        "help": "Held-out clips of the sources other than ESC-50 that the default decoding is picked on (a seeded draw)."})
     decoding_time_budget: float = field(default=2.0, metadata={
         "help": "The default decoding may take at most this many times greedy decoding's time per clip (batch 8)."})
     seed: int = field(default=0, metadata={"help": "Seed of the split of folds, the heads, the bridge and the decoder."})

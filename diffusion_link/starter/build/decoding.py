@@ -3,7 +3,8 @@
 Embeddings are captioned by the captioner's own `caption_embeds` (greedy, or per clip the scored beam candidates), as
 in the experiment, `training/depth_pool.py` and `benchmarks/bench_starter.py`.
 
-The default decoding is picked on the 250 training clips held out: each clip's out-of-fold embedding through a bridge
+The default decoding is picked on the training clips held out (the 250 ESC-50 ones and a seeded draw of 250 of the
+other sources', `heldout_mask`): each clip's out-of-fold embedding through a bridge
 trained without its head fold (the starter's own bridge for fold 0, the fold bridges for folds 1-4), so neither the
 heads, the bridge nor the decoder saw it. Greedy, or `decoding_candidates` beams reranked by the LM, by audio-caption
 similarity in the joint space, or by both (`rerank_weights`): the best class accuracy among those within
@@ -51,7 +52,8 @@ def decoding(args: StarterArguments, world: StarterWorld, captioner: DiffusionLi
     captioner.audio_text_tokenizer = minilm_tokenizer  # the candidates' similarity: MiniLM, the heads' text side
 
     ntrain = len(head["oof"])
-    order = torch.cat([(head["folds"] == fold).nonzero().flatten() for fold in range(len(bridges))])
+    keep = heldout_mask(args, head)
+    order = torch.cat([((head["folds"] == fold) & keep).nonzero().flatten() for fold in range(len(bridges))])
     sets = {"heldout": (head["oof"][order], head["labels"][:ntrain][order]),
             "test": (head["test"], head["labels"][ntrain:])}
     candidates = {"heldout": head["candidates"][:ntrain][order], "test": head["candidates"][ntrain:]}
@@ -61,7 +63,7 @@ def decoding(args: StarterArguments, world: StarterWorld, captioner: DiffusionLi
                                      lambda texts: embed_texts(minilm, minilm_tokenizer, texts, "decoding"),
                                      candidates[name])
 
-    runs = {"heldout": heldout_decodings(args, captioner, tokenizer, head, bridges),
+    runs = {"heldout": heldout_decodings(args, captioner, tokenizer, head, bridges, keep),
             "test": decode_all(args, captioner, tokenizer, sets["test"][0])}
     choices = {}
     for name, (_, labels) in sets.items():
@@ -115,15 +117,29 @@ def confidence_report(args: StarterArguments, sets: dict, runs: dict, k: int, re
     }
 
 
+def heldout_mask(args: StarterArguments, head: dict) -> torch.Tensor:
+    """(N_train,) boolean: the held-out clips the decoding is picked on. Every clip of the first source (ESC-50,
+    like the test clips) and a seeded draw of `decoding_heldout_other_clips` of the other sources' (all of them
+    decoded by every candidate decoding would take hours on a CPU)."""
+    sources = head["sources"][: len(head["oof"])]
+    keep = sources == 0
+    others = (~keep).nonzero().flatten()
+    if len(others):
+        generator = torch.Generator().manual_seed(args.seed)
+        drawn = others[torch.randperm(len(others), generator=generator)[: args.decoding_heldout_other_clips]]
+        keep[drawn] = True
+    return keep
+
+
 def heldout_decodings(args: StarterArguments, captioner, tokenizer, head: dict,
-                      bridges: list[DiffusionLinkBridge]) -> dict:
-    """`decode_all` of every training clip's out-of-fold embedding through the bridge of its fold, fold by fold (the
-    clips in fold order); the captioner keeps its own bridge (`bridges[0]`) afterwards."""
+                      bridges: list[DiffusionLinkBridge], keep: torch.Tensor) -> dict:
+    """`decode_all` of the kept (`heldout_mask`) training clips' out-of-fold embeddings through the bridge of their
+    fold, fold by fold (the clips in fold order); the captioner keeps its own bridge (`bridges[0]`) afterwards."""
     merged = {"greedy": [], "candidates": {}, "seconds": {}}
     try:
         for fold, fold_bridge_model in enumerate(bridges):
             with_bridge(captioner, fold_bridge_model)
-            run = decode_all(args, captioner, tokenizer, head["oof"][head["folds"] == fold])
+            run = decode_all(args, captioner, tokenizer, head["oof"][(head["folds"] == fold) & keep])
             merged["greedy"] += run["greedy"]
             for k, found in run["candidates"].items():
                 merged["candidates"].setdefault(k, []).extend(found)

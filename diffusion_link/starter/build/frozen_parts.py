@@ -58,7 +58,7 @@ class FrozenParts:
         self.starter_args = starter_args
         os.makedirs(starter_args.work_dir, exist_ok=True)
         os.makedirs(work_dir, exist_ok=True)
-        self.world = StarterWorld(data=starter_args.data)
+        self.world = starter_args.world()
         self.captions = self.world.captions
         split = self.world.split()
         self.encoder = StarterAudioTextEncoder.from_bases()

@@ -147,7 +147,8 @@ def debian_sources(packages: Sequence[str] | None = None, audio_dir: str | None 
         concepts = list(dict.fromkeys(r.caption for r in sorted(mine, key=lambda r: r.caption)))
         sources.append(Source(name=package, audio_dir="", audio_root=audio_dir,
                               captions={c: variants[c] for c in concepts},
-                              split=_package_split(package, mine, audio_dir)))
+                              split=_package_split(package, mine, audio_dir), licence=BY_PACKAGE[package].licence,
+                              version=", ".join(sorted({r.version for r in mine}))))
     return sources
 
 
