@@ -12,22 +12,28 @@ This script only runs the stages, in order; each lives in `diffusion_link/starte
 `--work_dir` (default `$DIFFUSION_LINK_CACHE/starter_build`), so a rerun resumes. The data (sources, split, folds,
 captions per label) is `diffusion_link.starter.world`'s.
 
-1. split    ESC-50 fold 4 (`--data`/esc50): per class, 5 clips train / 3 test, deterministically, keeping clips cut
-            from one source recording on one side where the class allows it. The 150 test clips train nothing.
-2. towers   frozen aiSFX embeddings of the 400 clips; frozen MiniLM embeddings of the class captions
-            (diffusion_link/starter/esc50_captions.json), AudioCaps train and Clotho development captions.
+1. split    the recipe's `sources`: ESC-50 fold 4 (`--data`/esc50), per class 5 clips train / 3 test,
+            deterministically, keeping clips cut from one source recording on one side where the class allows it (the
+            150 test clips train nothing); and the 18 Debian collections (`diffusion_link.starter.debian.sources`,
+            2,094 recordings fetched beforehand by `training/debian_sounds.py`), all training clips, each labelled by
+            its concept (502 concepts, five caption variants each: diffusion_link/starter/debian_captions.json).
+2. towers   frozen aiSFX embeddings of the 2,494 clips; frozen MiniLM embeddings of the class captions
+            (diffusion_link/starter/esc50_captions.json, debian_captions.json), AudioCaps train and Clotho
+            development captions; cached under a key of the clips and captions.
 3. heads    the audio head into MiniLM's space (InfoNCE) and 5-fold cross-fitted heads whose out-of-fold embeddings
             give the bridge realistic audio (folds by recording, stratified by class: `world.source_folds`); with
             `--head_augmentation_copies N` they also see N augmented versions of each training clip (stage
-            "augment"; the committed starter uses 8). `--stop_after heads` ends the build here.
+            "augment"; the committed starter used 8 when it had ESC-50 alone, and none since the Debian recordings
+            joined). `--stop_after heads` ends the build here.
 4. bridge   Diffusion-Link by train_bridge.py on 4/5 of the out-of-fold clips with their class captions plus the
             caption corpus, validated on head fold 0 (`--results_dir`/starter_bridge_validation.png).
-   fold bridges  four more bridges, each trained without one of folds 1-4; the depth s*/T is picked on the 250
+   fold bridges  four more bridges, each trained without one of folds 1-4; the depth s*/T is picked on all the
             held-out pairs (`sweep_depths_cross_fitted`) and set on every bridge.
 5. decoder  SmolLM2-135M-Instruct with LoRA and the soft-prefix projector, trained zero-shot on caption embeddings
             (train_captioner.py); `--decoder_from FOLDER` reuses a trained one.
 6. evaluate the 150 test clips: class accuracy with and without the bridge and with the text oracle, gap figures.
-7. decoding the default decoding and the confidence calibration, picked on the 250 held-out training clips within
+7. decoding the default decoding and the confidence calibration, picked on held-out training clips (the 250 ESC-50
+            ones and 250 drawn from the Debian ones; each clip named among its own source's labels) within
             `decoding_time_budget` x greedy's time (`--results_dir`/starter_reliability.png).
 8. assemble `--output`/encoder and `--output`/captioner: only the trained parts, bases referenced, with a model card.
 """

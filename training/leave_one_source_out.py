@@ -3,7 +3,7 @@
 collection's recordings classified zero-shot and captioned (`diffusion_link.experiments.leave_one_source_out`).
 
     python training/leave_one_source_out.py [training/configs/starter.json] [--held_out ufoai-sound openclonk-data ...]
-        [--compare CAPTIONER_DIR ENCODER_DIR] [--output training/results/leave_one_source_out.json]
+        [--compare CAPTIONER_DIR ENCODER_DIR] [--report training/results/leave_one_source_out.json]
 
 The starter recipe gives the heads and the bridge (its `--sources`, default esc50 + debian, must hold the held-out
 ones; fetch them with `python training/debian_sounds.py`). `--compare` scores a trained captioner and encoder (default:
@@ -50,7 +50,8 @@ class LeaveOneSourceOutArguments:
                                metadata={"help": "A captioner folder and its encoder folder to score on the same clips."})
     decoder: str = field(default=STARTER_CAPTIONER, metadata={
         "help": "The captioner whose decoder (trained on text alone) captions the rebuilt parts' embeddings."})
-    output: str = field(default=os.path.join(REPO_ROOT, "training", "results", "leave_one_source_out.json"))
+    report: str = field(default=os.path.join(REPO_ROOT, "training", "results", "leave_one_source_out.json"),
+                        metadata={"help": "Where the figures go (JSON)."})
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -101,8 +102,8 @@ def main(argv: list[str] | None = None) -> dict:
                                     for k in ("zero_shot_accuracy", "caption_class_accuracy", "search_precision_at_5")}
         results[f"never_named_{model}"] = never_named({n: r[model] for n, r in results["held_out"].items()})
     results["seconds"] = round(time.time() - start, 1)
-    os.makedirs(os.path.dirname(loso.output), exist_ok=True)
-    with atomic_open(loso.output, "w") as f:
+    os.makedirs(os.path.dirname(loso.report), exist_ok=True)
+    with atomic_open(loso.report, "w") as f:
         json.dump(results, f, indent=1)
     logger.info("means: compared %s, rebuilt %s; %.1f min", results["mean_compare"], results["mean_rebuilt"],
                 (time.time() - start) / 60)

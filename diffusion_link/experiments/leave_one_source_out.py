@@ -32,11 +32,12 @@ logger = logging.getLogger(__name__)
 
 def subset_towers(world: StarterWorld, split: dict, towers: dict, sub_world: StarterWorld, sub_split: dict) -> dict:
     """The tower embeddings of `sub_world`'s split and caption table, taken from the full `world`'s `towers`."""
-    def key(clip):  # a world of several sources names each clip's
-        return clip["source"], clip["filename"]
+    def keys(w: StarterWorld, s: dict):  # a world of one source names no clip's source
+        first = next(iter(w.sources))
+        return [(c.get("source", first), c["filename"]) for c in list(s["train"]) + list(s["test"])]
 
-    row_of = {key(c): i for i, c in enumerate(list(split["train"]) + list(split["test"]))}
-    rows = [row_of[key(c)] for c in list(sub_split["train"]) + list(sub_split["test"])]
+    row_of = {key: i for i, key in enumerate(keys(world, split))}
+    rows = [row_of[key] for key in keys(sub_world, sub_split)]
     text_row = {t: i for i, t in enumerate(world.captions.texts)}
     return {"audio": towers["audio"][rows], "esc_text": towers["esc_text"][[text_row[t] for t in sub_world.captions.texts]],
             "corpus_text": towers["corpus_text"]}
