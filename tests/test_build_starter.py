@@ -163,3 +163,19 @@ def test_decode_all_captions_greedy_and_scored_candidates_through_the_captioner(
         assert len(candidates) == 2 and set(candidates[0]) >= {"text", "lm_logprob", "audio_text_similarity"}
     named = dict(decoding.decodings(run, [1.0]))
     assert named["greedy"] == run["greedy"] and len(named["2:similarity"]) == 3
+
+
+def test_bridge_head_keeps_the_training_clips_of_the_bridge_sources():
+    from diffusion_link.starter.build.bridges import bridge_head
+
+    class World:
+        sources = {"esc50": None, "0ad-data": None}
+
+    head = {"oof": torch.arange(4.0)[:, None], "folds": torch.tensor([0, 1, 0, 1]),
+            "labels": torch.tensor([0, 1, 2, 3, 0, 1]), "sources": torch.tensor([0, 1, 0, 1, 0, 0])}
+    linked = bridge_head(parse_args(["--bridge_sources", "esc50"]), World(), head)
+    assert linked["oof"].flatten().tolist() == [0.0, 2.0] and linked["folds"].tolist() == [0, 0]
+    assert linked["labels"].tolist() == [0, 2, 0, 1]  # the kept training clips', then the test clips'
+    assert bridge_head(parse_args(["--bridge_sources", "esc50", "0ad-data"]), World(), head)["oof"].shape == (4, 1)
+    with pytest.raises(ValueError, match="--bridge_sources \\['rain'\\]"):
+        bridge_head(parse_args(["--bridge_sources", "rain"]), World(), head)

@@ -50,7 +50,7 @@ import torch
 from diffusion_link import StarterAudioTextEncoder, StarterFeatureExtractor
 from diffusion_link.starter.build.arguments import StarterArguments, parse_args
 from diffusion_link.starter.build.assemble import assemble
-from diffusion_link.starter.build.bridges import bridge, bridge_arguments, fold_bridges
+from diffusion_link.starter.build.bridges import bridge, bridge_arguments, bridge_head, fold_bridges
 from diffusion_link.starter.build.decoder import decoder, decoder_arguments
 from diffusion_link.starter.build.decoding import decoding
 from diffusion_link.starter.build.evaluate import evaluate
@@ -96,8 +96,9 @@ def main(argv: list[str] | None = None) -> dict:
     encoder_dir = os.path.join(args.work_dir, "encoder")
     encoder.save_pretrained(encoder_dir)
     StarterFeatureExtractor().save_pretrained(encoder_dir)
-    bridge_model, reports["bridge"] = bridge(args, world.captions, embeddings, head)
-    bridges, reports["fold_bridges"] = fold_bridges(args, world.captions, embeddings, head, bridge_model)  # the depth
+    linked = bridge_head(args, world, head)  # the clips the bridges pair with captions (`bridge_sources`)
+    bridge_model, reports["bridge"] = bridge(args, world.captions, embeddings, linked)
+    bridges, reports["fold_bridges"] = fold_bridges(args, world.captions, embeddings, linked, bridge_model)  # the depth
     captioner = decoder(args, embeddings, encoder_dir, bridge_model)
     decoder_dir = os.path.join(args.work_dir, "decoder")
     if not args.skip_eval:

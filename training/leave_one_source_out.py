@@ -8,7 +8,8 @@ collection's recordings classified zero-shot and captioned (`diffusion_link.expe
 The starter recipe gives the heads and the bridge (its `--sources`, default esc50 + debian, must hold the held-out
 ones; fetch them with `python training/debian_sounds.py`). `--compare` scores a trained captioner and encoder (default:
 the committed starter) on the same clips, whole, so the table shows a model that never heard any of them beside the
-rebuilt one. Each held-out source's parts are cached in `--work_dir`/leave_one_source_out/SOURCE.
+rebuilt one. Each held-out source's parts are cached in `--work_dir`/leave_one_source_out/SOURCE, and the report is
+written after each source: a stopped run goes on where it stopped.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from diffusion_link.experiments.leave_one_source_out import (
 from diffusion_link.experiments.script_arguments import parse_script_args
 from diffusion_link.starter import STARTER_CAPTIONER, STARTER_DIR
 from diffusion_link.starter.build.arguments import STARTER_RECIPE, StarterArguments
-from diffusion_link.starter.build.bridges import fold_bridge
+from diffusion_link.starter.build.bridges import bridge_head, fold_bridge
 from diffusion_link.starter.build.decoder import with_bridge
 from diffusion_link.starter.build.heads import heads
 from diffusion_link.starter.build.towers import towers
@@ -76,11 +77,20 @@ def main(argv: list[str] | None = None) -> dict:
     compare_encoder = StarterAudioTextEncoder.from_pretrained(loso.compare[1]).eval()
     compare.audio_text_tokenizer = minilm_tokenizer
     results = {"held_out": {}, "compare": loso.compare, "recipe_sources": args.sources}
+    done = {}
+    if os.path.exists(loso.report):  # a stopped run goes on: each finished source is kept
+        with open(loso.report, encoding="utf-8") as f:
+            done = json.load(f).get("held_out", {})
     for name in loso.held_out:
+        if name in done and "rebuilt" in done[name]:
+            results["held_out"][name] = done[name]
+            continue
         clips, audio = source_clips(world, split, full, name)
         labels, prototypes = source_prototypes(world, full, name)
-        row = {"compare": score_source(compare, compare_tokenizer, embed, project(compare_encoder, audio), clips,
-                                       labels, prototypes)}
+        row = done.get(name) or {"compare": score_source(compare, compare_tokenizer, embed,
+                                                         project(compare_encoder, audio), clips, labels, prototypes)}
+        results["held_out"][name] = row
+        write(loso.report, results)
         logger.info("%s, compared model: %s", name, {k: v for k, v in row["compare"].items() if k != "examples"})
         sub_args = dataclasses.replace(args, work_dir=os.path.join(args.work_dir, "leave_one_source_out", name))
         os.makedirs(sub_args.work_dir, exist_ok=True)
@@ -88,26 +98,30 @@ def main(argv: list[str] | None = None) -> dict:
         sub_split = sub_world.split()
         sub_towers = subset_towers(world, split, full, sub_world, sub_split)
         head = heads(sub_args, sub_world, encoder, sub_split, sub_towers)  # the encoder keeps the final head
-        bridge, _ = fold_bridge(sub_args, sub_world.captions, sub_towers, head, 0)
+        bridge, _ = fold_bridge(sub_args, sub_world.captions, sub_towers, bridge_head(sub_args, sub_world, head), 0)
         captioner = with_bridge(DiffusionLinkForAudioCaptioning.from_pretrained(loso.decoder), bridge).eval()
         captioner.audio_text_tokenizer = minilm_tokenizer
         row["rebuilt"] = score_source(captioner, decoder_tokenizer, embed, project(encoder, audio), clips, labels,
                                       prototypes)
         row["rebuilt"]["heads"] = head["report"]
         logger.info("%s, rebuilt without it: %s", name, {k: v for k, v in row["rebuilt"].items() if k != "examples"})
-        results["held_out"][name] = row
+        write(loso.report, results)
     for model in ("compare", "rebuilt"):
         rows = [r[model] for r in results["held_out"].values()]
         results[f"mean_{model}"] = {k: sum(r[k] for r in rows) / len(rows)
                                     for k in ("zero_shot_accuracy", "caption_class_accuracy", "search_precision_at_5")}
         results[f"never_named_{model}"] = never_named({n: r[model] for n, r in results["held_out"].items()})
     results["seconds"] = round(time.time() - start, 1)
-    os.makedirs(os.path.dirname(loso.report), exist_ok=True)
-    with atomic_open(loso.report, "w") as f:
-        json.dump(results, f, indent=1)
+    write(loso.report, results)
     logger.info("means: compared %s, rebuilt %s; %.1f min", results["mean_compare"], results["mean_rebuilt"],
                 (time.time() - start) / 60)
     return results
+
+
+def write(path: str, results: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_open(path, "w") as f:
+        json.dump(results, f, indent=1)
 
 
 if __name__ == "__main__":

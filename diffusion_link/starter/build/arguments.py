@@ -39,6 +39,8 @@ class StarterArguments:
     sources: list[str] = field(default_factory=lambda: ["esc50"], metadata={
         "help": "The world's sources: esc50, debian (every Debian collection) or Debian package names. The recipe "
                 "uses esc50 and debian; fetch the Debian ones first (`python training/debian_sounds.py`)."})
+    bridge_sources: list[str] | None = field(default=None, metadata={
+        "help": "The sources whose out-of-fold training clips the bridges pair with captions (default: all)."})
     stop_after: str | None = field(default=None, metadata={"help": "Stop after this stage (e.g. 'heads' to measure them)."})
     decoding_heldout_other_clips: int = field(default=250, metadata={
         "help": "Held-out clips of the sources other than ESC-50 that the default decoding is picked on (a seeded draw)."})

@@ -43,6 +43,21 @@ def bridge(args: StarterArguments, captions: CaptionTable, towers: dict, head: d
     return model, report
 
 
+def bridge_head(args: StarterArguments, world, head: dict) -> dict:
+    """The heads' tensors the bridges train on: the training clips of the recipe's `bridge_sources` only (all when
+    None), with their folds and labels (the test clips' rows kept as they are)."""
+    if not args.bridge_sources:
+        return head
+    names = list(world.sources)
+    unknown = [n for n in args.bridge_sources if n not in names]
+    if unknown:
+        raise ValueError(f"--bridge_sources {unknown} are not among the world's sources {names}.")
+    ntrain = len(head["oof"])
+    keep = torch.isin(head["sources"][:ntrain], torch.tensor([names.index(n) for n in args.bridge_sources]))
+    return {**head, "oof": head["oof"][keep], "folds": head["folds"][keep],
+            "labels": torch.cat([head["labels"][:ntrain][keep], head["labels"][ntrain:]])}
+
+
 def fold_bridge(args: StarterArguments, captions: CaptionTable, towers: dict, head: dict, fold: int,
                 work_dir: str | None = None, out: str | None = None) -> tuple[DiffusionLinkBridge, str]:
     """The bridge (train_bridge.py, the starter's recipe, `args.seed`) trained on every head fold but `fold`, which
