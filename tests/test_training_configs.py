@@ -22,6 +22,7 @@ SCRIPTS = {
     "bridge_defaults.json": train_bridge,
     "starter_decoder.json": train_captioner,
     "starter.json": build_starter,
+    "starter_debian.json": build_starter,
     "experiment.json": experiment,
 }
 # What the data-specific recipes leave to the command line (the build fills them in).

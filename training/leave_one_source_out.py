@@ -2,10 +2,10 @@
 """Leave one source out: the starter's joint space and bridge rebuilt without a Debian collection, then that
 collection's recordings classified zero-shot and captioned (`diffusion_link.experiments.leave_one_source_out`).
 
-    python training/leave_one_source_out.py [training/configs/starter.json] [--held_out ufoai-sound openclonk-data ...]
+    python training/leave_one_source_out.py [training/configs/starter_debian.json] [--held_out ufoai-sound openclonk-data ...]
         [--compare CAPTIONER_DIR ENCODER_DIR] [--report training/results/leave_one_source_out.json]
 
-The starter recipe gives the heads and the bridge (its `--sources`, default esc50 + debian, must hold the held-out
+The starter recipe (default starter_debian.json: esc50 + debian) gives the heads and the bridge (its `--sources`, default esc50 + debian, must hold the held-out
 ones; fetch them with `python training/debian_sounds.py`). `--compare` scores a trained captioner and encoder (default:
 the committed starter) on the same clips, whole, so the table shows a model that never heard any of them beside the
 rebuilt one. Each held-out source's parts are cached in `--work_dir`/leave_one_source_out/SOURCE, and the report is
@@ -31,7 +31,7 @@ from diffusion_link.experiments.leave_one_source_out import (
 )
 from diffusion_link.experiments.script_arguments import parse_script_args
 from diffusion_link.starter import STARTER_CAPTIONER, STARTER_DIR
-from diffusion_link.starter.build.arguments import STARTER_RECIPE, StarterArguments
+from diffusion_link.starter.build.arguments import StarterArguments
 from diffusion_link.starter.build.bridges import bridge_head, fold_bridge
 from diffusion_link.starter.build.decoder import with_bridge
 from diffusion_link.starter.build.heads import heads
@@ -40,6 +40,7 @@ from diffusion_link.starter.world import REPO_ROOT, embed_texts, text_tokenizer
 
 
 logger = logging.getLogger("leave_one_source_out")
+DEBIAN_RECIPE = os.path.join(REPO_ROOT, "training", "configs", "starter_debian.json")
 HELD_OUT = ["ufoai-sound", "openclonk-data", "megaglest-data", "redeclipse-data", "widelands-data"]
 
 
@@ -56,7 +57,7 @@ class LeaveOneSourceOutArguments:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    loso, args = parse_script_args((LeaveOneSourceOutArguments, StarterArguments), argv, default_config=STARTER_RECIPE)
+    loso, args = parse_script_args((LeaveOneSourceOutArguments, StarterArguments), argv, default_config=DEBIAN_RECIPE)
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.INFO)
     start = time.time()
     world = args.world()
