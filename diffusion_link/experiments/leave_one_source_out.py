@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from diffusion_link.metrics import caption_class_correct, class_accuracy
-from diffusion_link.reranking import rank_candidates
+from diffusion_link.starter.build.frozen_parts import default_decoding
 from diffusion_link.starter.world import StarterWorld
 
 
@@ -57,15 +57,6 @@ def source_prototypes(world: StarterWorld, towers: dict, name: str) -> tuple[lis
     return labels, prototypes[[world.captions.label_index[l] for l in labels]]
 
 
-def caption_default(captioner, tokenizer, decoder_inputs: torch.Tensor, raw: torch.Tensor) -> list[str]:
-    """The captioner's default decoding of (N, D) decoder inputs (bridged), candidates scored against `raw`."""
-    config = captioner.config
-    if config.num_candidates == 1:
-        return captioner.caption_embeds(decoder_inputs, tokenizer, batch_size=16)
-    found = captioner.caption_embeds(decoder_inputs, tokenizer, num_candidates=config.num_candidates, audio_embeds=raw)
-    return [rank_candidates(c, config.rerank, config.rerank_weight)[0]["text"] for c in found]
-
-
 @torch.no_grad()
 def score_source(captioner, tokenizer, embed_texts, raw: torch.Tensor, clips: Sequence[dict], labels: list[str],
                  prototypes: torch.Tensor) -> dict:
@@ -73,7 +64,7 @@ def score_source(captioner, tokenizer, embed_texts, raw: torch.Tensor, clips: Se
     linked by the captioner's own bridge and captioned by its default decoding, each named among the source's
     `labels` (`prototypes` (C, D))."""
     local = torch.tensor([labels.index(c["category"]) for c in clips])
-    captions = caption_default(captioner, tokenizer, captioner.link(raw), raw)
+    captions = default_decoding(captioner, tokenizer, captioner.link(raw), raw)
     right = caption_class_correct(captions, local, prototypes, embed_texts)
     return {"clips": len(clips), "concepts": len(labels),
             "zero_shot_accuracy": class_accuracy(raw, local, prototypes),

@@ -80,9 +80,17 @@ class FrozenParts:
         """Greedy captions of the decoder inputs `embeds` (N, D), or with `decoding`, the captioner's default
         decoding (`config.num_candidates` beams, picked by `config.rerank`), scored against the clips' raw audio."""
         decoder = decoder or self.decoder
-        if not decoding or decoder.config.num_candidates == 1:
+        if not decoding:
             return decoder.caption_embeds(embeds, self.tokenizer, max_new_tokens=DEFAULT_MAX_NEW_TOKENS, batch_size=16)
-        config = decoder.config
-        found = decoder.caption_embeds(embeds, self.tokenizer, num_candidates=config.num_candidates,
-                                       audio_embeds=self.test_audio, max_new_tokens=DEFAULT_MAX_NEW_TOKENS)
-        return [rank_candidates(c, config.rerank, config.rerank_weight)[0]["text"] for c in found]
+        return default_decoding(decoder, self.tokenizer, embeds, self.test_audio)
+
+
+def default_decoding(decoder, tokenizer, embeds: torch.Tensor, audio: torch.Tensor) -> list[str]:
+    """The captioner's default decoding of the (N, D) decoder inputs `embeds`: greedy, or `config.num_candidates`
+    beams picked by `config.rerank`, scored against the clips' (N, D) raw `audio` embeddings."""
+    config = decoder.config
+    if config.num_candidates == 1:
+        return decoder.caption_embeds(embeds, tokenizer, max_new_tokens=DEFAULT_MAX_NEW_TOKENS, batch_size=16)
+    found = decoder.caption_embeds(embeds, tokenizer, num_candidates=config.num_candidates, audio_embeds=audio,
+                                   max_new_tokens=DEFAULT_MAX_NEW_TOKENS)
+    return [rank_candidates(c, config.rerank, config.rerank_weight)[0]["text"] for c in found]

@@ -32,7 +32,7 @@ NOT_VERBS = {"building", "casing", "ceiling", "during", "gatling", "lightning", 
              "something", "swing", "warning", "ring", "king", "wing", "string", "spring", "thing"}
 E_STEMS = {"bounc", "slic", "clos", "collaps", "strik", "whin", "rag", "rac", "mov", "tak", "releas", "weav", "inflat",
            "explod", "slid", "fir", "bor", "breath", "ho", "glid", "wip", "chim", "scrap", "shak", "squeez", "rattl",
-           "danc", "ston", "pil", "graz", "giv", "driv", "smok", "us", "caus", "crunch"} - {"crunch"}
+           "danc", "ston", "pil", "graz", "giv", "driv", "smok", "us", "caus"}
 PERSON = "someone"
 
 
