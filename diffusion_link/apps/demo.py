@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.disable_progress_bar()
     try:
         require_captioner(None)  # the demo shows the starter, which `pipeline("audio-captioning")` loads by default
-    except ValueError as err:
+    except (ValueError, ImportError) as err:  # no starter, or its bases not set up (named, with the command)
         print(f"error: {err}", file=sys.stderr)
         return 2
     start = time.time()

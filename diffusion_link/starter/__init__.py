@@ -8,6 +8,7 @@ referenced), `split.json`, `esc50_captions.json` and `build_report.json`. `train
   joint space (frozen aiSFX + MiniLM with trained projection heads) and its audio front end;
 - `world`: the starter's data (its sources, captions per label, the split, the folds, the prototypes, the
   tower-embedding cache), read from the shared data folder by path, never copied;
+- `bases`, `aisfx_checkpoint`: the pretrained bases and `diffusion-link setup-starter`, which sets them up;
 - `build/`: the stages of `training/build_starter.py` (towers, augmentation, heads, bridges, decoder, evaluation,
   decoding, assembly), which the experiment and the benchmarks share.
 """
@@ -31,12 +32,17 @@ def default_captioner() -> str | None:
 
 
 def require_captioner(model: str | None) -> str:
-    """`model` when given, else the folder of the starter captioner; `ValueError` saying what to pass when neither
-    exists (an install without the committed starter). The CLI, the demo and the web page all ask this."""
+    """`model` when given, else the folder of the starter captioner, once its bases are set up; else a `ValueError`
+    saying what to pass (an install without the committed starter) or `bases.StarterNotSetUp` naming
+    `diffusion-link setup-starter`. The CLI, the demo and the web page all ask this."""
     if model:
         return model
     starter = default_captioner()
     if starter is None:
         raise ValueError("this install has no starter captioner (diffusion_link/starter); pass --model (a captioner "
                          "folder or Hub id), or build it with training/build_starter.py.")
+    bases.require_starter_bases()
     return starter
+
+
+from diffusion_link.starter import bases  # noqa: E402  (registers the set-up hint of the starter's references)

