@@ -15,6 +15,7 @@ single-dot sibling imports). Everything else lives in subpackages that use absol
 - `testing/`: tiny random models.
 """
 
+import logging
 import sys
 
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
@@ -76,6 +77,16 @@ PIPELINE_REGISTRY.register_pipeline(
     type="multimodal",
 )
 
+
+class _StarterDefaultNotice(logging.Filter):
+    """Drops transformers' "No model was supplied, defaulted to ... not recommended in production" when the default
+    is the starter: a committed local folder, which has no revision to pin and downloads nothing."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (_default and str(record.msg).startswith(f"No model was supplied, defaulted to {_default} "))
+
+
+logging.getLogger("transformers.pipelines").addFilter(_StarterDefaultNotice())
 
 
 def __getattr__(name: str):

@@ -65,3 +65,30 @@ def nearest_class(caption: str) -> str:
     prototypes = captions.prototypes(embed_text(encoder, tokenizer, captions.texts))
     query = embed_text(encoder, tokenizer, [caption])
     return captions.labels[int((query @ prototypes.T).argmax())]
+
+
+def test_default_path_is_quiet_and_verbose_brings_the_details_back(tmp_path):
+    """`pipeline("audio-captioning")` and `diffusion-link caption` print no notice the user cannot act on."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    import soundfile as sf
+
+    clip = str(tmp_path / "tone.wav")
+    sf.write(clip, 0.3 * np.sin(2 * np.pi * 440 * np.arange(16000 * 2) / 16000), 16000)
+    env = {k: v for k, v in os.environ.items() if k != "TRANSFORMERS_VERBOSITY"}
+    code = ("import diffusion_link\nfrom transformers import pipeline\n"
+            f"print(pipeline('audio-captioning')({clip!r})['generated_text'])\n")
+    api = subprocess.run([sys.executable, "-W", "default", "-c", code], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert api.returncode == 0 and api.stdout.strip(), api.stderr
+    cli = [sys.executable, "-W", "default", "-m", "diffusion_link.apps.cli", "caption", clip]
+    quiet = subprocess.run(cli, capture_output=True, text=True, env=env, timeout=600)
+    assert quiet.returncode == 0 and '"generated_text"' in quiet.stdout, quiet.stderr
+    for stderr in (api.stderr, quiet.stderr):
+        for noise in ("No model was supplied", "LOAD REPORT", "UNEXPECTED", "Warning", "Traceback"):
+            assert noise not in stderr, stderr
+    assert "Loading weights" not in quiet.stderr  # transformers' progress bars: the CLI's own is enough
+    verbose = subprocess.run([*cli, "--verbose"], capture_output=True, text=True, env=env, timeout=600)
+    assert verbose.returncode == 0 and "Loading weights" in verbose.stderr

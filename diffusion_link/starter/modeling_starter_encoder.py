@@ -25,6 +25,13 @@ from diffusion_link.starter.configuration_starter_encoder import StarterEncoderC
 _AUTO_KWARGS = ("_from_auto", "_from_pipeline", "adapter_kwargs", "trust_remote_code", "proxies")
 
 
+class _TextTowerWithoutPooler(BertModel):
+    """MiniLM without its pooler: the joint space mean-pools the token states, so the checkpoint's pooler weights
+    are left unread on purpose (and not reported as unexpected at every load)."""
+
+    _keys_to_ignore_on_load_unexpected = [r"^pooler\."]
+
+
 class AiSFXConvBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
@@ -148,7 +155,7 @@ class StarterAudioTextEncoder(ReferencedBasesMixin, PreTrainedModel):
         missing, unexpected = self.audio_model.load_state_dict(load_file(path), strict=False)
         if missing or unexpected:
             raise ValueError(f"{path} does not hold aiSFX's embedding net: missing {missing[:3]}, unexpected {unexpected[:3]}.")
-        self.text_model = BertModel.from_pretrained(
+        self.text_model = _TextTowerWithoutPooler.from_pretrained(
             resolve_reference(self.config.text_model_name_or_path), add_pooling_layer=False
         )
         self.apply_freezing()
