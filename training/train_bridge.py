@@ -198,17 +198,30 @@ class BridgeEmbeddingDataset(Dataset):
         return len(self.rows)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        row = int(self.rows[i])
+        return self._take(self.rows[i])
+
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        """The rows `indices` as one batch ((B, D) tensors and the (B,) `audio_mask`), by one gather per tensor.
+
+        The DataLoader calls this for a batch instead of B `__getitem__` calls and a stack (`collate_embeddings`
+        passes the batch through); the batch holds the same values."""
+        return self._take(self.rows[torch.as_tensor(indices, dtype=torch.long)])
+
+    def _take(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.text_only:
-            return {"text_embeds": self.text_embeds[row]}
+            return {"text_embeds": self.text_embeds[rows]}
         return {
-            "audio_embeds": self.audio_embeds[row],
-            "text_embeds": self.text_embeds[row],
-            "audio_mask": self.audio_mask[row],
+            "audio_embeds": self.audio_embeds[rows],
+            "text_embeds": self.text_embeds[rows],
+            "audio_mask": self.audio_mask[rows],
         }
 
 
-def collate_embeddings(rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+def collate_embeddings(rows: list[dict[str, torch.Tensor]] | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One batch of training rows: a list of `BridgeEmbeddingDataset` rows stacked, or a batch its `__getitems__`
+    already gathered, as it is."""
+    if isinstance(rows, dict):
+        return rows
     return {key: torch.stack([row[key] for row in rows]) for key in rows[0]}
 
 
@@ -366,13 +379,18 @@ def initial_bridge(model_args: ModelArguments, train_tensors: dict[str, torch.Te
 
 
 DEFAULT_RECIPE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "bridge_defaults.json")
+# The validation batch. The Trainer's default (8) is sized for large models; for the bridge it made one evaluation of
+# `link()` on 2000 held-out pairs cost as much as 40-100 training steps on 2 CPU cores, against about 6 steps at
+# 1024 (benchmarks/bench_train_bridge.py). `link()` is batch-invariant, so the figures of an evaluation do not depend
+# on it (`eval_loss`, from random timesteps and in-batch similarities, does).
+EVAL_BATCH_SIZE = 1024
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
     """`[config.json] [--flag value ...]` (see `diffusion_link.experiments.script_arguments`) over the script's default recipe,
-    `training/configs/bridge_defaults.json` (what the script does without flags)."""
+    `training/configs/bridge_defaults.json` (what the script does without flags), and `EVAL_BATCH_SIZE`."""
     return parse_script_args((ModelArguments, DataArguments, TrainingArguments), argv,
-                             defaults=read_json_config(DEFAULT_RECIPE))
+                             defaults={"per_device_eval_batch_size": EVAL_BATCH_SIZE, **read_json_config(DEFAULT_RECIPE)})
 
 
 def main(argv: list[str] | None = None) -> DiffusionLinkBridge:
