@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from transformers.utils import is_librosa_available, is_soundfile_available
 
+from .validation import check_positive_float
+
 
 class AudioDecodeError(ValueError):
     """A file or byte string could not be decoded as audio."""
@@ -214,24 +216,38 @@ def _prepare_array(samples, rate, target_rate: int, name: str, min_duration_s: f
             f"{name}: a raw audio array needs its sampling rate; pass `sampling_rate=` (or a dict with "
             "`sampling_rate`). It is never guessed."
         )
-    if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)) or rate <= 0:
-        raise ValueError(f"{name}: `sampling_rate` must be a positive int (Hz), got {rate!r}.")
+    rate = check_sampling_rate(rate, name)
     num_channels = 1 if samples.ndim < 2 else int(min(samples.shape))
     mono = to_mono_float(samples, name)
-    _check_length(len(mono), int(rate), name, min_duration_s)
+    _check_length(len(mono), rate, name, min_duration_s)
     peak = peak_level(mono)
-    return PreparedAudio(resample(mono, int(rate), target_rate), target_rate, int(rate), num_channels, name, peak)
+    return PreparedAudio(resample(mono, rate, target_rate), target_rate, rate, num_channels, name, peak)
+
+
+def check_sampling_rate(rate, name: str | None = None) -> int:
+    """Return `rate` as an int, or raise `ValueError` (naming the input `name`, when given) unless it is a positive
+    whole number of Hz: a Python or numpy int, as a dataset column gives; a bool or a float is not a rate."""
+    if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)) or rate <= 0:
+        raise ValueError(f"{name + ': ' if name else ''}`sampling_rate` must be a positive int (Hz), got {rate!r}.")
+    return int(rate)
 
 
 def window_bounds(num_samples: int, rate: int, chunk_length_s: float, stride_s: float | None = None) -> list[tuple[int, int]]:
     """Deterministic windows `[(start, end), ...]` in samples: starts every `stride_s` (default: `chunk_length_s`,
     no overlap), each `chunk_length_s` long or cut at the end. A tail shorter than `MIN_DURATION_S` joins the window
-    before it, so no audio is dropped."""
-    if chunk_length_s <= 0:
-        raise ValueError(f"`chunk_length_s` must be > 0, got {chunk_length_s}.")
-    stride_s = chunk_length_s if stride_s is None else stride_s
-    if not 0 < stride_s <= chunk_length_s:
-        raise ValueError(f"`stride_s` must lie in (0, chunk_length_s={chunk_length_s}], got {stride_s}.")
+    before it, so no audio is dropped.
+
+    Raises `ValueError` unless `chunk_length_s` is a finite number of seconds >= `MIN_DURATION_S` (a shorter window
+    could not be captioned, and every one would join the first: the chunking would be silently lost) and `stride_s`
+    lies in (0, chunk_length_s] and spans at least one sample."""
+    check_positive_float("chunk_length_s", chunk_length_s)
+    if chunk_length_s < MIN_DURATION_S:
+        raise ValueError(f"`chunk_length_s` must be at least {MIN_DURATION_S} s (the shortest audio that gets a "
+                         f"caption), got {chunk_length_s!r}.")
+    stride_s = chunk_length_s if stride_s is None else check_positive_float("stride_s", stride_s)
+    if stride_s > chunk_length_s:
+        raise ValueError(f"`stride_s` must lie in (0, chunk_length_s={chunk_length_s}], got {stride_s!r}: a stride "
+                         "longer than the window would skip audio.")
     chunk, stride = int(round(chunk_length_s * rate)), int(round(stride_s * rate))
     if stride < 1:
         raise ValueError(f"`stride_s`={stride_s} is shorter than one sample at {rate} Hz.")
@@ -249,6 +265,11 @@ def window_bounds(num_samples: int, rate: int, chunk_length_s: float, stride_s: 
 
 
 STREAM_BLOCK_FRAMES = 1 << 16  # frames decoded per read when a file is streamed (about 1.4 s at 48 kHz)
+# Encodings libsndfile does not decode in blocks as it decodes them whole (seen with 1.2.2): its MP3 reader gives
+# other samples for about 2300 frames after every read boundary (up to 0.36 off on a 0.3-amplitude sine), its Opus
+# reader other last frames for some block sizes. A file in one of them is decoded whole when it is streamed, and its
+# blocks are then taken from memory. WAV, FLAC, AIFF and Vorbis read in blocks are the file decoded whole.
+WHOLE_DECODE_SUBTYPES = ("MPEG_LAYER_I", "MPEG_LAYER_II", "MPEG_LAYER_III", "OPUS")
 
 
 @dataclass
@@ -261,6 +282,11 @@ class AudioFileStream:
     `resample` on the whole file (the same soxr "HQ" filter, run in one pass). The windows are therefore exactly those
     that `window_bounds` cuts from `prepare_audio(path).waveform`. `duration_s` and `peak_dbfs` are known once every
     window has been read.
+
+    MP3 and Opus (`WHOLE_DECODE_SUBTYPES`) are the exception: libsndfile decodes them differently at block
+    boundaries, so such a file is decoded whole (`decode_whole`) and then mixed, checked and resampled block by block
+    from memory. The samples are still those of `prepare_audio`, but memory then holds the decoded file: 4 bytes per
+    sample and channel (10 minutes of 44.1 kHz stereo is 212 MB, an hour 1.3 GB).
     """
 
     path: str
@@ -269,6 +295,7 @@ class AudioFileStream:
     num_channels: int
     name: str
     block_frames: int = STREAM_BLOCK_FRAMES
+    decode_whole: bool = False  # decode the file in one read (MP3), then take the blocks from memory
     num_samples: int | None = None  # at `target_rate`; set when the stream has ended
     input_peak: float = 0.0  # of the mono mix at the file's rate, over the blocks read so far
 
@@ -288,8 +315,6 @@ class AudioFileStream:
         is held, whatever the length of the file. Raises `ValueError` for NaN/Inf samples when it reaches them."""
         rate = self.target_rate
         window_bounds(1, rate, chunk_length_s, stride_s)  # validates both
-        if chunk_length_s < MIN_DURATION_S:  # `window_bounds` then merges everything into one window: not streamable
-            raise ValueError(f"{self.name}: streaming needs `chunk_length_s` >= {MIN_DURATION_S}, got {chunk_length_s}.")
         stride_s = chunk_length_s if stride_s is None else stride_s
         chunk, stride = int(round(chunk_length_s * rate)), int(round(stride_s * rate))
         # Far enough ahead that the window at `start` is not the last one (which absorbs a short tail).
@@ -333,8 +358,7 @@ class AudioFileStream:
         frames = produced = 0
         try:
             with sf.SoundFile(self.path) as f:
-                while True:
-                    block = f.read(self.block_frames, dtype="float32", always_2d=True)  # (frames, channels)
+                for block in self._decoded_blocks(f):  # (frames, channels)
                     last = len(block) < self.block_frames
                     # Row by row the same float32 mean as `to_mono_float` over the whole file.
                     mono = block[:, 0] if block.shape[1] == 1 else block.mean(axis=1)
@@ -360,6 +384,19 @@ class AudioFileStream:
             yield np.zeros(total - produced, dtype=np.float32)
         self.num_samples = total
 
+    def _decoded_blocks(self, f) -> Iterator[np.ndarray]:
+        """(frames, channels) float32 blocks of `block_frames` from the open SoundFile `f`, the last one shorter
+        (possibly empty), read one by one or, with `decode_whole`, cut from the whole file read at once."""
+        if not self.decode_whole:
+            while True:
+                block = f.read(self.block_frames, dtype="float32", always_2d=True)
+                yield block
+                if len(block) < self.block_frames:
+                    return
+        whole = f.read(dtype="float32", always_2d=True)
+        for start in range(0, len(whole) + 1, self.block_frames):
+            yield whole[start : start + self.block_frames]
+
 
 def open_audio_stream(path: str | os.PathLike, target_rate: int, min_duration_s: float = MIN_DURATION_S) -> AudioFileStream:
     """Check a file's header and return an `AudioFileStream` over it (nothing is decoded yet).
@@ -379,7 +416,8 @@ def open_audio_stream(path: str | os.PathLike, target_rate: int, min_duration_s:
     if info.channels > MAX_CHANNELS:
         raise ValueError(f"{name}: expected mono or up to {MAX_CHANNELS} channels, got {info.channels} channels.")
     _check_length(info.frames, info.samplerate, name, min_duration_s)
-    return AudioFileStream(name, target_rate, int(info.samplerate), int(info.channels), name)
+    return AudioFileStream(name, target_rate, int(info.samplerate), int(info.channels), name,
+                           decode_whole=info.subtype in WHOLE_DECODE_SUBTYPES)
 
 
 def _check_length(num_samples: int, rate: int, name: str, min_duration_s: float = MIN_DURATION_S) -> None:

@@ -15,10 +15,10 @@ import numpy as np
 from transformers.pipelines.base import ChunkPipeline
 
 from .audio_io import (
-    MIN_DURATION_S,
     SILENCE_THRESHOLD_DBFS,
     AudioFileStream,
     PreparedAudio,
+    check_sampling_rate,
     is_silent,
     open_audio_stream,
     prepare_audio,
@@ -28,10 +28,26 @@ from .audio_io import (
 from .configuration_diffusion_link_captioner import DEFAULT_MAX_NEW_TOKENS, check_rerank  # noqa: F401
 from .reranking import beam_candidates, candidate_generate_kwargs, confidence, rank_candidates, scored_candidates
 from .seeding import content_seed, seeded_generators
-from .validation import check_choice, check_positive_int
+from .validation import check_choice, check_finite_float, check_positive_int, check_strength
 
 
 ON_ERROR = ("raise", "report")
+# `generate_kwargs` the pipeline sets itself: given by the caller they would pair captions with the wrong inputs
+# (several sequences per clip) or break decoding (a dict instead of ids). What to use instead.
+PIPELINE_GENERATE_KWARGS = {
+    "num_return_sequences": "`num_candidates`",
+    "return_dict_in_generate": "`num_candidates` (the candidates come with their scores)",
+    "output_scores": "`num_candidates` (the candidates come with their scores)",
+    "generator": "nothing: each window's bridge noise is seeded from its samples",
+    "input_ids": "nothing: the model's prompt is used",
+    "inputs_embeds": "nothing: the prefix comes from the audio",
+    "attention_mask": "nothing: the prefix comes from the audio",
+    "audio_embeds": "nothing: the audio is embedded by the pipeline",
+    "strength": "the call argument `strength`",
+    "num_inference_steps": "the call argument `num_inference_steps`",
+}
+# Sizes among `generate_kwargs` that end in a ZeroDivisionError or an empty result deep in `generate` when < 1.
+GENERATE_SIZES = ("max_new_tokens", "num_beams")
 
 
 class AudioCaptionPipeline(ChunkPipeline):
@@ -125,31 +141,33 @@ class AudioCaptionPipeline(ChunkPipeline):
         rerank: str | None = None,
         **unknown,
     ):
+        """Every call argument is checked here, before any input is read: a bad one raises `ValueError` (or
+        `TypeError`) naming it, with what was expected and what was received, whatever `on_error` says (it is not a
+        failure of one input). `batch_size` and `num_workers` are transformers' own and are checked in
+        `get_iterator`."""
         if unknown:
             raise TypeError(f"Unknown argument(s) for the audio-captioning pipeline: {sorted(unknown)}.")
         preprocess = {}
         if sampling_rate is not None:
-            preprocess["sampling_rate"] = sampling_rate
+            preprocess["sampling_rate"] = check_sampling_rate(sampling_rate)
         if chunk_length_s is not None:
             window_bounds(1, self.feature_extractor.sampling_rate, chunk_length_s, stride_s)  # validates both
             preprocess["chunk_length_s"] = chunk_length_s
             preprocess["stride_s"] = stride_s
         elif stride_s is not None:
-            raise ValueError("`stride_s` needs `chunk_length_s`.")
+            raise ValueError(f"`stride_s` needs `chunk_length_s` (the window length), got stride_s={stride_s!r} alone.")
         if silence_threshold_db is not None:
-            preprocess["silence_threshold_db"] = float(silence_threshold_db)
+            preprocess["silence_threshold_db"] = check_finite_float("silence_threshold_db", silence_threshold_db)
         forward = {}
-        generate = dict(generate_kwargs or {})
-        if max_new_tokens is not None:
-            generate["max_new_tokens"] = max_new_tokens
-        if num_beams is not None:
-            generate["num_beams"] = num_beams
+        generate = _generate_kwargs(generate_kwargs, max_new_tokens, num_beams)
         if generate:
             forward["generate_kwargs"] = generate
         if strength is not None:
-            forward["strength"] = strength
+            forward["strength"] = check_strength(strength)
         if num_inference_steps is not None:
-            forward["num_inference_steps"] = num_inference_steps
+            forward["num_inference_steps"] = check_positive_int("num_inference_steps", num_inference_steps)
+        if return_embeddings is not None and not isinstance(return_embeddings, bool):
+            raise TypeError(f"`return_embeddings` must be True or False, got {return_embeddings!r}.")
         if return_embeddings:
             forward["return_embeddings"] = True
         if num_candidates is not None:
@@ -164,11 +182,12 @@ class AudioCaptionPipeline(ChunkPipeline):
     def __call__(self, inputs, **kwargs):
         """Caption one input (returns a dict), a list of inputs (a list of dicts, in order), or a generator or
         dataset of inputs (an iterator of dicts, streamed). transformers' `Pipeline.__call__` does the work; a tuple
-        counts as a list and an empty list gives an empty list."""
+        counts as a list and an empty list gives an empty list (its arguments checked all the same)."""
         if isinstance(inputs, tuple):
             inputs = list(inputs)
         if isinstance(inputs, list) and not inputs:
-            return []
+            # transformers' __call__ would read inputs[0] of a list; an empty generator it turns into [] itself.
+            inputs = (x for x in ())
         return super().__call__(inputs, **kwargs)
 
     def get_iterator(self, inputs, num_workers: int, batch_size: int, preprocess_params, forward_params,
@@ -181,7 +200,12 @@ class AudioCaptionPipeline(ChunkPipeline):
                 f"`num_workers={num_workers}` is not supported by the audio-captioning pipeline: a file's windows are "
                 "decoded as they are captioned (a long file is streamed), in this process. Use num_workers=0."
             )
+        # Checked here, not in the generator below: transformers resolves `batch_size` (call, then constructor) and
+        # calls this for every kind of input, so a bad size is refused at the call, before any input is read.
         check_positive_int("batch_size", batch_size)
+        return self._results(inputs, batch_size, preprocess_params, forward_params, postprocess_params)
+
+    def _results(self, inputs, batch_size: int, preprocess_params, forward_params, postprocess_params):
         postprocess_params = dict(postprocess_params)
         on_error = postprocess_params.pop("on_error", "raise")
         batcher = WindowBatcher(lambda windows: self.forward({"windows": windows}, **forward_params,
@@ -207,7 +231,7 @@ class AudioCaptionPipeline(ChunkPipeline):
     ) -> dict[str, Any]:
         rate = self.feature_extractor.sampling_rate
         path = _file_path(inputs)
-        if path is not None and chunk_length_s is not None and chunk_length_s >= MIN_DURATION_S:
+        if path is not None and chunk_length_s is not None:
             # A file cut into windows is streamed: decoded, mixed down and resampled a window at a time.
             stream = open_audio_stream(path, rate)
             windows = (_window(samples, start, end, rate, silence_threshold_db)
@@ -363,6 +387,26 @@ class WindowBatcher:
     def _finished(entry: list) -> tuple:
         item, records, _ = entry
         return (item, None) if isinstance(item, Exception) else (item, records)
+
+
+def _generate_kwargs(generate_kwargs: dict | None, max_new_tokens: int | None, num_beams: int | None) -> dict:
+    """The `generate` arguments of a call: `generate_kwargs` with `max_new_tokens` and `num_beams` over them, the
+    sizes checked and the arguments the pipeline sets itself refused."""
+    if generate_kwargs is not None and not isinstance(generate_kwargs, dict):
+        raise TypeError(f"`generate_kwargs` must be a dict of `generate` arguments, got {type(generate_kwargs).__name__}.")
+    generate = dict(generate_kwargs or {})
+    clashes = [key for key in PIPELINE_GENERATE_KWARGS if key in generate]
+    if clashes:
+        raise ValueError(f"`generate_kwargs` cannot set `{clashes[0]}`: the pipeline sets it; use "
+                         f"{PIPELINE_GENERATE_KWARGS[clashes[0]]}.")
+    if max_new_tokens is not None:
+        generate["max_new_tokens"] = max_new_tokens
+    if num_beams is not None:
+        generate["num_beams"] = num_beams
+    for key in GENERATE_SIZES:
+        if key in generate:
+            check_positive_int(key, generate[key])
+    return generate
 
 
 def _window(samples: np.ndarray, start: int, end: int, rate: int, silence_threshold_db: float) -> dict[str, Any]:

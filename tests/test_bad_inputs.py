@@ -1,6 +1,8 @@
 """Bad input, systematically: generated files of every kind USERS.md lists, each with its asserted behaviour (the
 exact exception and a message naming the file, or the flags of the result), the same set as one `on_error="report"`
-batch, a one-hour file, and property-based checks of the validation and resampling in `audio_io`."""
+batch, every format streamed exactly as decoded whole (MP3 included), embeddings too large or too small to normalise,
+a one-hour file, and property-based checks of the validation and resampling in `audio_io`. Bad call *arguments* are
+in `test_bad_arguments.py`."""
 
 import json
 import re
@@ -12,7 +14,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from diffusion_link.audio_io import MIN_DURATION_S, AudioDecodeError, prepare_audio, to_mono_float
+from diffusion_link.audio_io import (
+    MIN_DURATION_S,
+    STREAM_BLOCK_FRAMES,
+    AudioDecodeError,
+    open_audio_stream,
+    prepare_audio,
+    to_mono_float,
+)
+from diffusion_link.validation import check_embeddings
 
 from .conftest import run_python
 
@@ -119,6 +129,63 @@ def test_report_policy_over_all_bad_inputs(tiny_pipeline, bad_files):
 def test_bridge_refuses_a_wrong_embedding_dimension(tiny_bridge, wrong):
     with pytest.raises(ValueError, match=rf"\(batch, 12\), got \(2, {wrong}\)"):
         tiny_bridge.link(torch.randn(2, wrong))
+
+
+# ---------------------------------------------------------------------------------------------- streamed formats
+# (format, subtype, suffix) -> decoded whole when streamed. libsndfile decodes MP3 differently after every read
+# boundary (up to 0.36 off on this 0.3-amplitude sine, for ~2300 frames), and Opus's last frames for some block
+# sizes (4097 here), so both are decoded whole, then streamed.
+FORMATS = {
+    ("WAV", "PCM_16", "wav"): False,
+    ("FLAC", "PCM_16", "flac"): False,
+    ("OGG", "VORBIS", "ogg"): False,
+    ("OGG", "OPUS", "opus"): True,
+    ("MP3", "MPEG_LAYER_III", "mp3"): True,
+}
+
+
+@pytest.mark.parametrize("target", [44100, 48000])  # resampled as a stream, and not
+@pytest.mark.parametrize("fmt, subtype, suffix", list(FORMATS))
+def test_every_format_streams_the_samples_of_decoding_it_whole(tmp_path, fmt, subtype, suffix, target):
+    if fmt not in sf.available_formats() or subtype not in sf.available_subtypes(fmt):
+        pytest.skip(f"this libsndfile ({sf.__libsndfile_version__}) cannot write {fmt}/{subtype}")
+    path = str(tmp_path / f"sine.{suffix}")
+    rate = 48000  # one that Opus takes
+    t = np.arange(int(3.5 * rate)) / rate  # longer than two blocks of STREAM_BLOCK_FRAMES
+    sf.write(path, (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), rate, format=fmt, subtype=subtype)
+    assert sf.info(path).frames > 2 * STREAM_BLOCK_FRAMES
+    whole = prepare_audio(path, target).waveform
+    for block in (STREAM_BLOCK_FRAMES, 4097):
+        stream = open_audio_stream(path, target)
+        stream.block_frames = block
+        assert stream.decode_whole is FORMATS[fmt, subtype, suffix]
+        windows = list(stream.windows(1.0, 0.75))
+        assert windows[-1][1] == len(whole) == stream.num_samples
+        for lo, hi, samples in windows:
+            np.testing.assert_array_equal(samples, whole[lo:hi])  # exact, window by window
+
+
+# ---------------------------------------------------------------------------------------------- embeddings
+# A row of finite values whose L2 norm overflows (or underflows) float32 normalises to a zero row: a bridge trained
+# on such rows learned nothing and reported success. Refused wherever embeddings enter (`check_embeddings`).
+EMBEDDING_ROWS = {"1e30": 1e30, "-1e30": -1e30, "1e20": 1e20, "1e-30": 1e-30}
+
+
+@pytest.mark.parametrize("name", list(EMBEDDING_ROWS))
+def test_embeddings_that_cannot_be_normalised_are_refused(tiny_bridge, name):
+    embeds = torch.randn(4, 12)
+    embeds[2] = EMBEDDING_ROWS[name]
+    message = r"`text_embeds` has rows whose L2 norm overflows or underflows torch.float32 \(rows \[2\]"
+    with pytest.raises(ValueError, match=message):
+        check_embeddings("text_embeds", embeds)
+    with pytest.raises(ValueError, match=message):
+        tiny_bridge.fit_normalization(embeds)
+
+
+@pytest.mark.parametrize("value", [0.0, 1e-3, 1.0, 1e3, 1e15])
+def test_embeddings_at_any_normalisable_scale_are_taken(value):
+    embeds = torch.full((3, 12), value)
+    assert check_embeddings("audio_embeds", embeds) is embeds
 
 
 # ---------------------------------------------------------------------------------------------- one hour of audio

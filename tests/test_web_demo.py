@@ -9,6 +9,7 @@ machine without them skips them and says why. The browser run saves a screenshot
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -79,11 +80,76 @@ def test_bad_input_gets_a_readable_message_and_no_caption(tiny_demo, tmp_path, c
     out = demo.caption(path)
     assert expected in out["message"] and out["caption"] == "" and out["figure"] is None
     assert "Traceback" not in out["message"]
+    assert str(tmp_path) not in out["message"]  # the server's folders are never shown, only a file's base name
+
+
+def test_messages_name_the_file_but_never_the_servers_folder(tiny_demo, tmp_path):
+    upload = tmp_path / "gradio" / "0a1b2c"
+    upload.mkdir(parents=True)
+    short = write_wav(upload / "my clip.wav", seconds=0.01)
+    out = tiny_demo.caption(short)
+    assert out["message"].startswith("This audio cannot be captioned: my clip.wav: audio is 441 samples")
+    assert "gradio" not in out["message"] and str(tmp_path) not in out["message"]
+    link = tmp_path / "link.wav"
+    link.symlink_to(short)  # a path that resolves elsewhere: neither spelling is shown
+    message = tiny_demo.caption(str(link))["message"]
+    assert "link.wav" in message and str(tmp_path) not in message
+
+
+@pytest.mark.parametrize("limits, error", [
+    ({"max_file_mb": 0}, "`max_file_mb` must be a finite number > 0, got 0"),
+    ({"max_file_mb": -1.0}, "`max_file_mb` must be a finite number > 0, got -1.0"),
+    ({"max_file_mb": float("nan")}, "`max_file_mb` must be a finite number > 0, got nan"),
+    ({"max_file_mb": float("inf")}, "`max_file_mb` must be a finite number > 0, got inf"),
+    ({"max_file_mb": True}, "`max_file_mb` must be a finite number > 0, got True"),
+    ({"max_file_mb": 1e-9}, "`max_file_mb` must allow at least one byte, got 1e-09"),
+    ({"max_duration_s": 0}, "`max_duration_s` must be a finite number > 0, got 0"),
+    ({"max_duration_s": float("nan")}, "`max_duration_s` must be a finite number > 0, got nan"),
+])
+def test_limits_refuse_what_would_reject_every_upload(limits, error):
+    with pytest.raises(ValueError, match=re.escape(error)):
+        Limits(**limits)
+
+
+@pytest.mark.parametrize("max_file_mb, max_file_bytes", [(0.5, 524288), (50, 52428800), (0.001, 1048), (1, 2**20)])
+def test_the_upload_limit_reaches_gradio_to_the_byte(max_file_mb, max_file_bytes):
+    assert Limits(max_file_mb=max_file_mb).max_file_bytes == max_file_bytes
+
+
+@pytest.mark.parametrize("stop", ["returns", "ctrl-c"])
+def test_serve_keeps_its_files_in_one_folder_deleted_when_it_stops(tiny_demo, tmp_path, monkeypatch, stop):
+    from diffusion_link.apps import web_demo
+
+    monkeypatch.setattr(web_demo, "load_demo", lambda model, limits, trust: WebDemo(tiny_demo.pipe, "tiny", limits))
+    monkeypatch.setattr(web_demo.tempfile, "tempdir", str(tmp_path))
+    monkeypatch.delenv("GRADIO_TEMP_DIR", raising=False)
+    seen = {}
+
+    def launch(app, **kwargs):
+        seen.update(kwargs, cache=os.environ["GRADIO_TEMP_DIR"], blocks_cache=app.GRADIO_CACHE,
+                    examples=list(tmp_path.rglob("*.wav")))
+        os.makedirs(seen["cache"], exist_ok=True)
+        write_wav(os.path.join(seen["cache"], "upload.wav"))  # what an upload leaves
+        if stop == "ctrl-c":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(gradio.Blocks, "launch", launch)
+    if stop == "ctrl-c":
+        with pytest.raises(KeyboardInterrupt):
+            web_demo.serve(limits=Limits(max_file_mb=0.5))
+    else:
+        web_demo.serve(limits=Limits(max_file_mb=0.5))
+    assert seen["max_file_size"] == 524288
+    (folder,) = {os.path.relpath(p, tmp_path).split(os.sep)[0] for p in seen["examples"]}
+    assert folder.startswith("diffusion-link-serve-") and seen["cache"] == seen["blocks_cache"]
+    assert seen["cache"] == os.path.join(tmp_path, folder, "uploads")
+    assert os.listdir(tmp_path) == [] and "GRADIO_TEMP_DIR" not in os.environ
 
 
 def test_the_app_is_offline_bound_to_localhost_and_queued(tiny_demo):
     app = build_app(tiny_demo, concurrency_limit=3)
     assert app.analytics_enabled is False and os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
+    assert app.delete_cache == (3600, 3600)  # uploads older than an hour are deleted while the page runs
     assert app.theme._stylesheets == []  # system fonts only (gradio's default theme links a web font stylesheet)
     assert gradio.themes.Default()._stylesheets  # ... which this check would catch
     caption_fn = [fn for fn in app.fns.values() if fn.api_name == "caption"]
@@ -150,6 +216,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_server(*serve_args: str, **env) -> tuple[subprocess.Popen, str]:
+    """`diffusion-link serve` in a fresh process on a free port, once it answers: (the process, its URL)."""
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT, **env)
+    proc = subprocess.Popen([sys.executable, "-m", "diffusion_link.apps.cli", "serve", "--port", str(port),
+                             *serve_args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2).read()
+            return proc, url
+        except OSError:
+            if proc.poll() is not None:
+                raise AssertionError(f"the server stopped:\n{proc.stdout.read()}")
+            time.sleep(1)
+    proc.kill()
+    raise AssertionError("the server did not answer within 240 s")
+
+
 @pytest.fixture(scope="module")
 def starter_server():
     from diffusion_link.starter import default_captioner
@@ -159,26 +245,47 @@ def starter_server():
     if CHROMIUM is None:
         pytest.skip("no system Chromium (Debian package `chromium`); `make test` installs it as root")
     pytest.importorskip("playwright", reason="needs Playwright (the [browser-test] extra); `make test` installs it")
-    port = free_port()
-    env = dict(os.environ, PYTHONPATH=REPO_ROOT)
-    proc = subprocess.Popen([sys.executable, "-m", "diffusion_link.apps.cli", "serve", "--port", str(port)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=2).read()
-            break
-        except OSError:
-            if proc.poll() is not None:
-                raise AssertionError(f"the server stopped:\n{proc.stdout.read()}")
-            time.sleep(1)
-    else:
-        proc.kill()
-        raise AssertionError("the server did not answer within 240 s")
+    proc, url = start_server()
     yield url
     proc.terminate()
     proc.wait(timeout=30)
+
+
+@pytest.mark.integration
+def test_serve_takes_uploads_to_the_byte_of_a_fractional_limit_and_leaves_no_file_behind(saved_tiny_captioner,
+                                                                                          tmp_path):
+    """`--max-file-mb 0.5` reached Gradio as `int(0.5)` = 0 MB, refusing every upload; and the uploads and the demo
+    sounds outlived the server in the shared temporary folder. Now the limit is 524288 bytes and, after SIGTERM,
+    the server's temporary folder (here the whole of $TMPDIR) is empty."""
+    from gradio_client import Client, handle_file
+
+    scratch = tmp_path / "tmpdir"
+    scratch.mkdir()
+    # Matplotlib's and torch's own caches would otherwise be made in $TMPDIR too; they are not the server's files.
+    env = {"TMPDIR": str(scratch), "MPLCONFIGDIR": str(tmp_path / "mpl"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "ti")}
+    env["GRADIO_TEMP_DIR"] = str(scratch)  # a user's own upload folder: the server's folder is made inside it
+    proc, url = start_server("--model", str(saved_tiny_captioner), "--max-file-mb", "0.5", **env)
+    try:
+        small = write_wav(tmp_path / "small.wav", seconds=2.5)  # 441 KB of float32: under 0.5 MB
+        large = write_wav(tmp_path / "large.wav", seconds=3.5)  # 617 KB: over
+        assert os.path.getsize(small) < 2**19 < os.path.getsize(large)
+        client = Client(url, verbose=False)
+        message, caption, *_ = client.predict(handle_file(small), api_name="/caption")
+        assert message == "" and caption
+        assert [p.name for p in scratch.rglob("small.wav")] == ["small.wav"]  # the upload, in the server's folder
+        with pytest.raises(Exception, match="exceeds the maximum file size of 524288 bytes"):  # the client reads it
+            client.predict(handle_file(large), api_name="/caption")
+        import httpx
+
+        for path, status in ((small, 200), (large, 413)):  # and the server enforces it
+            with open(path, "rb") as f:
+                assert httpx.post(f"{url}gradio_api/upload", files={"files": f}).status_code == status, path
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0, output
+    assert "Traceback" not in output
+    assert list(scratch.iterdir()) == []
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,13 @@ sound, and sees the caption; where the model gives them, the candidates with the
 long audio, the caption of each window with its timestamps; and a plot of where the clip lands: its raw and its
 bridged embedding among the text embeddings of captions, in the PCA projection of the gap plots
 (`metrics.gap_plots`), so the bridge's job is visible. Bad input (no audio, a corrupt file, one too short, too
-long or too large, silence) gets a readable message in the page, never a stack trace. Requests are queued with a
-concurrency limit. The server binds to 127.0.0.1 unless told otherwise, sends no analytics, makes no share link and
-loads no fonts or scripts from the network.
+long or too large, silence) gets a readable message in the page, never a stack trace, and never the server's own
+paths (a file is named by its base name). Requests are queued with a concurrency limit. The server binds to 127.0.0.1
+unless told otherwise, sends no analytics, makes no share link and loads no fonts or scripts from the network.
+
+Files: Gradio rejects an upload larger than `Limits.max_file_mb` before it is stored, to the byte; uploads older than
+`UPLOAD_MAX_AGE_S` are deleted while the page runs. `serve` keeps the uploads and the demo sounds in one temporary
+folder (inside `$GRADIO_TEMP_DIR` when that is set), deleted when the server stops (Ctrl-C or SIGTERM).
 
 `WebDemo` holds the logic (and is what the tests call); `build_app` lays it out with Gradio. The Hub Space that runs
 the same page is written by `diffusion_link.apps.space` (`diffusion-link space`).
@@ -17,10 +21,13 @@ the same page is written by `diffusion_link.apps.space` (`diffusion-link space`)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -29,9 +36,12 @@ import torch.nn.functional as F
 from diffusion_link.audio_io import SILENCE_THRESHOLD_DBFS
 from diffusion_link.metrics.gap_plots import pca_projection
 from diffusion_link.starter import STARTER_DIR
+from diffusion_link.validation import check_positive_float
 
 
 LONG_AUDIO_WINDOW_S = 10.0  # audio longer than this is captioned window by window, with timestamps
+# Uploads are deleted once they are this old (checked as often): a page left open for longer uploads its file again.
+UPLOAD_MAX_AGE_S = 3600
 CAPTION_GALLERY = os.path.join(STARTER_DIR, "esc50_captions.json")
 
 
@@ -46,10 +56,22 @@ def import_gradio():
 
 @dataclass
 class Limits:
-    """What the page accepts."""
+    """What the page accepts: recordings up to `max_duration_s` seconds and files up to `max_file_mb` MB (MiB, 2**20
+    bytes, as Gradio counts them). Both must be finite numbers > 0."""
 
     max_duration_s: float = 600.0
     max_file_mb: float = 50.0
+
+    def __post_init__(self):
+        self.max_duration_s = check_positive_float("max_duration_s", self.max_duration_s)
+        self.max_file_mb = check_positive_float("max_file_mb", self.max_file_mb)
+        if self.max_file_bytes < 1:
+            raise ValueError(f"`max_file_mb` must allow at least one byte, got {self.max_file_mb!r}.")
+
+    @property
+    def max_file_bytes(self) -> int:
+        """The largest upload in bytes: Gradio's `max_file_size` (an int; its "<n>mb" form takes whole MB only)."""
+        return int(self.max_file_mb * 2**20)
 
 
 class WebDemo:
@@ -98,7 +120,7 @@ class WebDemo:
         try:
             result = self.pipe(path, **call)
         except (ValueError, OSError, TypeError) as err:
-            out["message"] = f"This audio cannot be captioned: {err}"
+            out["message"] = f"This audio cannot be captioned: {without_server_paths(str(err), path)}"
             return out
         if result["is_silent"]:
             out["message"] = ("The recording is silent (quieter than the silence threshold, "
@@ -165,6 +187,17 @@ class WebDemo:
         return fig
 
 
+def without_server_paths(message: str, path: str) -> str:
+    """`message` with the upload's path on the server (as given, absolute or resolved) shown as its base name, and
+    its folder dropped: the page tells a person which file, never where the server keeps it."""
+    name = os.path.basename(path)
+    for spelling in sorted({path, os.path.abspath(path), os.path.realpath(path)}, key=len, reverse=True):
+        message = message.replace(spelling, name)
+    for folder in {os.path.dirname(os.path.abspath(path)), os.path.dirname(os.path.realpath(path))}:
+        message = message.replace(folder + os.sep, "").replace(folder, "")
+    return message
+
+
 def demo_sounds(folder: str) -> list[str]:
     """The demo's example sounds (those `make demo` captions), written into `folder`."""
     from diffusion_link.apps.demo import synthetic_sounds
@@ -185,7 +218,8 @@ def build_app(demo: WebDemo, examples: list[str] | None = None, concurrency_limi
         confidence = "" if out["confidence"] is None else f"{out['confidence']:.0%}"
         return (out["message"], out["caption"], confidence, out["candidates"], out["chunks"], out["figure"])
 
-    with gr.Blocks(title="Diffusion-Link audio captioning", theme=theme, analytics_enabled=False) as app:
+    with gr.Blocks(title="Diffusion-Link audio captioning", theme=theme, analytics_enabled=False,
+                   delete_cache=(UPLOAD_MAX_AGE_S, UPLOAD_MAX_AGE_S)) as app:
         gr.Markdown(f"# Diffusion-Link audio captioning\nModel: `{demo.model_name}`. Upload or record a sound, or "
                     "pick a demo sound; the caption comes from the audio's embedding moved onto the text side of "
                     "the joint space by the Diffusion-Link bridge.")
@@ -225,10 +259,50 @@ def load_demo(model: str | None, limits: Limits | None = None, trust_remote_code
 
 def serve(model: str | None = None, host: str = "127.0.0.1", port: int = 7860, limits: Limits | None = None,
           concurrency_limit: int = 2, trust_remote_code: bool = False) -> None:
-    """Build and launch the page (blocks until stopped)."""
+    """Build and launch the page (blocks until stopped: Ctrl-C or SIGTERM). Uploads and demo sounds live in one
+    temporary folder that is deleted when the server stops."""
     demo = load_demo(model, limits, trust_remote_code)
-    examples = demo_sounds(tempfile.mkdtemp(prefix="diffusion-link-demo-sounds-"))
-    app = build_app(demo, examples, concurrency_limit)
-    print(f"serving {demo.model_name} on http://{host}:{port}", file=sys.stderr, flush=True)
-    app.launch(server_name=host, server_port=port, share=False, show_api=True, quiet=True,
-               max_file_size=f"{int(demo.limits.max_file_mb)}mb", ssr_mode=False)
+    with served_files() as folder, _sigterm_as_interrupt():
+        examples = demo_sounds(os.path.join(folder, "demo-sounds"))
+        app = build_app(demo, examples, concurrency_limit)
+        print(f"serving {demo.model_name} on http://{host}:{port}", file=sys.stderr, flush=True)
+        app.launch(server_name=host, server_port=port, share=False, show_api=True, quiet=True,
+                   max_file_size=demo.limits.max_file_bytes, ssr_mode=False)
+
+
+@contextlib.contextmanager
+def served_files():
+    """A temporary folder for everything the server writes, deleted on exit: Gradio's upload cache is pointed at it
+    (`GRADIO_TEMP_DIR`, read when the page is built and launched; restored afterwards), so uploads do not outlive
+    the server in Gradio's shared temporary folder. Inside the `GRADIO_TEMP_DIR` a user set, if any."""
+    previous = os.environ.get("GRADIO_TEMP_DIR")
+    if previous is not None:
+        os.makedirs(previous, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="diffusion-link-serve-", dir=previous) as folder:
+        os.environ["GRADIO_TEMP_DIR"] = os.path.join(folder, "uploads")
+        try:
+            yield folder
+        finally:
+            if previous is None:
+                os.environ.pop("GRADIO_TEMP_DIR", None)
+            else:
+                os.environ["GRADIO_TEMP_DIR"] = previous
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (a service manager, `kill`) stops the server as Ctrl-C does: Gradio closes it and the temporary
+    files are deleted, where the default handler would end the process on the spot. Main thread only (Python's rule
+    for signal handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
