@@ -6,9 +6,11 @@ This file is copied next to the weights by ``save_pretrained`` (custom code on t
 
 from __future__ import annotations
 
+import os
+
 from transformers import PretrainedConfig
 
-from .validation import check_positive_int, check_strength  # noqa: F401 (check_strength: re-exported)
+from .validation import check_finite_float, check_positive_int, check_strength  # noqa: F401 (check_strength: re-exported)
 
 
 _NORMALIZATIONS = ("l2", "none")
@@ -17,7 +19,48 @@ _LINK_STARTS = ("noised", "inserted")
 _AUDIO_ADAPTERS = ("none", "linear")
 
 
-class DiffusionLinkConfig(PretrainedConfig):
+class SavedConfigMixin:
+    """Errors of a config read from a file name the file.
+
+    Every saved config is built by `from_dict`: `from_pretrained`, `AutoConfig.from_pretrained` and `pipeline()`
+    all go through it. Here it first runs `check_saved_dict` (what a saved config must hold that `__init__` would
+    otherwise fill with defaults, such as a whole sub-config), then `__init__`'s own checks; a `ValueError` or
+    `TypeError` of either is raised again with the config file in front, so a bad field in a downloaded folder is
+    named with the file it is in. A config built in code (`DiffusionLinkConfig()`, as transformers itself does to
+    diff against the defaults) keeps its defaults.
+    """
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        # `AutoConfig.from_pretrained` passes `name_or_path` on to `from_dict`; so does this.
+        kwargs.setdefault("name_or_path", os.fspath(pretrained_model_name_or_path))
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        source = saved_config_file(kwargs.get("name_or_path"))
+        try:
+            if not isinstance(config_dict, dict):
+                raise TypeError(f"expected a JSON object, got a JSON {type(config_dict).__name__}.")
+            cls.check_saved_dict(config_dict)
+            return super().from_dict(config_dict, **kwargs)
+        except (TypeError, ValueError) as err:
+            raise (TypeError if isinstance(err, TypeError) else ValueError)(f"{source}: {err}") from err
+
+    @classmethod
+    def check_saved_dict(cls, config_dict: dict) -> None:
+        """Raise `ValueError` / `TypeError` when a saved config's dict lacks what `__init__` would default."""
+
+
+def saved_config_file(name_or_path) -> str:
+    """The config file of `name_or_path` (a folder, a Hub id or a .json file), for error messages."""
+    if not name_or_path:
+        return "the config"
+    name = os.fspath(name_or_path)
+    return name if name.endswith(".json") else os.path.join(name, "config.json")
+
+
+class DiffusionLinkConfig(SavedConfigMixin, PretrainedConfig):
     r"""
     Configuration of a [`DiffusionLinkBridge`]: a residual MLP denoiser over one embedding vector, trained with the
     diffusers `DDPMScheduler` and sampled with deterministic DDIM updates on the same noise schedule.
@@ -125,6 +168,9 @@ class DiffusionLinkConfig(PretrainedConfig):
         check_positive_int("timestep_embedding_dim", timestep_embedding_dim)
         if timestep_embedding_dim % 2:
             raise ValueError(f"`timestep_embedding_dim` must be even (sin and cos halves), got {timestep_embedding_dim}.")
+        for name, value in (("dropout", dropout), ("beta_start", beta_start), ("beta_end", beta_end),
+                            ("topology_loss_weight", topology_loss_weight), ("ema_decay", ema_decay)):
+            check_finite_float(name, value)  # a string here would fail the range checks below with a bare TypeError
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"`dropout` must lie in [0, 1), got {dropout}.")
         check_positive_int("num_train_timesteps", num_train_timesteps)

@@ -6,11 +6,17 @@ sibling modules.
 
 from __future__ import annotations
 
+import os
+
 from transformers import PretrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+from transformers.utils import logging
 
-from .configuration_diffusion_link import DiffusionLinkConfig
-from .validation import check_choice, check_positive_int
+from .configuration_diffusion_link import DiffusionLinkConfig, SavedConfigMixin
+from .validation import check_choice, check_finite_float, check_positive_int
+
+
+logger = logging.get_logger(__name__)
 
 
 BRIDGE_TYPES = ("diffusion_link", "identity", "mean_shift")
@@ -22,6 +28,14 @@ PIPELINE_TASK = "audio-captioning"
 # `DiffusionLinkForAudioCaptioning.__init__`), so `model.generate`, the pipeline and `caption_embeds` all default to
 # it, and `generation_config.max_new_tokens` is the one knob to change it for a loaded model.
 DEFAULT_MAX_NEW_TOKENS = 30
+# The sub-configs a saved captioner's config.json holds (`bridge_config` when `bridge_type="diffusion_link"`).
+SUB_CONFIGS = ("audio_config", "text_config", "bridge_config")
+# The fields that set a sub-model's size. A saved sub-config without one would be built at its class's default
+# (LLaMA's: 4096 wide, 32 layers, 7B parameters) and allocated in full before a single weight is compared.
+SIZE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+# The fields that hold a base model's reference: kept as given in a saved config (they are how it loads), but a
+# local path there loads only on the machine that saved it (`save_pretrained` warns).
+REFERENCE_FIELDS = ("audio_tower_name_or_path", "language_model_name_or_path", "audio_text_tokenizer_name_or_path")
 
 
 def check_rerank(rerank: str) -> str:
@@ -30,7 +44,7 @@ def check_rerank(rerank: str) -> str:
     return check_choice("rerank", rerank, RERANK_MODES)
 
 
-class DiffusionLinkCaptionerConfig(PretrainedConfig):
+class DiffusionLinkCaptionerConfig(SavedConfigMixin, PretrainedConfig):
     r"""
     Configuration of a [`DiffusionLinkForAudioCaptioning`].
 
@@ -127,6 +141,8 @@ class DiffusionLinkCaptionerConfig(PretrainedConfig):
             bridge_config = DiffusionLinkConfig(embedding_dim=embedding_dim, hidden_size=2 * embedding_dim)
         elif isinstance(bridge_config, dict):
             bridge_config = DiffusionLinkConfig(**{k: v for k, v in bridge_config.items() if k != "model_type"})
+        elif getattr(bridge_config, "model_type", None) != DiffusionLinkConfig.model_type:
+            raise TypeError(f"`bridge_config` must be a dict or a DiffusionLinkConfig, got {type(bridge_config).__name__}.")
         if bridge_config.embedding_dim != embedding_dim:
             raise ValueError(
                 f"`bridge_config.embedding_dim` ({bridge_config.embedding_dim}) must equal the audio tower's embedding "
@@ -140,10 +156,15 @@ class DiffusionLinkCaptionerConfig(PretrainedConfig):
             raise TypeError(f"`prompt` must be a string (\"\" for none), got {type(prompt).__name__}.")
         if isinstance(lora_r, bool) or not isinstance(lora_r, int) or lora_r < 0:
             raise ValueError(f"`lora_r` must be an int >= 0, got {lora_r!r}.")
+        for name, value in (("lora_alpha", lora_alpha), ("lora_dropout", lora_dropout),
+                            ("noise_injection_std", noise_injection_std)):
+            check_finite_float(name, value)  # a string here would fail the range checks below with a bare TypeError
         if lora_r and lora_alpha <= 0:
             raise ValueError(f"`lora_alpha` must be > 0, got {lora_alpha}.")
         if not 0.0 <= lora_dropout < 1.0:
             raise ValueError(f"`lora_dropout` must lie in [0, 1), got {lora_dropout}.")
+        if isinstance(lora_target_modules, str) or not all(isinstance(m, str) for m in lora_target_modules):
+            raise TypeError(f"`lora_target_modules` must be a list of module names, got {lora_target_modules!r}.")
         lora_target_modules = list(lora_target_modules)
         if lora_r and not lora_target_modules:
             raise ValueError("`lora_target_modules` must name at least one module when `lora_r` > 0.")
@@ -159,10 +180,10 @@ class DiffusionLinkCaptionerConfig(PretrainedConfig):
         check_rerank(rerank)
         if not isinstance(rerank_weight, (int, float)) or isinstance(rerank_weight, bool) or rerank_weight < 0:
             raise ValueError(f"`rerank_weight` must be a number >= 0, got {rerank_weight!r}.")
-        if confidence_calibration is not None and not {"features", "coef", "intercept", "mean", "scale"} <= set(
-                confidence_calibration):
+        if confidence_calibration is not None and not (isinstance(confidence_calibration, dict) and {
+                "features", "coef", "intercept", "mean", "scale"} <= set(confidence_calibration)):
             raise ValueError("`confidence_calibration` must be the dict of metrics.calibration."
-                             f"fit_confidence_calibration, got keys {sorted(confidence_calibration)}.")
+                             f"fit_confidence_calibration, got {_described(confidence_calibration)}.")
         self.audio_text_tokenizer_name_or_path = audio_text_tokenizer_name_or_path
         self.num_candidates = num_candidates
         self.rerank = rerank
@@ -200,18 +221,113 @@ class DiffusionLinkCaptionerConfig(PretrainedConfig):
 
     @custom_pipelines.setter
     def custom_pipelines(self, value: dict) -> None:
-        self.__dict__["_custom_pipelines"] = value
+        # `Pipeline.save_pretrained` stores the task's registration, whose `default` model is this package's own:
+        # the starter's folder on the saving machine, which `push_to_hub` would publish and nothing reads (a
+        # folder's pipeline runs with the folder as its model). It is not kept.
+        if not isinstance(value, dict) or not all(isinstance(info, dict) for info in value.values()):
+            raise TypeError(f"`custom_pipelines` must map task names to dicts, got {value!r}.")
+        self.__dict__["_custom_pipelines"] = {
+            task: {key: v for key, v in info.items() if key != "default"} for task, info in value.items()
+        }
 
     def to_dict(self) -> dict:
         output = super().to_dict()
         stored = output.pop("_custom_pipelines", None)
         if stored:
             output["custom_pipelines"] = stored
+        for name in SUB_CONFIGS:
+            # Where this machine loaded a part from (`/root/.cache/...`, `/tmp/...`): not the part's config, and a
+            # local path that `push_to_hub` would publish. The references that load the bases are their own fields.
+            if isinstance(output.get(name), dict):
+                output[name].pop("_name_or_path", None)
         return output
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        for name in REFERENCE_FIELDS:
+            reference = getattr(self, name)
+            if isinstance(reference, str) and os.path.exists(reference):
+                logger.warning(
+                    f"`{name}` is the local path {reference!r}: the saved config loads only where that path exists "
+                    "(and `push_to_hub` would publish it). Refer to a Hub id or a `package:` / `cache:` reference "
+                    "for a folder that loads anywhere."
+                )
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    @classmethod
+    def check_saved_dict(cls, config_dict: dict) -> None:
+        """A saved captioner's config must hold its sub-configs whole: `__init__` builds a missing `text_config` as
+        a default `LlamaConfig` (a 7B model, allocated before any weight is read) and a missing `audio_config` as
+        a default `ClapConfig`, which is right for a config made in code and never for a saved one. Each present
+        sub-config must be a JSON object naming its `model_type`, with every size field (`SIZE_FIELDS`) its class
+        has, recursively through the sub-configs its class declares (CLAP's text and audio configs)."""
+        required = ["audio_config", "text_config"]
+        if config_dict.get("bridge_type", "diffusion_link") == "diffusion_link":
+            required.append("bridge_config")
+        for name in SUB_CONFIGS:
+            value = config_dict.get(name)
+            if value is None and name in required:
+                raise ValueError(
+                    f"`{name}` is missing: a saved {cls.model_type} config holds each of its sub-configs whole, and "
+                    "without it the part would be built at its class's defaults."
+                )
+            if value is not None and not isinstance(value, PretrainedConfig):
+                default_type = DiffusionLinkConfig.model_type if name == "bridge_config" else None
+                _check_saved_sub_config(name, value, _sub_config_class(name, value, default_type))
 
     def get_text_config(self, *args, **kwargs):
         # Generation utilities ask the composite config for the decoder's config.
         return self.text_config
+
+
+def _described(value) -> str:
+    return f"keys {sorted(value)}" if isinstance(value, dict) else repr(value)
+
+
+def _sub_config_class(name: str, value, expected_type: str | None) -> type:
+    """The config class a saved sub-config names by its `model_type` (`expected_type` when only one is right)."""
+    if not isinstance(value, dict):
+        raise TypeError(f"`{name}` must be a JSON object (a sub-config), got {_described(value)}.")
+    model_type = value.get("model_type")
+    if not isinstance(model_type, str) or not model_type:
+        raise ValueError(f"`{name}` has no `model_type`: a saved sub-config names the model it configures.")
+    if expected_type is not None:
+        if model_type != expected_type:
+            raise ValueError(f"`{name}` has model_type {model_type!r}; expected {expected_type!r}.")
+        return DiffusionLinkConfig
+    return _config_class(name, model_type)
+
+
+def _check_saved_sub_config(name: str, value: dict, config_class: type) -> None:
+    """Raise `ValueError` when `value` lacks a size field of `config_class` or a sub-config it declares, and
+    `TypeError` when a declared sub-config is not a JSON object. Fields a class keeps under another name
+    (GPT-2's `n_embd` for `hidden_size`) are looked up by that name."""
+    fields = getattr(config_class, "__dataclass_fields__", {})
+    attribute_map = getattr(config_class, "attribute_map", {})
+    missing = [field for field in SIZE_FIELDS if attribute_map.get(field, field) in fields
+               and field not in value and attribute_map.get(field, field) not in value]
+    if missing:
+        raise ValueError(
+            f"`{name}` lacks {missing}: a saved sub-config holds the sizes of its model, which would otherwise be "
+            f"built at the {config_class.__name__} defaults."
+        )
+    for key, sub_class in (getattr(config_class, "sub_configs", None) or {}).items():
+        if key not in value:
+            raise ValueError(f"`{name}.{key}` is missing: a saved {config_class.__name__} holds its sub-configs.")
+        if isinstance(value[key], dict):
+            _check_saved_sub_config(f"{name}.{key}", value[key], sub_class)
+        elif value[key] is not None:
+            raise TypeError(f"`{name}.{key}` must be a JSON object (a sub-config), got {_described(value[key])}.")
+
+
+def _config_class(name: str, model_type: str) -> type:
+    if model_type not in CONFIG_MAPPING:
+        _register_package_towers()
+    if model_type not in CONFIG_MAPPING:
+        raise ValueError(
+            f"`{name}` has an unknown model_type {model_type!r}: import the package that registers it with "
+            "`AutoConfig.register` first."
+        )
+    return CONFIG_MAPPING[model_type]
 
 
 def _resolve_sub_config(name: str, value, default_model_type: str) -> PretrainedConfig:
@@ -223,14 +339,7 @@ def _resolve_sub_config(name: str, value, default_model_type: str) -> Pretrained
         raise TypeError(f"`{name}` must be a dict or a PretrainedConfig, got {type(value).__name__}.")
     value = dict(value)
     model_type = value.pop("model_type", default_model_type)
-    if model_type not in CONFIG_MAPPING:
-        _register_package_towers()
-    if model_type not in CONFIG_MAPPING:
-        raise ValueError(
-            f"`{name}` has an unknown model_type {model_type!r}: import the package that registers it with "
-            "`AutoConfig.register` first."
-        )
-    return CONFIG_MAPPING[model_type](**value)
+    return _config_class(name, model_type)(**value)
 
 
 def _register_package_towers() -> None:

@@ -33,6 +33,7 @@ from .pretrained_loading import (
     check_pretrained_config,
     checked_from_pretrained,
     hub_kwargs,
+    load_referenced_base,
     own_aligned_memory,
     resolve_base_reference,
 )
@@ -253,7 +254,7 @@ class DiffusionLinkForAudioCaptioning(ReferencedBasesMixin, DiffusionLinkCaption
         if isinstance(audio_tower, str):
             audio_tower = load_audio_tower(audio_tower)
         if isinstance(language_model, str):
-            language_model = AutoModelForCausalLM.from_pretrained(resolve_base_reference(language_model), dtype=dtype)
+            language_model = load_language_model(language_model, dtype=dtype)
         if isinstance(bridge, str):
             bridge = DiffusionLinkBridge.from_pretrained(bridge)
             bridge_type = _checked_bridge_type(bridge, bridge_type)
@@ -300,11 +301,10 @@ class DiffusionLinkForAudioCaptioning(ReferencedBasesMixin, DiffusionLinkCaption
 
     @classmethod
     def _from_referenced(cls, path, config: DiffusionLinkCaptionerConfig, **kwargs) -> "DiffusionLinkForAudioCaptioning":
-        """The bases from their references, then the trained parts from `path` (`ReferencedBasesMixin`)."""
+        """The bases from their references (safetensors only, strictly: `load_referenced_base`), then the trained
+        parts from `path` (`ReferencedBasesMixin`)."""
         audio_tower = load_audio_tower(config.audio_tower_name_or_path)
-        language_model = AutoModelForCausalLM.from_pretrained(
-            resolve_base_reference(config.language_model_name_or_path), dtype=kwargs.get("dtype")
-        )
+        language_model = load_language_model(config.language_model_name_or_path, dtype=kwargs.get("dtype"))
         model = cls(config, audio_tower=audio_tower, language_model=language_model)  # float32 parts, frozen bases
         model.load_trained_parts(path, **kwargs)
         return model.eval()
@@ -636,8 +636,15 @@ def build_audio_tower(config: DiffusionLinkCaptionerConfig) -> nn.Module:
 
 
 def load_audio_tower(reference: str) -> nn.Module:
-    """Load an audio tower with `AutoModel` by Hub id, local folder or `package:` reference."""
-    return AutoModel.from_pretrained(resolve_base_reference(reference))
+    """Load an audio tower with `AutoModel` by Hub id, local folder or `package:` / `cache:` reference, from
+    safetensors only and strictly (`load_referenced_base`)."""
+    return load_referenced_base(AutoModel, reference)
+
+
+def load_language_model(reference: str, dtype: torch.dtype | None = None) -> PreTrainedModel:
+    """Load a causal language model with `AutoModelForCausalLM` by Hub id, local folder or `package:` / `cache:`
+    reference, from safetensors only and strictly (`load_referenced_base`)."""
+    return load_referenced_base(AutoModelForCausalLM, reference, dtype=dtype)
 
 
 def _saved_tokenizer_folder(path, kwargs: dict) -> tuple[str, str] | None:

@@ -1,14 +1,19 @@
 """Safe loading of this package's checkpoints: refuse a folder of another model type, and weights that do not match.
 
 transformers builds a default config for a folder without config.json, only warns about a foreign `model_type`,
-randomly initialises missing weights and ignores unexpected ones with a log report. The models of this package call
-these checks from their `from_pretrained`, so each of those cases raises a `ValueError` naming the folder.
+randomly initialises missing weights and ignores unexpected ones with a log report, and lets safetensors' own error
+for a truncated file through without its name. The models of this package call these checks from their
+`from_pretrained`, so each of those cases raises a `ValueError` naming the folder or an `OSError` naming the file.
+Referenced bases (`load_referenced_base`) are held to the same rules: safetensors only, strictly.
 
-Copied next to saved models (custom code on the Hub): imports only torch and transformers.
+Copied next to saved models (custom code on the Hub): imports only torch and transformers at module level
+(safetensors, a dependency of transformers, where it is used).
 """
 
 from __future__ import annotations
 
+import glob
+import os
 from collections.abc import Iterable
 
 import torch
@@ -33,6 +38,9 @@ def check_pretrained_config(config_class: type, path, kwargs: dict) -> None:
     if kwargs.get("config") is not None:
         return
     config_dict, _ = config_class.get_config_dict(path, **hub_kwargs(kwargs))
+    if not isinstance(config_dict, dict):
+        raise ValueError(f"{path}'s config.json holds a JSON {type(config_dict).__name__}; expected a JSON object of "
+                         f"a {config_class.model_type!r} config.")
     found = config_dict.get("model_type")
     if found != config_class.model_type:
         what = "no config.json (or one without a `model_type`)" if not found else f"a config.json of model_type {found!r}"
@@ -43,24 +51,128 @@ def checked_from_pretrained(load, path, *args, **kwargs):
     """Call transformers' `from_pretrained` (`load`), refusing weights that do not match the model.
 
     transformers 5 randomly initialises missing weights and ignores unexpected ones with only a log report, and
-    raises a bare `RuntimeError` for shape mismatches; here each of these raises a `ValueError` naming `path` and the
-    keys (`ignore_mismatched_sizes=True` still allows re-initialising mismatched shapes). Weights are read from
-    safetensors only unless `use_safetensors=False` is passed (a pickle `pytorch_model.bin` is never the default, and
-    transformers reads it with `torch.load(weights_only=True)` even then).
+    raises a bare `RuntimeError` for shape mismatches; here each of these raises a `ValueError` naming the weights
+    file and the keys (`ignore_mismatched_sizes=True` still allows re-initialising mismatched shapes), and a truncated
+    or corrupt safetensors file an `OSError` naming it. Weights are read from safetensors only unless
+    `use_safetensors=False` is passed (a pickle `pytorch_model.bin` is never the default, and transformers reads it
+    with `torch.load(weights_only=True)` even then).
     """
     return_info = kwargs.pop("output_loading_info", False)
     allow_mismatch = kwargs.get("ignore_mismatched_sizes", False)
     kwargs["ignore_mismatched_sizes"] = True  # collect the mismatched keys instead of a RuntimeError without them
     kwargs.setdefault("use_safetensors", True)
-    model, info = load(path, *args, output_loading_info=True, **kwargs)
+    from safetensors import SafetensorError  # function level: a Hub copy of this file imports torch and transformers
+
+    try:
+        model, info = load(path, *args, output_loading_info=True, **kwargs)
+    except SafetensorError as err:
+        raise _unreadable_weights(path, kwargs, err) from None
     problems = {name: sorted(str(key) for key in info.get(name) or ()) for name in _LOADING_PROBLEMS}
     if allow_mismatch:
         problems["mismatched_keys"] = []
     problems = {name: keys for name, keys in problems.items() if keys}
     if problems:
         details = "; ".join(f"{name.replace('_', ' ')} ({len(keys)}): {keys[:5]}" for name, keys in problems.items())
-        raise ValueError(f"The weights in {path} do not match {type(model).__name__}({model.config.model_type}): {details}.")
+        raise ValueError(f"The weights in {_weights_file(path, kwargs)} do not match "
+                         f"{type(model).__name__}({model.config.model_type}): {details}.")
     return (model, info) if return_info else model
+
+
+def load_referenced_base(auto_class: type, reference: str, **kwargs) -> torch.nn.Module:
+    """A frozen base model (the captioner's audio tower or language model) from its reference
+    (`resolve_base_reference`), by `auto_class` (`AutoModel`, `AutoModelForCausalLM`); `kwargs` (`dtype`) go to its
+    `from_pretrained`.
+
+    Held to this package's own loading rules, since a base's weights are as much the captioner's as its trained
+    parts: read from safetensors only (a folder holding only a pickle `pytorch_model.bin` is refused with an
+    `OSError` naming it, and never unpickled) and strictly (missing, unexpected or mismatched keys raise a
+    `ValueError` naming the file and the first keys, see `checked_from_pretrained`). A base that is itself a model
+    with referenced bases (the starter's encoder) loads by its own `from_pretrained`, which is strict already.
+    """
+    from transformers import AutoConfig
+
+    path = resolve_base_reference(reference)
+    config = AutoConfig.from_pretrained(path)
+    try:
+        model_class = auto_class._model_mapping[type(config)]
+    except KeyError:
+        raise ValueError(f"{reference} holds a {config.model_type!r} model, which is not a {auto_class.__name__} "
+                         "(expected an audio tower for `audio_tower_name_or_path`, a causal language model for "
+                         "`language_model_name_or_path`).") from None
+    if issubclass(model_class, ReferencedBasesMixin):
+        return model_class.from_pretrained(path, config=config, **kwargs)
+    _refuse_pickle_only(path)
+    kwargs["use_safetensors"] = True
+    return checked_from_pretrained(model_class.from_pretrained, path, config=config, **kwargs)
+
+
+def _refuse_pickle_only(path) -> None:
+    """Raise `OSError` naming a local folder that holds pickle weights and no safetensors (transformers' own error
+    does not say that the pickle was found and refused)."""
+    pickles = [name for name in ("pytorch_model.bin", "pytorch_model.bin.index.json")
+               if os.path.isfile(os.path.join(path, name))]
+    if pickles and not _safetensors_files(path, {}):
+        raise OSError(f"{os.path.join(path, pickles[0])} is a pickle, and referenced bases are read from safetensors "
+                      f"only: convert it (save_pretrained writes model.safetensors) or refer to a folder that has one.")
+
+
+def check_safetensors_file(file) -> None:
+    """Raise `OSError` naming `file` unless its safetensors header is readable and covers the file exactly (what a
+    truncated or empty file fails). Reads the header only; the tensors are memory-mapped, not loaded."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(os.fspath(file), framework="pt"):
+            pass
+    except SafetensorError as err:
+        raise _not_safetensors(file, err) from None
+
+
+def load_safetensors(file) -> dict[str, torch.Tensor]:
+    """safetensors' `load_file`, with an `OSError` naming `file` when it is truncated or corrupt."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(file)
+    except SafetensorError as err:
+        raise _not_safetensors(file, err) from None
+
+
+def _not_safetensors(file, err: Exception) -> OSError:
+    return OSError(f"{os.fspath(file)} is not a readable safetensors file ({err}): it is truncated or corrupt; save "
+                   "or download it again.")
+
+
+def _unreadable_weights(path, kwargs: dict, err: Exception) -> OSError:
+    """The `OSError` for a `SafetensorError` raised while loading `path`, naming the file it is about: the first
+    unreadable safetensors file of the folder (or of its Hub cache), else the folder."""
+    for file in _safetensors_files(path, kwargs):
+        try:
+            check_safetensors_file(file)
+        except OSError as named:
+            return named
+    return _not_safetensors(f"a weights file of {os.fspath(path)}", err)
+
+
+def _safetensors_files(path, kwargs: dict) -> list[str]:
+    folder = os.path.join(os.fspath(path), kwargs.get("subfolder") or "")
+    if os.path.isdir(folder):
+        return sorted(glob.glob(os.path.join(glob.escape(folder), "*.safetensors")))
+    from transformers.utils import cached_file
+
+    cached = cached_file(path, "model.safetensors", **hub_kwargs(kwargs), _raise_exceptions_for_missing_entries=False,
+                         _raise_exceptions_for_connection_errors=False)
+    return [cached] if cached else []
+
+
+def _weights_file(path, kwargs: dict) -> str:
+    """The weights file of a local folder `path` (for error messages), else `path` itself."""
+    folder = os.path.join(os.fspath(path), kwargs.get("subfolder") or "")
+    for name in ("model.safetensors", "model.safetensors.index.json"):
+        if os.path.isfile(os.path.join(folder, name)):
+            return os.path.join(folder, name)
+    return os.fspath(path)
 
 
 class ReferencedBasesMixin:
@@ -83,12 +195,11 @@ class ReferencedBasesMixin:
     def load_trained_parts(self, path, **kwargs) -> None:
         """Load `path`'s `model.safetensors` (a folder or Hub repo; `kwargs` may hold `HUB_KWARGS`) into the trained
         parts, the bases being loaded already. Strict: a file whose keys are not exactly `trained_state_dict()`'s
-        raises `ValueError` naming the file and the keys."""
-        from safetensors.torch import load_file
+        raises `ValueError` naming the file and the keys, a truncated or corrupt one `OSError` naming it."""
         from transformers.utils import cached_file
 
         weights = cached_file(path, "model.safetensors", **hub_kwargs(kwargs))
-        state = load_file(weights)
+        state = load_safetensors(weights)
         expected = set(self.trained_state_dict())
         missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
         if missing or unexpected:
