@@ -2,6 +2,8 @@ import json
 from dataclasses import dataclass, field
 
 import pytest
+import torch
+from safetensors.torch import save_file
 from transformers import TrainingArguments
 
 from diffusion_link.experiments.script_arguments import last_complete_checkpoint, parse_script_args, resume_checkpoint
@@ -37,17 +39,30 @@ def test_bad_configs_are_named(tmp_path):
         parse_script_args((DataArgs,), [str(config)])
 
 
+def write_checkpoint(folder, step, complete=True):
+    """A checkpoint folder as the Trainer writes it: weights, optimizer, and `trainer_state.json` last."""
+    folder.mkdir()
+    save_file({"w": torch.zeros(2)}, folder / "model.safetensors")
+    torch.save({"state": {}}, folder / "optimizer.pt")
+    if complete:
+        (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+
+
 def test_resume_picks_the_newest_complete_checkpoint(tmp_path):
     for step, complete in ((10, True), (20, True), (30, False)):
-        folder = tmp_path / f"checkpoint-{step}"
-        folder.mkdir()
-        if complete:
-            (folder / "trainer_state.json").write_text("{}")
+        write_checkpoint(tmp_path / f"checkpoint-{step}", step, complete)
     assert last_complete_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-20")
     assert resume_checkpoint(TrainingArguments(output_dir=str(tmp_path))) == str(tmp_path / "checkpoint-20")
-    given = TrainingArguments(output_dir=str(tmp_path), resume_from_checkpoint="elsewhere")
-    assert resume_checkpoint(given) == "elsewhere"
+    given = TrainingArguments(output_dir=str(tmp_path), resume_from_checkpoint=str(tmp_path / "checkpoint-10"))
+    assert resume_checkpoint(given) == str(tmp_path / "checkpoint-10")
     assert resume_checkpoint(TrainingArguments(output_dir=str(tmp_path / "new"))) is None
+
+
+def test_a_run_killed_while_saving_its_first_checkpoint_starts_over(tmp_path, caplog):
+    write_checkpoint(tmp_path / "checkpoint-5", 5, complete=False)
+    with caplog.at_level("WARNING"):
+        assert last_complete_checkpoint(str(tmp_path)) is None
+    assert "checkpoint-5" in caplog.text and "no trainer_state.json" in caplog.text
 
 
 def test_config_fields_take_their_defaults_from_the_config_class():

@@ -50,7 +50,8 @@ from diffusion_link.embedding_extraction import embed_audio, embed_text
 from diffusion_link.experiments.atomic_files import atomic_path
 from diffusion_link.experiments.distributed import finish_distributed
 from diffusion_link.experiments.embedding_files import save_embeddings
-from diffusion_link.experiments.script_arguments import parse_script_args
+from diffusion_link.experiments.script_arguments import parse_script_args, run_script
+from diffusion_link.validation import check_choice, check_positive_int
 
 
 logger = logging.getLogger(__name__)
@@ -78,10 +79,8 @@ class ExtractionArguments:
     def __post_init__(self):
         if not self.captions_file and not self.unpaired_captions_file:
             raise ValueError("Give --captions_file (paired audio/captions) and/or --unpaired_captions_file.")
-        if self.batch_size < 1:
-            raise ValueError(f"--batch_size must be >= 1, got {self.batch_size}.")
-        if self.on_error not in ON_ERROR:
-            raise ValueError(f"--on_error must be one of {ON_ERROR}, got {self.on_error!r}.")
+        check_positive_int("batch_size", self.batch_size)
+        check_choice("on_error", self.on_error, ON_ERROR)
 
 
 def read_pairs(path: str) -> tuple[list[str], list[str]]:
@@ -262,4 +261,4 @@ class ShardCache:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

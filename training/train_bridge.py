@@ -8,7 +8,10 @@
 The train file is the safetensors format of `diffusion_link.experiments.embedding_files`: paired `audio_embeds` / `text_embeds`
 rows and optional `unpaired_text_embeds`. D is read from the data. The EMA of the denoiser is updated after every
 optimiser step by a callback; it is part of the model's weights, so checkpoints carry it and `resume_from_checkpoint`
-restores it. The result is a `save_pretrained` folder (`AutoModel.from_pretrained(out, trust_remote_code=True)`).
+restores it. Re-running the same command resumes from the newest intact checkpoint (a damaged one is logged and
+passed over) and refuses one saved with another architecture, naming the fields that differ
+(`diffusion_link.experiments.script_arguments.resume_checkpoint`). The result is a `save_pretrained` folder
+(`AutoModel.from_pretrained(out, trust_remote_code=True)`).
 
 Validation (a Diffusion-Link bridge with paired rows): `--validation_file`, or else `--validation_split_percentage`
 (5) of the paired rows, drawn with the seed and never trained on. At every save the Trainer evaluates `link()` at the
@@ -37,7 +40,14 @@ from diffusion_link.experiments.depth_selection import DEPTH_GRID, pick_depth, s
 from diffusion_link.experiments.embedding_files import UNPAIRED_KEY, load_embeddings
 from diffusion_link.metrics import paired_figures
 from diffusion_link.experiments.distributed import finish_distributed
-from diffusion_link.experiments.script_arguments import config_field, parse_script_args, read_json_config, resume_checkpoint
+from diffusion_link.experiments.script_arguments import (
+    config_field,
+    parse_script_args,
+    read_json_config,
+    resume_checkpoint,
+    run_script,
+)
+from diffusion_link.validation import check_choice, check_non_negative_int
 
 
 logger = logging.getLogger(__name__)
@@ -92,13 +102,15 @@ class ModelArguments:
     )
 
     def __post_init__(self):
-        if self.bridge_type not in TRAINABLE_BRIDGE_TYPES:
-            raise ValueError(f"`bridge_type` must be one of {TRAINABLE_BRIDGE_TYPES}, got {self.bridge_type!r}.")
+        check_choice("bridge_type", self.bridge_type, TRAINABLE_BRIDGE_TYPES)
+        # The config's own checks of every field it takes (sizes, rates, modes), before any data is read; D is the
+        # data's, any D does here.
+        self.build_config(embedding_dim=1)
 
     def build_config(self, embedding_dim: int) -> DiffusionLinkConfig:
         fields = dict(
             embedding_dim=embedding_dim,
-            hidden_size=self.hidden_size or 2 * embedding_dim,
+            hidden_size=2 * embedding_dim if self.hidden_size is None else self.hidden_size,
             num_blocks=self.num_blocks,
             dropout=self.dropout,
             max_train_timestep=self.max_train_timestep,
@@ -150,12 +162,11 @@ class DataArguments:
     )
 
     def __post_init__(self):
-        if not 0.0 < self.paired_fraction < 1.0:
+        if not 0.0 < self.paired_fraction < 1.0:  # NaN fails it too
             raise ValueError(f"`paired_fraction` must lie in (0, 1), got {self.paired_fraction}.")
-        if not 0 <= self.validation_split_percentage < 100:
+        if check_non_negative_int("validation_split_percentage", self.validation_split_percentage) >= 100:
             raise ValueError(f"`validation_split_percentage` must lie in [0, 100), got {self.validation_split_percentage}.")
-        if self.early_stopping_patience < 0:
-            raise ValueError(f"`early_stopping_patience` must be >= 0, got {self.early_stopping_patience}.")
+        check_non_negative_int("early_stopping_patience", self.early_stopping_patience)
         if not self.depth_grid or not all(0 < s <= 1 for s in self.depth_grid):
             raise ValueError(f"`depth_grid` must hold depths in (0, 1], got {self.depth_grid}.")
 
@@ -411,6 +422,7 @@ def main(argv: list[str] | None = None) -> DiffusionLinkBridge:
     validating = eval_tensors is not None and not text_only and "audio_embeds" in eval_tensors
 
     bridge = initial_bridge(model_args, train_tensors)
+    resume = resume_checkpoint(training_args, bridge)  # before any training: an intact checkpoint that fits this bridge
     logger.info(
         "bridge: D=%d hidden=%d blocks=%d, %d trainable parameters; %d training rows an epoch (%d paired)",
         bridge.config.embedding_dim, bridge.config.hidden_size, bridge.config.num_blocks,
@@ -431,7 +443,7 @@ def main(argv: list[str] | None = None) -> DiffusionLinkBridge:
         compute_metrics=link_metrics if validating else None,
     )
 
-    trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
+    trainer.train(resume_from_checkpoint=resume)
     model = trainer.accelerator.unwrap_model(trainer.model).eval()
     if validating and data_args.pick_depth and trainer.is_world_process_zero():
         pick_and_save_depth(model, eval_tensors, data_args, training_args.output_dir)
@@ -452,4 +464,4 @@ def main(argv: list[str] | None = None) -> DiffusionLinkBridge:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -21,7 +21,8 @@ The model comes from `--model_name_or_path` (a saved captioner) or is built from
 `pipeline("audio-captioning", model=output_dir)`. Evaluation (at `--eval_steps`) reports the loss and caption scores
 of greedy generations on up to `--max_eval_generations` validation rows (`GENERATION_METRICS`, the default metrics of
 `diffusion-link evaluate`: exact match, token F1 and the Java-free COCO metrics BLEU-1..4, ROUGE-L, CIDEr-D). Re-running the same command resumes from
-the last checkpoint, LoRA adapter included. `report_to` defaults to `none`.
+the newest intact checkpoint, LoRA adapter included, and refuses one whose weights do not fit the model asked for
+(another `--prefix_length`, `--lora_r`, target modules). `report_to` defaults to `none`.
 """
 
 from __future__ import annotations
@@ -49,9 +50,18 @@ from diffusion_link.configuration_diffusion_link_captioner import DEFAULT_MAX_NE
 from diffusion_link.embedding_extraction import embed_text
 from diffusion_link.experiments.distributed import finish_distributed
 from diffusion_link.experiments.embedding_files import UNPAIRED_KEY, load_embeddings
-from diffusion_link.experiments.script_arguments import config_field, parse_script_args, resume_checkpoint
+from diffusion_link.experiments.script_arguments import (
+    check_fraction_below_one,
+    check_non_negative_float,
+    config_field,
+    optional,
+    parse_script_args,
+    resume_checkpoint,
+    run_script,
+)
 from diffusion_link.hub.references import resolve_reference
 from diffusion_link.metrics import caption_scores
+from diffusion_link.validation import check_choice, check_non_negative_int, check_positive_float, check_positive_int
 
 
 logger = logging.getLogger(__name__)
@@ -113,6 +123,14 @@ class ModelArguments:
     def __post_init__(self):
         if self.dtype not in LM_DTYPES:
             raise ValueError(f"`dtype` must be one of {sorted(k for k in LM_DTYPES if k)} or unset, got {self.dtype!r}.")
+        # Checked here, not only by the captioner's config: that is built after the bases are loaded, and not at all
+        # from --model_name_or_path, whose own config these fields do not replace.
+        check_positive_int("prefix_length", self.prefix_length)
+        check_non_negative_int("lora_r", self.lora_r)
+        check_positive_float("lora_alpha", self.lora_alpha)
+        check_fraction_below_one("lora_dropout", self.lora_dropout)
+        check_non_negative_float("noise_injection_std", self.noise_injection_std)
+        optional(check_positive_float)("projector_learning_rate", self.projector_learning_rate)
 
 
 @dataclass
@@ -128,8 +146,11 @@ class DataArguments:
     )
 
     def __post_init__(self):
-        if self.mode not in MODES:
-            raise ValueError(f"`mode` must be one of {MODES}, got {self.mode!r}.")
+        check_choice("mode", self.mode, MODES)
+        optional(check_positive_int)("max_train_samples", self.max_train_samples)
+        check_positive_int("max_caption_tokens", self.max_caption_tokens)
+        check_positive_int("max_eval_generations", self.max_eval_generations)
+        check_positive_int("generation_max_new_tokens", self.generation_max_new_tokens)
 
 
 class CaptionEmbeddingDataset(Dataset):
@@ -347,7 +368,7 @@ def main(argv: list[str] | None = None) -> AudioCaptionPipeline:
         generation_max_new_tokens=data_args.generation_max_new_tokens,
         projector_learning_rate=model_args.projector_learning_rate,
     )
-    trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
+    trainer.train(resume_from_checkpoint=resume_checkpoint(training_args, model))
 
     # Every process evaluates (the eval loop gathers across processes); only the first one writes.
     metrics = trainer.evaluate() if eval_dataset is not None else None
@@ -363,4 +384,4 @@ def main(argv: list[str] | None = None) -> AudioCaptionPipeline:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -5,6 +5,12 @@ One safetensors file holds
 - `audio_embeds` (N, D) and `text_embeds` (N, D): paired rows (row i of each belongs together);
 - optionally `unpaired_text_embeds` (M, D): text embeddings without audio (the bridge's text-only data).
 
+Every row must be one the bridge can L2-normalise in float32, the precision it trains in. `check_embeddings` refuses
+rows whose norm overflows or underflows their own dtype (values near 1e19 and beyond in float32, or tiny ones);
+training data must also not hold a row of zeros (no direction), a row whose norm is below `F.normalize`'s eps (1e-12:
+divided by the eps, not by its norm) or a float64 row beyond float32's range. All are refused where files are read
+and written, naming the rows, instead of training a bridge on zeros.
+
 Text metadata (file names, captions) goes in the safetensors header as JSON strings.
 """
 
@@ -14,6 +20,7 @@ import json
 import os
 
 import torch
+import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -76,6 +83,7 @@ def check_embedding_file(tensors: dict[str, torch.Tensor], source: str = "embedd
             dims.add(check_embeddings(key, tensors[key]).shape[1])
         except (TypeError, ValueError) as err:
             raise ValueError(f"{source}: {err}") from err
+        check_normalizable_rows(key, tensors[key], source)
     if len(dims) != 1:
         raise ValueError(f"{source}: all embeddings must share one D, got {({k: tuple(tensors[k].shape) for k in present})}.")
     if "audio_embeds" in tensors and tensors["audio_embeds"].shape[0] != tensors["text_embeds"].shape[0]:
@@ -84,3 +92,25 @@ def check_embedding_file(tensors: dict[str, torch.Tensor], source: str = "embedd
             f"{tensors['audio_embeds'].shape[0]} and {tensors['text_embeds'].shape[0]}."
         )
     return dims.pop()
+
+
+# How far from 1 the norm of a normalised float32 row may be: rounding gives about 1e-7; a row that could not be
+# normalised gives 0 (overflow, zeros) or less than 1 (a norm below `F.normalize`'s eps).
+UNIT_NORM_TOLERANCE = 1e-3
+
+
+def check_normalizable_rows(key: str, embeds: torch.Tensor, source: str = "embeddings") -> None:
+    """Raise `ValueError` naming `source`, `key` and the first bad rows unless every row of the (N, D) `embeds`
+    becomes a unit vector under `F.normalize` in float32 (see the module docstring): the file's rule, stricter than
+    `check_embeddings`', which leaves zero rows to the callers that can use them."""
+    rows = embeds.detach().float()  # (N, D) what the bridge computes with
+    unit_norms = F.normalize(rows, dim=-1).norm(dim=-1)  # (N,)
+    # `not <=` rather than `>`: a float64 row beyond float32's range becomes inf, and its normalised norm NaN.
+    bad = (~((unit_norms - 1).abs() <= UNIT_NORM_TOLERANCE)).nonzero().flatten()
+    if len(bad):
+        norms = embeds[bad[:5]].detach().double().norm(dim=-1).tolist()  # in float64: the true size, for the message
+        raise ValueError(
+            f"{source}: `{key}` has {len(bad)} of {len(rows)} rows that cannot be L2-normalised in float32 (rows "
+            f"{bad[:10].tolist()}, norms {[f'{n:.3g}' for n in norms]}): expected every row to have a norm between "
+            "1e-12 and about 1.8e19 (not all zeros, and no square that overflows float32)."
+        )
