@@ -255,3 +255,178 @@ def test_an_interrupted_evaluation_leaves_the_previous_outputs_intact(tiny_pipel
     monkeypatch.undo()
     assert (tmp_path / "scores.json").read_bytes() == before["scores.json"]
     assert len(read_predictions(tmp_path)) == 3 and sorted(os.listdir(tmp_path)) == sorted(before)
+
+
+# ---------------------------------------------------------------------------------------------- bad inputs
+def finishes(call, seconds=10):
+    """`call()`'s exception, raised in a thread that must end within `seconds`: a reader that waits on a FIFO
+    would hang the suite, so a writer is opened to release it before the test fails."""
+    import threading
+
+    outcome = {}
+
+    def run():
+        try:
+            outcome["result"] = call()
+        except Exception as err:  # the error under test
+            outcome["error"] = err
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return thread.is_alive(), outcome.get("error")
+
+
+def a_fifo(path):
+    os.mkfifo(path)
+    return "named pipe"
+
+
+def a_folder(path):
+    os.mkdir(path)
+    return "a folder"
+
+
+def latin_1(path):
+    path.write_bytes("file_name,caption\nclip0.wav,un caf\xe9 bruyant\n".encode("latin-1"))
+    return "not UTF-8"
+
+
+def a_huge_field(path):
+    path.write_text('file_name,caption\nclip0.wav,"' + "a" * 200_000 + '"\n')
+    return "not a readable CSV"
+
+
+def read_as_references_csv(path):
+    from diffusion_link.apps.reference_captions import read_references_csv
+
+    return read_references_csv(path)
+
+
+def read_as_sidecar(path):  # `path` is the sidecar of an audio file next to it
+    from diffusion_link.apps.reference_captions import read_sidecar_references
+
+    return read_sidecar_references([str(path)[: -len(".txt")] + ".wav"])
+
+
+def read_as_caption_file(path):
+    from diffusion_link.apps.reference_captions import read_caption_file
+
+    return read_caption_file(path)
+
+
+# (reader, what the file is) -> the words of the error; every reader of reference or caption files opens them one way
+NOT_READABLE = [
+    (reader, make, suffix)
+    for reader, suffix in ((read_as_references_csv, ".csv"), (read_as_sidecar, ".txt"), (read_as_caption_file, ".csv"))
+    for make in (a_fifo, a_folder, latin_1)
+] + [(read_as_references_csv, a_huge_field, ".csv"), (read_as_caption_file, a_huge_field, ".csv")]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs as POSIX makes them")
+@pytest.mark.parametrize("reader, make, suffix", NOT_READABLE,
+                         ids=[f"{r.__name__[8:]}-{m.__name__}" for r, m, _ in NOT_READABLE])
+def test_a_references_file_that_is_not_regular_utf8_text_is_refused_by_name(reader, make, suffix, tmp_path):
+    path = tmp_path / f"refs{suffix}"
+    words = make(path)
+    hung, err = finishes(lambda: reader(path))
+    if hung:
+        open(path, "w").close()  # release the reader
+    assert not hung, f"reading {make.__name__} blocked"
+    assert isinstance(err, ValueError) and str(path) in str(err) and words in str(err)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs as POSIX makes them")
+def test_evaluate_refuses_a_fifo_of_references_without_waiting(tmp_path, capsys):
+    os.mkfifo(tmp_path / "refs.csv")
+    hung, _ = finishes(lambda: main(["evaluate", "--references", str(tmp_path / "refs.csv"), "--output-dir",
+                                     str(tmp_path / "out"), "--model", "unused"]))
+    if hung:
+        open(tmp_path / "refs.csv", "w").close()
+    assert not hung
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "refs.csv: expected a regular file" in err and "Traceback" not in err
+
+
+# (arguments of evaluate_captioner) -> (error, words): every one is checked before any file is captioned
+BAD_ARGUMENTS = {
+    "batch_size=0": ({"batch_size": 0}, ValueError, "`batch_size` must be a positive int, got 0"),
+    "batch_size=-1": ({"batch_size": -1}, ValueError, "`batch_size` must be a positive int, got -1"),
+    "batch_size=True": ({"batch_size": True}, ValueError, "`batch_size` must be a positive int, got True"),
+    "max_new_tokens=0": ({"max_new_tokens": 0}, ValueError, "`max_new_tokens` must be a positive int"),
+    "num_beams=0": ({"num_beams": 0}, ValueError, "`num_beams` must be a positive int"),
+    "strength=0": ({"strength": 0.0}, ValueError, r"`strength` must be a float in \(0, 1\]"),
+    "strength=nan": ({"strength": float("nan")}, ValueError, "`strength` must be a float"),
+    "strength=2": ({"strength": 2.0}, ValueError, "`strength` must be a float"),
+    "num_inference_steps=0": ({"num_inference_steps": 0}, ValueError, "`num_inference_steps` must be a positive"),
+    "num_inference_steps=2.5": ({"num_inference_steps": 2.5}, ValueError, "`num_inference_steps` must be a positive"),
+    "steps past the schedule": ({"num_inference_steps": 10**6}, ValueError, "larger than s"),
+    "gap=True": ({"gap": True}, ValueError, "`gap` must be one of"),
+    "metrics=[]": ({"metrics": []}, ValueError, "Unknown caption metrics"),
+    "text_tokenizer=5": ({"text_tokenizer": 5}, TypeError, "`text_tokenizer` must be a tokenizer"),
+    "trust_remote_code='yes'": ({"trust_remote_code": "yes"}, TypeError, "`trust_remote_code` must be True or"),
+    "command_line as a string": ({"command_line": "diffusion-link x"}, TypeError, "`command_line` must be a list"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_ARGUMENTS))
+def test_every_argument_of_evaluate_is_checked_before_captioning(case, tiny_pipeline, clips, tmp_path, monkeypatch):
+    kwargs, error, words = BAD_ARGUMENTS[case]
+
+    def no_captioning(*args, **kw):
+        raise AssertionError("nothing may be captioned")
+
+    monkeypatch.setattr(type(tiny_pipeline), "__call__", no_captioning)
+    with pytest.raises(error, match=words):
+        evaluate_captioner(tiny_pipeline, clips[:2], [["a dog"], ["rain"]], tmp_path / "out", **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+# (files, references) -> (error, words)
+BAD_REFERENCES = {
+    "files as one string": ("clip.wav", [["a dog"]], TypeError, "`files` must be a list.*'clip.wav'"),
+    "references as one string": (["clip.wav"], "a dog", TypeError, "`references` must be a list"),
+    "a file that is None": ([None], [["a dog"]], TypeError, r"items \[0\] are \['NoneType'\]"),
+    "a caption that is a number": (["a.wav", "b.wav"], [[1, "a dog"], ["rain"]], TypeError,
+                                   "The references of a.wav must be a list of caption strings"),
+    "a reference list that is a string": (["a.wav"], ["a dog"], TypeError, "references of a.wav"),
+    "a reference list that is None": (["a.wav"], [None], TypeError, "references of a.wav"),
+    "only blank captions": (["a.wav", "b.wav"], [[" ", ""], ["rain"]], ValueError,
+                            r"1 files have no non-empty reference caption: \['a.wav'\]"),
+    "more files than lists": (["a.wav", "b.wav"], [["rain"]], ValueError, "2 files but 1 reference lists"),
+    "no files": ([], [], ValueError, "No files"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REFERENCES))
+def test_files_and_references_are_checked_with_the_file_named(case, tiny_pipeline, tmp_path):
+    files, references, error, words = BAD_REFERENCES[case]
+    with pytest.raises(error, match=words):
+        evaluate_captioner(tiny_pipeline, files, references, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_blank_references_are_dropped_and_counted(tiny_pipeline, clips, tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="diffusion_link.apps.evaluation"):
+        report = evaluate_captioner(tiny_pipeline, clips[:2], [["", "a dog barks", "  "], ("rain",)], tmp_path,
+                                    max_new_tokens=2, gap="off", command_line=["test"])
+    assert "Dropped 2 blank reference captions" in caplog.text
+    assert [json.loads(p["references"]) for p in read_predictions(tmp_path)] == [["a dog barks"], ["rain"]]
+    assert report["counts"]["references"] == 2
+
+
+def test_the_folders_own_text_tokenizer_measures_the_gap_and_a_broken_one_is_named(saved_tiny_captioner, clips,
+                                                                                   tmp_path, capsys):
+    refs = write_csv(tmp_path / "r.csv", ["file_name", "caption"], [[c, CAPTIONS[i]] for i, c in enumerate(clips)])
+    args = ["evaluate", "--references", refs, "--max-new-tokens", "2"]
+    # No --text-tokenizer and no --gap off: the saved captioner's own audio_text_tokenizer/ is the one.
+    assert main([*args, "--output-dir", str(tmp_path / "out"), "--model", str(saved_tiny_captioner)]) == 0
+    assert json.loads((tmp_path / "out" / "gap.json").read_text())["status"] == "computed"
+
+    broken = tmp_path / "broken"
+    shutil.copytree(saved_tiny_captioner, broken)
+    (broken / "audio_text_tokenizer" / "tokenizer.json").write_text("{}")
+    assert main([*args, "--output-dir", str(tmp_path / "out2"), "--model", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert f"from {broken / 'audio_text_tokenizer'}" in err and "--text-tokenizer" in err and "Traceback" not in err
+    assert not (tmp_path / "out2").exists()

@@ -51,7 +51,7 @@ from transformers.utils.logging import tqdm
 from diffusion_link.experiments.atomic_files import atomic_open, atomic_path
 from diffusion_link.metrics.caption_scores import CAPTION_METRICS, COCO_METRICS
 from diffusion_link.configuration_diffusion_link_captioner import DEFAULT_MAX_NEW_TOKENS
-from diffusion_link.validation import check_positive_int
+from diffusion_link.validation import check_positive_int, check_strength
 
 
 if TYPE_CHECKING:
@@ -110,16 +110,21 @@ def _use_text_tokenizer(model: DiffusionLinkForAudioCaptioning,
 
         try:
             text_tokenizer = AutoTokenizer.from_pretrained(resolve_reference(os.fspath(text_tokenizer)))
-        except (OSError, ValueError) as err:
-            raise ValueError(f"Cannot load the text tokenizer {os.fspath(text_tokenizer)!r}: {err}") from err
+        except Exception as err:  # a malformed tokenizer.json ends in a KeyError, or tokenizers' bare Exception
+            raise ValueError(f"Cannot load the text tokenizer {os.fspath(text_tokenizer)!r} ({type(err).__name__}: "
+                             f"{err}).") from err
     if text_tokenizer is not None:
         model.audio_text_tokenizer = text_tokenizer
         return
     try:
         model.audio_text_tokenizer
-    except (OSError, ValueError) as err:
+    except Exception as err:  # as above: whatever the loader raises, the gap cannot be measured with it
+        find = getattr(model, "_audio_text_tokenizer_source", None)  # (reference, subfolder) by the model's rule
+        source = find() if find is not None else None
+        where = f" from {os.path.join(*filter(None, source))}" if source else ""
         raise ValueError(
-            f"Cannot find the text tokenizer of the audio tower ({type(model.audio_tower).__name__}): {err} Pass "
+            f"Cannot load the text tokenizer of the audio tower ({type(model.audio_tower).__name__}){where} "
+            f"({type(err).__name__}: {err}). Pass "
             "`text_tokenizer` (CLI: --text-tokenizer), the folder or Hub id of the tower's processor/tokenizer, or turn "
             "the gap figures off (gap='off', CLI: --gap off)."
         ) from err
@@ -149,7 +154,7 @@ def evaluate_captioner(
     Args:
         pipe_or_model: an `AudioCaptionPipeline`, or a captioner folder / Hub id to load one from.
         files: N audio paths.
-        references: N lists of reference captions (at least one non-blank each).
+        references: N lists of reference captions (at least one non-blank each; blank ones are dropped).
         output_dir: created if needed; the outputs of an earlier run in it are replaced (its gap files removed
             when this run writes none).
         metrics: caption metric names or groups (`resolve_metrics`); default `DEFAULT_EVALUATION_METRICS`
@@ -170,29 +175,33 @@ def evaluate_captioner(
         `model`, `environment`, `timestamp`, `command_line`, `outputs`.
 
     Raises `ValueError` / `TypeError` for bad arguments (mismatched lengths, empty references naming the files,
-    unknown metrics, no text tokenizer with `gap="on"`) before anything is captioned.
+    unknown metrics, a size < 1, a `strength` outside (0, 1], more steps than the bridge's schedule holds, no text
+    tokenizer with `gap="on"`) before anything is captioned.
     """
     started = time.time()
-    files = [os.fspath(f) for f in files]
-    if isinstance(references, str) or any(isinstance(r, str) for r in references):
-        raise TypeError("`references` must be a list of lists of captions (one list per file).")
-    references = [list(r) for r in references]
-    if len(files) != len(references):
-        raise ValueError(f"Got {len(files)} files but {len(references)} reference lists.")
-    if not files:
-        raise ValueError("No files to evaluate.")
-    unreferenced = [f for f, refs in zip(files, references)
-                    if not [r for r in refs if isinstance(r, str) and r.strip()]]
-    if unreferenced:
-        raise ValueError(f"{len(unreferenced)} files have no non-empty reference caption: {unreferenced[:10]}.")
+    files, references = _checked_references(files, references)
     metrics = resolve_metrics(metrics)
     for name, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens), ("num_beams", num_beams)):
         check_positive_int(name, value)
+    if strength is not None:
+        check_strength(strength)
+    if num_inference_steps is not None:
+        check_positive_int("num_inference_steps", num_inference_steps)
     if gap not in GAP_MODES:
         raise ValueError(f"`gap` must be one of {GAP_MODES}, got {gap!r}.")
+    if not isinstance(trust_remote_code, bool):
+        raise TypeError(f"`trust_remote_code` must be True or False, got {trust_remote_code!r}.")
+    if not (text_tokenizer is None or isinstance(text_tokenizer, (str, os.PathLike)) or callable(text_tokenizer)):
+        raise TypeError("`text_tokenizer` must be a tokenizer, or the folder / Hub id of one, got "
+                        f"{type(text_tokenizer).__name__}.")
+    if isinstance(command_line, str):
+        raise TypeError(f"`command_line` must be a list of arguments (as `sys.argv`), got the string {command_line!r}.")
 
     pipe = _load_pipeline(pipe_or_model, trust_remote_code)
     model = pipe.model
+    link_timesteps = getattr(model.bridge, "link_timesteps", None)
+    if link_timesteps is not None:  # steps beyond the bridge's schedule would fail at the first batch, not here
+        link_timesteps(strength, num_inference_steps)
     # Fewer files than the gap figures need: no tokenizer lookup and no embeddings kept.
     measure_gap = gap == "on" and len(files) >= MIN_GAP_PAIRS
     if measure_gap:
@@ -271,6 +280,38 @@ def evaluate_captioner(
     with atomic_open(os.path.join(output_dir, SCORES_FILE), "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2, ensure_ascii=False)
     return report
+
+
+def _checked_references(files: Sequence[str | os.PathLike],
+                        references: Sequence[Sequence[str]]) -> tuple[list[str], list[list[str]]]:
+    """`files` as paths and `references` as lists of non-blank captions, one list per file, or `TypeError` /
+    `ValueError` saying which file or argument is wrong. Blank captions are dropped (as `read_references_csv` drops
+    blank cells) with a warning that counts them; a file left without any is an error, not a silent 0 score."""
+    for name, value in (("files", files), ("references", references)):
+        if isinstance(value, (str, bytes, os.PathLike)):
+            raise TypeError(f"`{name}` must be a list (one item per file), got the single {type(value).__name__} "
+                            f"{os.fspath(value)!r}.")
+    bad_files = [(i, f) for i, f in enumerate(files) if not isinstance(f, (str, os.PathLike))]
+    if bad_files:
+        raise TypeError(f"`files` must be audio paths; items {[i for i, _ in bad_files[:10]]} are "
+                        f"{sorted({type(f).__name__ for _, f in bad_files})}.")
+    files = [os.fspath(f) for f in files]
+    if len(files) != len(references):
+        raise ValueError(f"Got {len(files)} files but {len(references)} reference lists.")
+    if not files:
+        raise ValueError("No files to evaluate.")
+    kept, blanks = [], 0
+    for path, refs in zip(files, references):
+        if isinstance(refs, str) or not isinstance(refs, Sequence) or not all(isinstance(r, str) for r in refs):
+            raise TypeError(f"The references of {path} must be a list of caption strings, got {refs!r}.")
+        kept.append([r for r in refs if r.strip()])
+        blanks += len(refs) - len(kept[-1])
+    unreferenced = [f for f, refs in zip(files, kept) if not refs]
+    if unreferenced:
+        raise ValueError(f"{len(unreferenced)} files have no non-empty reference caption: {unreferenced[:10]}.")
+    if blanks:
+        logger.warning("Dropped %d blank reference captions; every file still has at least one.", blanks)
+    return files, kept
 
 
 def environment_info(model: torch.nn.Module | None = None) -> dict[str, str]:

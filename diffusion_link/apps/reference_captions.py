@@ -7,7 +7,9 @@
 - `read_caption_file`: a plain list of captions (text-only training data): a CSV with a `caption` column, or one
   caption per line.
 
-Both return the audio files and, per file, its list of references; every error names the file it is about.
+Both return the audio files and, per file, its list of references; every error names the file it is about. Each
+file is opened by `open_text_file`: a regular UTF-8 text file, never a FIFO, a terminal or a folder (reading a FIFO
+or `/dev/stdin` would wait for a writer forever, as the audio readers refuse them too).
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ import csv
 import logging
 import os
 import re
-from typing import Any, Sequence
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO, Any, Sequence
 
 from diffusion_link.audio_io import AUDIO_EXTENSIONS
 
@@ -26,6 +31,44 @@ logger = logging.getLogger(__name__)
 
 KEY_COLUMNS = ("file_name", "youtube_id")
 CAPTION_COLUMN = re.compile(r"caption(_\d+)?")
+
+
+# ---------------------------------------------------------------------------------------------------- reading
+@contextmanager
+def open_text_file(path: str | os.PathLike, what: str, newline: str | None = None) -> Iterator[IO[str]]:
+    """`path` open for reading as UTF-8 text (a byte-order mark skipped) when it is a regular file; else `ValueError`
+    naming it and what it is (a FIFO, a folder, a device, `/dev/stdin` on a pipe or a terminal), before anything is
+    read. A file that is not UTF-8, or a CSV field past the csv module's limit, is a `ValueError` naming the file,
+    not a `UnicodeDecodeError` / `csv.Error` that does not.
+
+    The file is opened non-blocking and checked on its descriptor: a FIFO opens at once instead of waiting for a
+    writer, and it cannot be swapped in between a check and the open."""
+    path = os.fspath(path)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise ValueError(f"{path}: expected a regular file of {what}, got {_file_kind(mode)}.")
+    except BaseException:
+        os.close(fd)
+        raise
+    with open(fd, newline=newline, encoding="utf-8-sig") as f:
+        try:
+            yield f
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path}: not UTF-8 text ({err}); save the {what} as UTF-8.") from None
+        except csv.Error as err:
+            raise ValueError(f"{path}: not a readable CSV ({err}).") from None
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device (a terminal, say)"
+    return "a socket or another special file"
 
 
 # ---------------------------------------------------------------------------------------------------- references
@@ -51,7 +94,7 @@ def read_references_csv(
     """
     path = os.fspath(path)
     audio_dir = os.fspath(audio_dir) if audio_dir is not None else os.path.dirname(os.path.abspath(path))
-    with open(path, newline="", encoding="utf-8-sig") as f:
+    with open_text_file(path, "reference captions", newline="") as f:
         reader = csv.reader(f)
         header = [c.strip() for c in next(reader, [])]
         key = next((c for c in KEY_COLUMNS if c in header), None)
@@ -105,8 +148,8 @@ def read_sidecar_references(files: Sequence[str]) -> list[list[str]]:
     for path in files:
         sidecar = os.path.splitext(path)[0] + ".txt"
         lines = []
-        if os.path.isfile(sidecar):
-            with open(sidecar, encoding="utf-8-sig") as f:
+        if os.path.exists(sidecar):  # one that is there but not a regular file is an error naming it, not "missing"
+            with open_text_file(sidecar, "reference captions") as f:
                 lines = [line.strip() for line in f if line.strip()]
         if not lines:
             missing.append(sidecar)
@@ -140,10 +183,12 @@ def _find_youtube_clip(index: dict[str, list[str]], audio_dir: str, youtube_id: 
     return os.path.join(audio_dir, youtube_id)
 
 
-def read_caption_file(path: str) -> list[str]:
-    """The non-empty captions of `path` (stripped; empty ones are dropped with a warning that counts them)."""
-    with open(path, newline="", encoding="utf-8") as f:
-        if path.endswith(".csv"):
+def read_caption_file(path: str | os.PathLike) -> list[str]:
+    """The non-empty captions of `path` (stripped; empty ones are dropped with a warning that counts them): a CSV
+    (`.csv`, any case) with a `caption` column, else one caption per line."""
+    path = os.fspath(path)
+    with open_text_file(path, "captions", newline="") as f:
+        if path.lower().endswith(".csv"):
             rows = list(csv.DictReader(f))
             if not rows or "caption" not in rows[0]:
                 raise ValueError(f"{path}: expected a CSV with a `caption` column.")
