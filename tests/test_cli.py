@@ -1,6 +1,8 @@
 import csv
 import json
 import math
+import os
+import shutil
 
 import pytest
 import torch
@@ -123,11 +125,13 @@ def test_caption_command_candidates_confidence_and_min_confidence(saved_tiny_cap
     assert main([*plain, "--model", str(calibrated), "--output", str(csv_out), "--min-confidence", "0.5"]) == 0
     header = csv_out.read_text().splitlines()[0].split(",")
     assert "confidence" in header and "below_min_confidence" in header
-    old = tmp_path / "old.csv"  # a file an older version began, with fewer columns: appended rows keep its columns
+    old = tmp_path / "old.csv"  # a file an older version began, with fewer columns: they come first, the new follow
     old.write_text("file,generated_text,is_silent\n")
     assert main([*plain, "--model", str(calibrated), "--output", str(old)]) == 0
     with open(old, newline="", encoding="utf-8") as f:
-        assert [len(row) for row in csv.reader(f)] == [3, 3, 3]
+        rows = list(csv.DictReader(f))
+    assert list(rows[0])[:3] == ["file", "generated_text", "is_silent"] and len(rows) == 2
+    assert all(json.loads(row["candidates"]) and float(row["confidence"]) > 0 for row in rows)  # nothing dropped
     assert main([*plain, "--model", str(calibrated), "--min-confidence", "1.5"]) == 2
     assert "--min-confidence" in capsys.readouterr().err
 
@@ -139,3 +143,72 @@ def test_rerank_choices_are_the_configs():
     caption = build_parser()._subparsers._group_actions[0].choices["caption"]
     (rerank,) = [action for action in caption._actions if action.dest == "rerank"]
     assert tuple(rerank.choices) == RERANK_MODES
+
+
+def test_caption_reruns_keep_one_row_per_file_and_retry_failures(saved_tiny_captioner, tmp_path, monkeypatch, capsys):
+    from .conftest import write_wav
+
+    monkeypatch.chdir(tmp_path)
+    os.makedirs("dir")
+    write_wav("a.wav", seed=1)
+    write_wav("dir/x.wav", seed=2)
+    open("broken.wav", "wb").write(b"junk")
+    argv = ["caption", "a.wav", "./dir/x.wav", "dir/x.wav", "broken.wav", "--model", str(saved_tiny_captioner),
+            "--max-new-tokens", "4", "--output", "out.jsonl"]
+    for _ in range(3):
+        assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "captioned 2 of 3 files; 1 failed" in err and err.count("skipping 2 files") == 2  # broken.wav retried
+    rows = [json.loads(line) for line in open("out.jsonl", encoding="utf-8")]
+    assert [r["file"] for r in rows] == [os.path.realpath(f) for f in ("a.wav", "dir/x.wav", "broken.wav")]
+    shutil.copy("a.wav", "broken.wav")  # mended: its error row is replaced, in its place
+    assert main(argv) == 0
+    rows = [json.loads(line) for line in open("out.jsonl", encoding="utf-8")]
+    assert len(rows) == 3 and "error" not in rows[2] and rows[2]["file"] == os.path.realpath("broken.wav")
+
+
+def test_caption_csv_resume_parses_a_cut_inside_a_quoted_file_name(saved_tiny_captioner, tmp_path, monkeypatch):
+    from .conftest import write_wav
+
+    monkeypatch.chdir(tmp_path)
+    write_wav("a.wav", seed=1)
+    write_wav("new\nline.wav", seed=2)  # file names may hold newlines: the CSV cell is quoted
+    write_wav("=cmd.wav", seed=3)
+    argv = ["caption", "a.wav", "new\nline.wav", "=cmd.wav", "--model", str(saved_tiny_captioner),
+            "--max-new-tokens", "4", "--chunk-length-s", "1", "--output", "OUT.CSV"]  # CSV by its suffix, any case
+    assert main(argv) == 0
+    text = open("OUT.CSV", newline="", encoding="utf-8").read()
+    cut = text.index("new\n") + 4  # a run killed just after the newline inside the quotes
+    open("OUT.CSV", "w", newline="", encoding="utf-8").write(text[:cut])
+    assert main(argv) == 0
+    with open("OUT.CSV", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["file"] for r in rows] == [os.path.realpath(f) for f in ("a.wav", "new\nline.wav", "=cmd.wav")]
+    for row in rows:  # the per-window timestamps are kept, JSON-encoded
+        assert [c["timestamp"] for c in json.loads(row["chunks"])] == [[0.0, 1.0], [1.0, 2.0]]
+
+
+def test_a_model_folder_that_fails_to_load_is_one_error_line(saved_tiny_captioner, tmp_path, capsys):
+    from .conftest import write_wav
+
+    broken = tmp_path / "broken-model"
+    shutil.copytree(saved_tiny_captioner, broken)
+    (broken / "model.safetensors").write_bytes(b"")
+    clip = write_wav(tmp_path / "a.wav")
+    for argv in (["caption", clip], ["search", "rain", clip]):
+        assert main([*argv, "--model", str(broken)]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and err.startswith("error: ") and "model.safetensors" in err
+
+
+@pytest.mark.integration
+def test_caption_to_a_pipe_writes_and_never_reads_it(saved_tiny_captioner, tmp_path):
+    from .conftest import run_python, write_wav
+
+    clip = write_wav(tmp_path / "a.wav")
+    # stdout is a pipe here: reading /dev/stdout first (the resume check) used to wait for ever
+    out = run_python(f"import sys; from diffusion_link.apps.cli import main; sys.exit(main(['caption', {clip!r}, "
+                     f"'--model', {str(saved_tiny_captioner)!r}, '--max-new-tokens', '4', '--output', '/dev/stdout']))",
+                     timeout=120)
+    (row,) = [json.loads(line) for line in out.splitlines()]
+    assert row["file"] == os.path.realpath(clip) and row["generated_text"]

@@ -60,7 +60,7 @@ def test_search_ranks_by_joint_space_cosine_and_caches_by_content(saved_tiny_cap
 
 def test_search_refuses_bad_input_with_a_message(saved_tiny_captioner, clips, tmp_path, capsys):
     assert main(["search", "rain", str(clips), "--model", str(saved_tiny_captioner), "--top-k", "0"]) == 2
-    assert "--top-k must be a positive integer, got 0" in capsys.readouterr().err
+    assert "argument --top-k: expected a positive integer, got '0'" in capsys.readouterr().err
     assert main(["search", "  ", str(clips / "a.wav"), "--model", str(saved_tiny_captioner)]) == 2
     assert "query must be a non-empty text" in capsys.readouterr().err
     empty = tmp_path / "empty"

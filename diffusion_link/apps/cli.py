@@ -23,158 +23,146 @@ Without `--model`, every command uses the bundled starter captioner, whose pretr
 once (`diffusion_link.starter.bases`). Every command is quiet about transformers' own logs and progress bars;
 `--verbose` (or `TRANSFORMERS_VERBOSITY`) brings them back.
 
-Exit codes: 0 on success, 1 if any file failed (`caption`, `evaluate`), 2 on usage or input errors.
+`caption --output` and `search --output` write CSV for a name ending in `.csv` (any case), else JSON lines; a
+caption output holds one row per file, keyed by its resolved path, and is resumed, compacted and written safely as
+`diffusion_link.apps.result_files` describes (a pipe or `/dev/stdout` is only written).
+
+Every number is checked when the command line is parsed (`positive_int` and the other argparse types below, on the
+rules of `diffusion_link.validation`): a bad one is a usage error that names the option, what it expects and what it
+got, before any model loads.
+
+Exit codes: 0 on success, 1 if any file failed (`caption`, `evaluate`, `search`), 2 on usage or input errors.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import glob
 import json
 import os
 import sys
 
-CSV_FIELDS = ("file", "generated_text", "is_silent", "duration_s", "sampling_rate", "num_channels", "peak_dbfs", "error",
-              "confidence", "below_min_confidence")
+from diffusion_link.apps.result_files import ResultFile, result_key, write_rows
+from diffusion_link.validation import check_positive_float, check_positive_int, check_probability, check_strength
+
+
+def _checked(convert, check, expected: str):
+    """An argparse `type=`: the text converted by `convert` and accepted by `check` (a rule of
+    `diffusion_link.validation`, called as `check(name, value)`), else argparse's usage error (exit code 2) saying
+    what was expected and what was received."""
+
+    def parse(text: str):
+        try:
+            return check("value", convert(text))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+
+    parse.__name__ = expected
+    return parse
+
+
+def _check_port(name: str, value) -> int:
+    if check_positive_int(name, value) > 65535:
+        raise ValueError(f"`{name}` must be a port number in 1..65535, got {value!r}.")
+    return value
+
+
+positive_int = _checked(int, check_positive_int, "a positive integer")
+positive_float = _checked(float, check_positive_float, "a finite number > 0")
+probability = _checked(float, check_probability, "a number in [0, 1]")
+strength = _checked(float, lambda name, value: check_strength(value), "a number in (0, 1]")
+port = _checked(int, _check_port, "a port number in 1..65535")
 
 
 def expand_paths(paths: list[str]) -> list[str]:
-    """Files, folders (searched recursively for audio files) and glob patterns -> a sorted, de-duplicated list."""
+    """Files, folders (searched recursively for audio files) and glob patterns -> a list with one entry per file (by
+    `result_key`, its resolved path: `./dir/x.wav` and `dir/x.wav` are one file), in the order given, each folder's
+    and pattern's matches sorted. A path that exists is taken literally, glob characters and all (`take[1].wav`); a
+    pattern is expanded only when no such path exists."""
     from diffusion_link.audio_io import AUDIO_EXTENSIONS
 
-    found = []
+    found: dict[str, str] = {}
     for path in paths:
-        matches = sorted(glob.glob(path, recursive=True)) if glob.has_magic(path) else [path]
+        matches = [path] if os.path.exists(path) or not glob.has_magic(path) else sorted(glob.glob(path, recursive=True))
         if not matches:
             raise FileNotFoundError(f"No file matches {path!r}.")
         for match in matches:
             if os.path.isdir(match):
                 for root, _, files in sorted(os.walk(match)):
-                    found += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(AUDIO_EXTENSIONS)]
+                    for name in sorted(files):
+                        if name.lower().endswith(AUDIO_EXTENSIONS):
+                            found.setdefault(result_key(os.path.join(root, name)), os.path.join(root, name))
             else:
-                found.append(match)
-    return list(dict.fromkeys(found))
+                found.setdefault(result_key(match), match)
+    return list(found.values())
 
 
-def _done_files(output: str) -> set[str]:
-    """Files already in an output file (a resumed run skips them). A half-written last line is ignored."""
-    if not output or not os.path.exists(output):
-        return set()
-    done = set()
-    with open(output, newline="", encoding="utf-8") as f:
-        if output.endswith(".csv"):
-            done = {row["file"] for row in csv.DictReader(f) if row.get("file") and not row.get("error")}
-        else:
-            for line in f:
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if "error" not in row:
-                    done.add(row["file"])
-    return done
+def _captioning_pipeline(model: str, trust_remote_code: bool):
+    """`pipeline("audio-captioning", model=model)`. A model that fails to load reaches transformers' `pipeline()` as a
+    ValueError whose text holds each loader's traceback; loading it again directly raises the loader's own error
+    (naming the file and the key), which `main` shows as one line."""
+    from transformers import AutoModel, pipeline
+
+    from diffusion_link import pipeline_audio_captioning  # noqa: F401  (registers the task)
+
+    try:
+        return pipeline("audio-captioning", model=model, trust_remote_code=trust_remote_code)
+    except ValueError as err:
+        if not str(err).startswith("Could not load model"):
+            raise
+        AutoModel.from_pretrained(model, trust_remote_code=trust_remote_code)
+        raise
 
 
 def _caption(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-    from transformers import pipeline
-
-    from diffusion_link import pipeline_audio_captioning  # noqa: F401  (registers the task)
     from diffusion_link.starter import require_captioner
 
     model = require_captioner(args.model)
     files = expand_paths(args.paths)
-    if args.output:
-        _drop_partial_last_line(args.output)  # a row cut short by a killed run is dropped and its file redone
-    done = _done_files(args.output)
-    todo = [f for f in files if f not in done]
-    if done:
-        print(f"skipping {len(files) - len(todo)} files already in {args.output}", file=sys.stderr)
-    pipe = pipeline("audio-captioning", model=model, trust_remote_code=args.trust_remote_code)
+    with ResultFile(args.output) as results:
+        todo = [f for f in files if result_key(f) not in results.done]
+        if len(todo) < len(files):
+            print(f"skipping {len(files) - len(todo)} files already in {args.output}", file=sys.stderr)
+        return _caption_files(args, model, todo, results)
+
+
+def _caption_files(args: argparse.Namespace, model, todo: list[str], results: ResultFile) -> int:
+    """Caption `todo` in batches, each row written to `results` as its file finishes; the exit code."""
+    from tqdm.auto import tqdm
+
+    pipe = _captioning_pipeline(model, args.trust_remote_code)
     call = {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams}
     if args.num_candidates is not None:
         call["num_candidates"] = args.num_candidates
     if args.rerank is not None:
         call["rerank"] = args.rerank
     if args.min_confidence is not None:
-        if not 0.0 <= args.min_confidence <= 1.0:
-            print(f"error: --min-confidence must lie in [0, 1], got {args.min_confidence}.", file=sys.stderr)
-            return 2
         calibrated = getattr(pipe.model.config, "confidence_calibration", None)
         candidates = args.num_candidates or getattr(pipe.model.config, "num_candidates", 1)
         if not calibrated or candidates < 2:
             print("error: --min-confidence needs a calibrated model (config.confidence_calibration) decoding several "
                   "candidates (--num-candidates >= 2); this one gives no confidence.", file=sys.stderr)
             return 2
-    if args.chunk_length_s:
+    if args.chunk_length_s is not None:
         call.update(chunk_length_s=args.chunk_length_s, stride_s=args.stride_s)
     failures = []
-    sink = _open_sink(args.output)
-    try:
-        for start in tqdm(range(0, len(todo), args.batch_size), desc="captioning", unit="batch", disable=not todo):
-            batch = todo[start : start + args.batch_size]
-            results = pipe(batch, batch_size=args.batch_size, on_error="raise" if args.on_error == "raise" else "report", **call)
-            for path, result in zip(batch, results):
-                row = {"file": path, **result}
-                if args.min_confidence is not None and "confidence" in row:
-                    # kept, not dropped: the caption is marked and the reader decides
-                    row["below_min_confidence"] = row["confidence"] < args.min_confidence
-                if "error" in row:
-                    failures.append(row)
-                    print(f"error: {path}: {row['error']}", file=sys.stderr)
-                    if args.on_error == "skip":
-                        continue
-                sink(row)
-    finally:
-        sink(None)
+    for start in tqdm(range(0, len(todo), args.batch_size), desc="captioning", unit="batch", disable=not todo):
+        batch = todo[start : start + args.batch_size]
+        outputs = pipe(batch, batch_size=args.batch_size, on_error="raise" if args.on_error == "raise" else "report", **call)
+        for path, result in zip(batch, outputs):
+            row = {"file": result_key(path), **result}
+            if args.min_confidence is not None and "confidence" in row:
+                # kept, not dropped: the caption is marked and the reader decides
+                row["below_min_confidence"] = row["confidence"] < args.min_confidence
+            if "error" in row:
+                failures.append(row)
+                print(f"error: {path}: {row['error']}", file=sys.stderr)
+                if args.on_error == "skip":
+                    continue
+            results.write(row)
     ok = len(todo) - len(failures)
     print(f"captioned {ok} of {len(todo)} files; {len(failures)} failed", file=sys.stderr)
     return 1 if failures else 0
-
-
-def _drop_partial_last_line(output: str) -> None:
-    """Cut a line left half-written by a killed run (no trailing newline), so appended rows start on a fresh line
-    and the file of that row, no longer listed, is captioned again (JSON lines and CSV alike)."""
-    if not os.path.exists(output) or os.path.getsize(output) == 0:
-        return
-    with open(output, "rb+") as f:
-        data = f.read()
-        if data.endswith(b"\n"):
-            return
-        f.truncate(data.rfind(b"\n") + 1)
-
-
-def _open_sink(output: str | None):
-    """A function that writes one result row (None closes). JSON lines or CSV to a file, else JSON lines to stdout."""
-    if not output:
-        def write(row):
-            if row is not None:
-                print(json.dumps(row, ensure_ascii=False), flush=True)
-        return write
-    new = not os.path.exists(output) or os.path.getsize(output) == 0
-    handle = open(output, "a", newline="", encoding="utf-8")
-    writer = None
-    if output.endswith(".csv"):
-        fields = CSV_FIELDS
-        if not new:  # appending: keep the columns the file already has (one written by an older version included)
-            with open(output, newline="", encoding="utf-8") as existing:
-                fields = next(csv.reader(existing), None) or CSV_FIELDS
-        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
-        if new:
-            writer.writeheader()
-
-    def write(row):
-        if row is None:
-            handle.close()
-            return
-        if writer is not None:
-            writer.writerow(row)
-        else:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        handle.flush()  # each finished file is on disk before the next starts
-
-    return write
 
 
 def _gap(args: argparse.Namespace) -> int:
@@ -213,8 +201,6 @@ def _evaluate(args: argparse.Namespace) -> int:
                          "references, not both or neither.")
     if args.audio_dir and not args.references:
         raise ValueError("--audio-dir goes with --references.")
-    if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit must be a positive number of files, got {args.limit}.")
     metrics = resolve_metrics(args.metrics)
     model = require_captioner(args.model)
     if args.references:
@@ -248,32 +234,19 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
-    from transformers import pipeline
-
-    from diffusion_link import pipeline_audio_captioning  # noqa: F401  (registers the task)
     from diffusion_link.apps.search import print_table, search
     from diffusion_link.starter import require_captioner
 
-    if args.top_k is not None and args.top_k < 1:
-        print(f"error: --top-k must be a positive integer, got {args.top_k}.", file=sys.stderr)
-        return 2
-    if args.batch_size < 1:
-        print(f"error: --batch-size must be a positive integer, got {args.batch_size}.", file=sys.stderr)
-        return 2
     files = expand_paths(args.paths)
     if not files:
         print(f"error: no audio file under {' '.join(args.paths)}.", file=sys.stderr)
         return 2
-    pipe = pipeline("audio-captioning", model=require_captioner(args.model), trust_remote_code=args.trust_remote_code)
+    pipe = _captioning_pipeline(require_captioner(args.model), args.trust_remote_code)
     result = search(pipe, args.query, files, top_k=args.top_k, batch_size=args.batch_size, cache_folder=args.cache_dir)
     for path, error in result.failed.items():
         print(f"error: {path}: {error}", file=sys.stderr)
     if args.output:
-        from diffusion_link.experiments.atomic_files import atomic_open
-
-        with atomic_open(args.output, "w", encoding="utf-8") as f:
-            for row in result.ranking:
-                f.write(json.dumps(row) + "\n")
+        write_rows(args.output, result.ranking, ("query", "rank", "file", "score"))
     else:
         print_table(result.ranking)
     print(f"ranked {len(result.ranking)} of {len(files)} files ({result.embedded} embedded now, the rest from the "
@@ -308,33 +281,37 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, **kwargs) -> argparse.ArgumentParser:
-        return commands.add_parser(name, parents=[common], **kwargs)
+        sub = commands.add_parser(name, parents=[common], **kwargs)
+        sub.set_defaults(command_parser=sub)  # usage errors found after parsing are reported with its usage
+        return sub
 
     cap = command("caption", help="Caption audio files, folders or globs.")
     cap.add_argument("paths", nargs="+", help="Audio files, folders (recursive) or glob patterns.")
     cap.add_argument("--model", help="Captioner folder or Hub id (default: the bundled starter captioner).")
-    cap.add_argument("--batch-size", type=int, default=8, help="Files per model call (default 8).")
-    cap.add_argument("--output", help="Write results here (.jsonl or .csv; appended, and files already in it are skipped).")
+    cap.add_argument("--batch-size", type=positive_int, default=8, help="Files per model call (default 8).")
+    cap.add_argument("--output", help="Write results here (.csv in any case, else JSON lines): one row per file, "
+                     "resumed (files with a result are skipped, failed ones retried); a pipe is only written.")
     cap.add_argument("--on-error", choices=("raise", "skip", "report"), default="report",
                      help="A file that fails: stop (raise), leave it out (skip), or write its error (report). Default report.")
-    cap.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
-    cap.add_argument("--num-beams", type=int, default=1)
-    cap.add_argument("--num-candidates", type=int, default=None,
+    cap.add_argument("--max-new-tokens", type=positive_int, default=DEFAULT_MAX_NEW_TOKENS)
+    cap.add_argument("--num-beams", type=positive_int, default=1)
+    cap.add_argument("--num-candidates", type=positive_int, default=None,
                      help="Candidate captions per file, by beam search, reranked (default: the model's; the starter's "
                           "was picked on held-out clips). Results then carry `candidates` and, calibrated, `confidence`.")
     cap.add_argument("--rerank", choices=RERANK_MODES, default=None,
                      help="How the caption is picked among candidates (default: the model's).")
-    cap.add_argument("--min-confidence", type=float, default=None,
+    cap.add_argument("--min-confidence", type=probability, default=None,
                      help="Mark captions whose confidence is below this (`below_min_confidence`); they are kept.")
-    cap.add_argument("--chunk-length-s", type=float, help="Caption windows of this length, with timestamps.")
-    cap.add_argument("--stride-s", type=float, help="Seconds between window starts (default: the window length).")
+    cap.add_argument("--chunk-length-s", type=positive_float, help="Caption windows of this length, with timestamps.")
+    cap.add_argument("--stride-s", type=positive_float,
+                     help="Seconds between window starts, at most --chunk-length-s (default: the window length).")
     cap.add_argument("--trust-remote-code", action="store_true", help="Allow the model folder's own code.")
     cap.set_defaults(func=_caption)
     gap = command("gap", help="Modality-gap figures of paired embeddings, raw and bridged.")
     gap.add_argument("embeddings", help="safetensors file with paired `audio_embeds` and `text_embeds`.")
     gap.add_argument("--bridge", help="A saved DiffusionLinkBridge folder; adds the bridged figures.")
-    gap.add_argument("--strength", type=float, default=None, help="link() strength (default: the bridge's).")
-    gap.add_argument("--steps", type=int, default=None, help="link() DDIM steps (default: the bridge's).")
+    gap.add_argument("--strength", type=strength, default=None, help="link() strength (default: the bridge's).")
+    gap.add_argument("--steps", type=positive_int, default=None, help="link() DDIM steps (default: the bridge's).")
     gap.add_argument("--plot", help="Write a PNG of the gap here.")
     gap.add_argument("--json", help="Write the figures as JSON here.")
     gap.set_defaults(func=_gap)
@@ -355,12 +332,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--metrics", nargs="+", default=None,
                     help="Caption metrics, or the groups `default` (exact_match token_f1 bleu_1..4 rouge_l cider_d, "
                     "the default) and `coco`; e.g. `--metrics default meteor semantic_similarity`.")
-    ev.add_argument("--batch-size", type=int, default=8, help="Files per model call (default 8).")
-    ev.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
-    ev.add_argument("--num-beams", type=int, default=1)
-    ev.add_argument("--strength", type=float, default=None, help="Bridge link() strength (default: the bridge's).")
-    ev.add_argument("--num-inference-steps", type=int, default=None, help="Bridge DDIM steps (default: the bridge's).")
-    ev.add_argument("--limit", type=int, default=None, help="Evaluate only the first N files.")
+    ev.add_argument("--batch-size", type=positive_int, default=8, help="Files per model call (default 8).")
+    ev.add_argument("--max-new-tokens", type=positive_int, default=DEFAULT_MAX_NEW_TOKENS)
+    ev.add_argument("--num-beams", type=positive_int, default=1)
+    ev.add_argument("--strength", type=strength, default=None, help="Bridge link() strength (default: the bridge's).")
+    ev.add_argument("--num-inference-steps", type=positive_int, default=None, help="Bridge DDIM steps (default: the bridge's).")
+    ev.add_argument("--limit", type=positive_int, default=None, help="Evaluate only the first N files.")
     ev.add_argument("--gap", choices=("on", "off"), default="on",
                     help="Modality-gap figures and plot, before and after the bridge (default on).")
     ev.add_argument("--text-tokenizer", help="Tokenizer of the audio tower's text side, for the gap figures "
@@ -371,20 +348,21 @@ def build_parser() -> argparse.ArgumentParser:
     se = command("search", help="Rank the sounds under folders for a text query (the joint space).")
     se.add_argument("query", help='What to look for, e.g. "a door creaking".')
     se.add_argument("paths", nargs="+", help="Audio files, folders (recursive) or glob patterns.")
-    se.add_argument("--top-k", type=int, default=10, help="How many files to list, best first (default 10).")
-    se.add_argument("--output", help="Write JSON lines {query, rank, file, score} here instead of a table.")
+    se.add_argument("--top-k", type=positive_int, default=10, help="How many files to list, best first (default 10).")
+    se.add_argument("--output", help="Write the ranking {query, rank, file, score} here instead of a table (.csv in "
+                    "any case, else JSON lines).")
     se.add_argument("--model", help="Captioner folder or Hub id (default: the bundled starter captioner).")
-    se.add_argument("--batch-size", type=int, default=8, help="Files embedded per call (default 8).")
+    se.add_argument("--batch-size", type=positive_int, default=8, help="Files embedded per call (default 8).")
     se.add_argument("--cache-dir", help="Where the embeddings are cached (default $DIFFUSION_LINK_CACHE/search).")
     se.add_argument("--trust-remote-code", action="store_true", help="Allow the model folder's own code.")
     se.set_defaults(func=_search)
     srv = command("serve", help="A web page to try a captioner (needs the [app] extra, Gradio).")
     srv.add_argument("--model", help="Captioner folder or Hub id (default: the bundled starter captioner).")
     srv.add_argument("--host", default="127.0.0.1", help="Address to bind (default 127.0.0.1: this machine only).")
-    srv.add_argument("--port", type=int, default=7860)
-    srv.add_argument("--max-duration-s", type=float, default=600.0, help="Longest recording accepted (seconds).")
-    srv.add_argument("--max-file-mb", type=float, default=50.0, help="Largest upload accepted (MB).")
-    srv.add_argument("--concurrency", type=int, default=2, help="Requests captioned at once; the rest queue.")
+    srv.add_argument("--port", type=port, default=7860)
+    srv.add_argument("--max-duration-s", type=positive_float, default=600.0, help="Longest recording accepted (seconds).")
+    srv.add_argument("--max-file-mb", type=positive_float, default=50.0, help="Largest upload accepted (MB).")
+    srv.add_argument("--concurrency", type=positive_int, default=2, help="Requests captioned at once; the rest queue.")
     srv.add_argument("--trust-remote-code", action="store_true", help="Allow the model folder's own code.")
     srv.set_defaults(func=_serve)
 
@@ -393,8 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--model", help="Captioner folder (copied in) or Hub id (default: the bundled starter captioner).")
     sp.add_argument("--push", metavar="REPO_ID", help="Upload the folder as this Gradio Space.")
     sp.add_argument("--private", action="store_true", help="With --push: a private Space.")
-    sp.add_argument("--max-duration-s", type=float, default=600.0)
-    sp.add_argument("--max-file-mb", type=float, default=50.0)
+    sp.add_argument("--max-duration-s", type=positive_float, default=600.0)
+    sp.add_argument("--max-file-mb", type=positive_float, default=50.0)
     sp.set_defaults(func=_space)
 
     st = command("setup-starter", help="Set up the default model's pretrained bases, once (idempotent).",
@@ -421,9 +399,6 @@ def _app_module():
 
 def _serve(args: argparse.Namespace) -> int:
     web_demo = _app_module()
-    for name in ("max_duration_s", "max_file_mb", "concurrency"):
-        if getattr(args, name) <= 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}.")
     web_demo.serve(args.model, args.host, args.port, web_demo.Limits(args.max_duration_s, args.max_file_mb),
                    args.concurrency, args.trust_remote_code)
     return 0
@@ -451,8 +426,27 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
+def _check_windows(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """`--stride-s` strides the windows of `--chunk-length-s`: alone it would be ignored, longer it would skip audio
+    between windows. Each is a usage error."""
+    if args.stride_s is None:
+        return
+    if args.chunk_length_s is None:
+        parser.error(f"argument --stride-s: needs --chunk-length-s (the windows it strides), got --stride-s "
+                     f"{args.stride_s} alone")
+    if args.stride_s > args.chunk_length_s:
+        parser.error(f"argument --stride-s: expected at most --chunk-length-s ({args.chunk_length_s}), got "
+                     f"{args.stride_s}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run the command line; the exit code (a usage error, which argparse has printed, is 2 here too)."""
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "caption":
+            _check_windows(args.command_parser, args)
+    except SystemExit as usage_error:  # printed by argparse, or --help
+        return usage_error.code
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if not args.verbose:
         quiet_transformers()
