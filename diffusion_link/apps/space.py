@@ -75,7 +75,7 @@ demo = load_demo(MODEL, Limits({max_duration_s}, {max_file_mb}))
 app = build_app(demo, demo_sounds(os.path.join(HERE, "demo_sounds")))
 
 if __name__ == "__main__":
-    app.launch(ssr_mode=False)
+    app.launch(ssr_mode=False, max_file_size=demo.limits.max_file_bytes)  # the page's upload limit, to the byte
 '''
 
 SPACE_README = """---
