@@ -2,7 +2,12 @@
 exact exception and a message naming the file, or the flags of the result), the same set as one `on_error="report"`
 batch, every format streamed exactly as decoded whole (MP3 included), embeddings too large or too small to normalise,
 a one-hour file, and property-based checks of the validation and resampling in `audio_io`. Bad call *arguments* are
-in `test_bad_arguments.py`."""
+in `test_bad_arguments.py`.
+
+Every other class of bad input has its own table-driven file, each listed with what it gets in `docs/reliability.md`:
+command-line options (`test_cli_arguments.py`), result files (`test_result_files.py`), saved folders
+(`test_bad_folders.py`), training runs (`test_bad_training_inputs.py`), Space folders (`test_space.py`), reference
+files (`test_evaluation.py`), the web page (`test_web_demo.py`)."""
 
 import json
 import re

@@ -44,7 +44,8 @@ BAD_NUMBERS = [
 ]
 
 
-@pytest.mark.parametrize("argv, option, expected", BAD_NUMBERS, ids=[" ".join(c[0][:1] + c[0][-2:]) for c in BAD_NUMBERS])
+@pytest.mark.parametrize("argv, option, expected", BAD_NUMBERS, ids=[" ".join(c[0][:1] + c[0][-2:]) for c in
+                                                                     BAD_NUMBERS])
 def test_a_bad_number_is_a_usage_error_naming_option_expectation_and_value(argv, option, expected, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -56,7 +57,8 @@ def test_a_bad_number_is_a_usage_error_naming_option_expectation_and_value(argv,
 # (command line, what the error line says): the window options only make sense together
 BAD_WINDOWS = [
     (["caption", "a.wav", "--stride-s", "1"], "--stride-s: needs --chunk-length-s"),
-    (["caption", "a.wav", "--chunk-length-s", "1", "--stride-s", "2"], "expected at most --chunk-length-s (1.0), got 2.0"),
+    (["caption", "a.wav", "--chunk-length-s", "1", "--stride-s", "2"],
+     "expected at most --chunk-length-s (1.0), got 2.0"),
 ]
 
 

@@ -65,7 +65,7 @@ def test_reruns_keep_one_row_per_file_latest_winning(name):
 # name -> (file name, what a killed run left after the complete rows, the files the rerun finds done)
 HALF_WRITTEN = {
     "jsonl-cut-mid-object": ("out.jsonl", '{"file": "/tmp/b.wav", "generated_te', {"a.wav"}),
-    "jsonl-cut-before-newline": ("out.jsonl", '{"file": "/tmp/b.wav", "generated_text": "rain"}', {"a.wav", "/tmp/b.wav"}),
+    "jsonl-cut-before-newline": ("out.jsonl", '{"file": "/tmp/b.wav", "generated_text": "x"}', {"a.wav", "/tmp/b.wav"}),
     "csv-cut-mid-row": ("out.csv", "/tmp/b.wav,a ca", {"a.wav"}),
     # a file name holding a newline, cut just after it: the open quote must not swallow the next rows
     "csv-cut-inside-quoted-newline": ("out.csv", '"/tmp/new\n', {"a.wav"}),

@@ -83,7 +83,8 @@ def expand_paths(paths: list[str]) -> list[str]:
 
     found: dict[str, str] = {}
     for path in paths:
-        matches = [path] if os.path.exists(path) or not glob.has_magic(path) else sorted(glob.glob(path, recursive=True))
+        literal = os.path.exists(path) or not glob.has_magic(path)
+        matches = [path] if literal else sorted(glob.glob(path, recursive=True))
         if not matches:
             raise FileNotFoundError(f"No file matches {path!r}.")
         for match in matches:
@@ -148,7 +149,8 @@ def _caption_files(args: argparse.Namespace, model, todo: list[str], results: Re
     failures = []
     for start in tqdm(range(0, len(todo), args.batch_size), desc="captioning", unit="batch", disable=not todo):
         batch = todo[start : start + args.batch_size]
-        outputs = pipe(batch, batch_size=args.batch_size, on_error="raise" if args.on_error == "raise" else "report", **call)
+        on_error = "raise" if args.on_error == "raise" else "report"
+        outputs = pipe(batch, batch_size=args.batch_size, on_error=on_error, **call)
         for path, result in zip(batch, outputs):
             row = {"file": result_key(path), **result}
             if args.min_confidence is not None and "confidence" in row:
@@ -336,7 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-new-tokens", type=positive_int, default=DEFAULT_MAX_NEW_TOKENS)
     ev.add_argument("--num-beams", type=positive_int, default=1)
     ev.add_argument("--strength", type=strength, default=None, help="Bridge link() strength (default: the bridge's).")
-    ev.add_argument("--num-inference-steps", type=positive_int, default=None, help="Bridge DDIM steps (default: the bridge's).")
+    ev.add_argument("--num-inference-steps", type=positive_int, default=None,
+                    help="Bridge DDIM steps (default: the bridge's).")
     ev.add_argument("--limit", type=positive_int, default=None, help="Evaluate only the first N files.")
     ev.add_argument("--gap", choices=("on", "off"), default="on",
                     help="Modality-gap figures and plot, before and after the bridge (default on).")
@@ -360,7 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--model", help="Captioner folder or Hub id (default: the bundled starter captioner).")
     srv.add_argument("--host", default="127.0.0.1", help="Address to bind (default 127.0.0.1: this machine only).")
     srv.add_argument("--port", type=port, default=7860)
-    srv.add_argument("--max-duration-s", type=positive_float, default=600.0, help="Longest recording accepted (seconds).")
+    srv.add_argument("--max-duration-s", type=positive_float, default=600.0,
+                     help="Longest recording accepted (seconds).")
     srv.add_argument("--max-file-mb", type=positive_float, default=50.0, help="Largest upload accepted (MB).")
     srv.add_argument("--concurrency", type=positive_int, default=2, help="Requests captioned at once; the rest queue.")
     srv.add_argument("--trust-remote-code", action="store_true", help="Allow the model folder's own code.")

@@ -44,8 +44,8 @@ from diffusion_link.experiments.atomic_files import atomic_path
 
 logger = logging.getLogger(__name__)
 
-CSV_FIELDS = ("file", "generated_text", "is_silent", "duration_s", "sampling_rate", "num_channels", "peak_dbfs", "error",
-              "confidence", "below_min_confidence", "chunks", "candidates")
+CSV_FIELDS = ("file", "generated_text", "is_silent", "duration_s", "sampling_rate", "num_channels", "peak_dbfs",
+              "error", "confidence", "below_min_confidence", "chunks", "candidates")
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
 
