@@ -42,10 +42,10 @@ BAD_NUMBERS = [
     (["space", "out", "--max-duration-s", "inf"], "--max-duration-s", "a finite number > 0"),
     (["space", "out", "--max-file-mb", "0"], "--max-file-mb", "a finite number > 0"),
 ]
+BAD_NUMBER_IDS = [" ".join(argv[:1] + argv[-2:]) for argv, _, _ in BAD_NUMBERS]
 
 
-@pytest.mark.parametrize("argv, option, expected", BAD_NUMBERS, ids=[" ".join(c[0][:1] + c[0][-2:]) for c in
-                                                                     BAD_NUMBERS])
+@pytest.mark.parametrize("argv, option, expected", BAD_NUMBERS, ids=BAD_NUMBER_IDS)
 def test_a_bad_number_is_a_usage_error_naming_option_expectation_and_value(argv, option, expected, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err

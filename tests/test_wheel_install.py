@@ -59,7 +59,7 @@ def test_wheel_in_a_fresh_venv_sets_up_and_captions(tmp_path):
 
     done = _run([cli, "caption", "tone.wav"], env=env, cwd=tmp_path)
     row = json.loads(done.stdout.strip().splitlines()[-1])
-    assert row["file"] == "tone.wav" and row["generated_text"].strip() and not row["is_silent"]
+    assert row["file"] == os.path.realpath(tmp_path / "tone.wav") and row["generated_text"].strip() and not row["is_silent"]
     # the package's own files came from the wheel, not this checkout
     where = _run([python, "-c", "import diffusion_link; print(diffusion_link.__file__)"], env=env, cwd=tmp_path)
     assert where.stdout.strip().startswith(str(venv))

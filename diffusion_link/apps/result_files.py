@@ -14,7 +14,8 @@ first row), rewritten atomically (a temporary file renamed over it; through a li
 parsed, never cut at a newline: a record a kill left half-written, even inside a quoted CSV cell that holds a newline,
 is dropped with a warning and its file is captioned again. A line that is no result row (a JSON line without "file",
 a CSV without a `file` column) stops the run with an error naming the file and the line: such an output is someone
-else's file, not to be rewritten.
+else's file, not to be rewritten. Compacting holds the file in memory (a few hundred bytes a file; more with
+`chunks`), and two runs must not share one output.
 
 Non-regular outputs (`/dev/stdout`, a pipe, a FIFO, a character device) are written only: never read, resumed,
 truncated or compacted.
