@@ -138,8 +138,10 @@ def search(pipe, query: str, files: Sequence[str], top_k: int | None = 10, cache
     return SearchResult(ranking, failed, embedded)
 
 
-def print_table(ranking: Sequence[dict], stream=sys.stdout) -> None:
-    """The ranking as a table: rank, score, file."""
+def print_table(ranking: Sequence[dict], stream=None) -> None:
+    """The ranking as a table: rank, score, file. `stream` defaults to the `sys.stdout` of the call (not of the import:
+    a stream captured then may be closed by now)."""
+    stream = sys.stdout if stream is None else stream
     if not ranking:
         print("no audio file could be ranked", file=stream)
         return
