@@ -66,6 +66,28 @@ def check_probability(name: str, value) -> float:
     return float(value)
 
 
+def check_non_negative_float(name: str, value) -> float:
+    """Return `value` as a float, or raise `ValueError` naming `name` unless it is a finite number >= 0."""
+    if check_finite_float(name, value) < 0:
+        raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}.")
+    return float(value)
+
+
+def check_fraction_below_one(name: str, value) -> float:
+    """Return `value` as a float, or raise `ValueError` naming `name` unless it lies in [0, 1) (a decay, a dropout
+    rate: 1 would stop the value from ever changing, or drop everything)."""
+    if check_probability(name, value) == 1.0:
+        raise ValueError(f"`{name}` must be a number in [0, 1), got {value!r}.")
+    return float(value)
+
+
+def check_seed(name: str, value) -> int:
+    """Return `value`, or raise `ValueError` naming `name` unless it is an int in [0, 2**32) (what numpy seeds take)."""
+    if check_non_negative_int(name, value) >= 2**32:
+        raise ValueError(f"`{name}` must be an int in [0, 2**32), got {value!r}.")
+    return value
+
+
 def check_choice(name: str, value, choices: tuple) -> str:
     """Return `value`, or raise `ValueError` naming `name` unless it is one of `choices`."""
     if value not in choices:

@@ -85,6 +85,16 @@ def tiny_bridge(tiny_bridge_config):
     return bridge
 
 
+class RunsCode:
+    """A pickle payload that creates a marker file when unpickled."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
 def run_python(code: str, cwd: str | None = None, timeout: int = 300) -> str:
     """Run `code` in a fresh Python process with this interpreter; return stdout, raise with stderr on failure."""
     import subprocess

@@ -28,6 +28,8 @@ from diffusion_link import (
     IdentityBridge,
 )
 
+from .conftest import RunsCode
+
 
 def edited_copy(folder, dest, edit):
     """A copy of `folder` whose config.json is `edit(config dict)` (a dict, or the raw text to write)."""
@@ -215,20 +217,10 @@ def test_a_damaged_weights_file_is_refused_naming_it(saved_tiny_captioner, saved
 
 
 # -------------------------------------------------------------------------------------------- referenced bases
-class _RunsCode:
-    """A pickle payload that creates a marker file when unpickled."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
 def pickle_only(base, marker):
     state = load_file(base / "model.safetensors")
     os.remove(base / "model.safetensors")
-    torch.save({**state, "payload": _RunsCode(marker)}, base / "pytorch_model.bin")
+    torch.save({**state, "payload": RunsCode(marker)}, base / "pytorch_model.bin")
 
 
 def half_the_weights(base, marker):

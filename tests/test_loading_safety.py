@@ -12,6 +12,8 @@ from safetensors.torch import load_file, save_file
 
 from diffusion_link import DiffusionLinkBridge, DiffusionLinkForAudioCaptioning
 
+from .conftest import RunsCode
+
 
 @pytest.fixture
 def saved_bridge(tiny_bridge, tmp_path):
@@ -90,22 +92,12 @@ def test_captioner_with_edited_weights_is_refused(saved_tiny_captioner, tmp_path
     DiffusionLinkForAudioCaptioning.from_pretrained(saved_tiny_captioner)
 
 
-class _RunsCode:
-    """A pickle payload that creates a marker file when unpickled."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
 def test_pickle_weights_are_never_unpickled(saved_bridge, tiny_bridge, tmp_path):
     folder = tmp_path / "pickle-only"
     folder.mkdir()
     shutil.copy(saved_bridge / "config.json", folder / "config.json")
     marker = tmp_path / "code-ran"
-    torch.save({**tiny_bridge.state_dict(), "payload": _RunsCode(marker)}, folder / "pytorch_model.bin")
+    torch.save({**tiny_bridge.state_dict(), "payload": RunsCode(marker)}, folder / "pytorch_model.bin")
     # By default only safetensors are read: a pickle-only folder is refused without opening the pickle.
     with pytest.raises(OSError, match=rf"model.safetensors.*{folder}"):
         DiffusionLinkBridge.from_pretrained(folder)

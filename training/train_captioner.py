@@ -51,8 +51,6 @@ from diffusion_link.embedding_extraction import embed_text
 from diffusion_link.experiments.distributed import finish_distributed
 from diffusion_link.experiments.embedding_files import UNPAIRED_KEY, load_embeddings
 from diffusion_link.experiments.script_arguments import (
-    check_fraction_below_one,
-    check_non_negative_float,
     config_field,
     optional,
     parse_script_args,
@@ -61,7 +59,14 @@ from diffusion_link.experiments.script_arguments import (
 )
 from diffusion_link.hub.references import resolve_reference
 from diffusion_link.metrics import caption_scores
-from diffusion_link.validation import check_choice, check_non_negative_int, check_positive_float, check_positive_int
+from diffusion_link.validation import (
+    check_choice,
+    check_fraction_below_one,
+    check_non_negative_float,
+    check_non_negative_int,
+    check_positive_float,
+    check_positive_int,
+)
 
 
 logger = logging.getLogger(__name__)

@@ -48,12 +48,16 @@ from transformers.utils import (
 )
 
 from diffusion_link.experiments.distributed import accelerator_available
+from diffusion_link.pretrained_loading import check_safetensors_file
 from diffusion_link.validation import (
     check_finite_float,
+    check_fraction_below_one,
+    check_non_negative_float,
     check_non_negative_int,
     check_positive_float,
     check_positive_int,
     check_probability,
+    check_seed,
 )
 
 
@@ -129,28 +133,6 @@ def parse_script_args(dataclass_types: Sequence[type], argv: Sequence[str] | Non
         if isinstance(args, TrainingArguments):
             check_training_arguments(args)
     return parsed
-
-
-def check_non_negative_float(name: str, value) -> float:
-    """Return `value` as a float, or raise `ValueError` naming `name` unless it is a finite number >= 0."""
-    if check_finite_float(name, value) < 0:
-        raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}.")
-    return float(value)
-
-
-def check_fraction_below_one(name: str, value) -> float:
-    """Return `value` as a float, or raise `ValueError` naming `name` unless it lies in [0, 1) (a decay, a dropout
-    rate: 1 would stop the value from ever changing, or drop everything)."""
-    if check_probability(name, value) == 1.0:
-        raise ValueError(f"`{name}` must be a number in [0, 1), got {value!r}.")
-    return float(value)
-
-
-def check_seed(name: str, value) -> int:
-    """Return `value`, or raise `ValueError` naming `name` unless it is an int in [0, 2**32) (what numpy seeds take)."""
-    if check_non_negative_int(name, value) >= 2**32:
-        raise ValueError(f"`{name}` must be an int in [0, 2**32), got {value!r}.")
-    return value
 
 
 def check_max_steps(name: str, value) -> int:
@@ -235,10 +217,10 @@ def file_problem(path: str) -> str | None:
             with open(path, encoding="utf-8") as f:
                 json.load(f)
         elif name.endswith(".safetensors"):
-            from safetensors import safe_open
-
-            with safe_open(path, framework="pt"):
-                pass  # opening checks the header and that the tensors cover the file
+            try:
+                check_safetensors_file(path)  # the header, and that the tensors cover the file
+            except OSError as err:
+                return f"not a complete safetensors file ({err})"
         elif name.endswith(TORCH_ARCHIVE_SUFFIXES):
             with zipfile.ZipFile(path) as archive:
                 damaged = archive.testzip()
@@ -250,8 +232,6 @@ def file_problem(path: str) -> str | None:
         return f"not a complete torch archive ({err}; truncated?)"
     except OSError as err:
         return f"unreadable ({err})"
-    except Exception as err:  # safetensors raises its own error type for a bad header or a truncated file
-        return f"not a complete safetensors file ({err})"
     return None
 
 
