@@ -89,15 +89,18 @@ def embed_text(
     """(N,) captions -> (N, D) L2-normalised float32 text embeddings of `model.get_text_features`, on the CPU.
 
     Empty captions raise `ValueError` with their rows. Longer captions are truncated to `max_length` tokens (default:
-    the tokenizer's `model_max_length`).
+    the tokenizer's `model_max_length`). A tokenizer without a pad token (a fast tokenizer saved as `tokenizer.json`
+    alone) embeds one caption at a time, which needs no padding.
     """
     empty = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
     if empty:
         raise ValueError(f"{len(empty)} empty or non-string captions (rows {empty[:10]}); remove or fill them.")
     device = next(model.parameters()).device
+    pad = tokenizer.pad_token is not None
+    batch_size = batch_size if pad else 1
     chunks = []
     for start in range(0, len(texts), batch_size):
-        inputs = tokenizer(list(texts[start : start + batch_size]), padding=True, truncation=True,
+        inputs = tokenizer(list(texts[start : start + batch_size]), padding=pad, truncation=True,
                            max_length=max_length, return_tensors="pt")
         inputs = {k: v.to(device) for k, v in inputs.items() if k in ("input_ids", "attention_mask")}
         chunks.append(F.normalize(pooled_embeddings(model.get_text_features(**inputs)).float(), dim=-1).cpu())

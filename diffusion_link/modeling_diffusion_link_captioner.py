@@ -647,20 +647,25 @@ def load_language_model(reference: str, dtype: torch.dtype | None = None) -> Pre
     return load_referenced_base(AutoModelForCausalLM, reference, dtype=dtype)
 
 
+# A saved tokenizer holds one of these (a fast tokenizer may be saved as `tokenizer.json` alone).
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json")
+
+
 def _saved_tokenizer_folder(path, kwargs: dict) -> tuple[str, str] | None:
     """(path, subfolder) of the `audio_text_tokenizer/` saved with the captioner at `path` (a folder or Hub repo),
-    or None when it has none: checked by file, so no tokenizer load is attempted that would fail."""
+    or None when it has none: checked by file (`TOKENIZER_FILES`), so no tokenizer load is attempted that would
+    fail."""
     path = os.fspath(path)
     subfolder = "/".join(p for p in (kwargs.get("subfolder"), AUDIO_TEXT_TOKENIZER_FOLDER) if p)
     if os.path.isdir(path):
-        found = os.path.isfile(os.path.join(path, subfolder, "tokenizer_config.json"))
+        found = any(os.path.isfile(os.path.join(path, subfolder, name)) for name in TOKENIZER_FILES)
     else:
         from transformers.utils import cached_file
 
         fetch = {k: v for k, v in hub_kwargs(kwargs).items() if k != "subfolder"}
-        found = cached_file(path, "tokenizer_config.json", subfolder=subfolder,
-                            _raise_exceptions_for_missing_entries=False,
-                            _raise_exceptions_for_connection_errors=False, **fetch) is not None
+        found = any(cached_file(path, name, subfolder=subfolder, _raise_exceptions_for_missing_entries=False,
+                                _raise_exceptions_for_connection_errors=False, **fetch) is not None
+                    for name in TOKENIZER_FILES)
     return (path, subfolder) if found else None
 
 

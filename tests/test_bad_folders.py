@@ -347,3 +347,51 @@ def test_a_local_base_reference_is_kept_with_a_warning(referenced, tmp_path, mon
     config.audio_tower_name_or_path = config.language_model_name_or_path = "package:some_package/model"
     config.save_pretrained(tmp_path / "saved-by-reference")
     assert warnings == []
+
+
+# ------------------------------------------------------------------------------------- every app, one loader
+def run_app(app, folder, clip, tmp_path):
+    """Load `folder` through one app; the exit code (None for the web page, which raises)."""
+    from diffusion_link.apps.cli import main
+    from diffusion_link.apps.web_demo import load_demo
+
+    refs = tmp_path / "refs.csv"
+    refs.write_text(f"file_name,caption\n{clip},a dog barks\n")
+    commands = {
+        "caption": ["caption", str(clip), "--output", str(tmp_path / "out.jsonl")],
+        "search": ["search", "a dog barks", str(clip)],
+        "evaluate": ["evaluate", "--references", str(refs), "--output-dir", str(tmp_path / "eval")],
+    }
+    if app == "web page":
+        load_demo(str(folder))
+        return None
+    return main([*commands[app], "--model", str(folder)])
+
+
+# damage -> (what is done to the config, to the copied folder, the loader's own words after the file's path)
+APP_CASES = {
+    "truncated weights": (lambda c: c, lambda folder: truncated(folder / "model.safetensors"),
+                          "model.safetensors is not a readable safetensors file"),
+    "no text_config": (without("text_config"), lambda folder: None, "config.json: `text_config` is missing"),
+}
+
+
+@pytest.mark.parametrize("app", ["caption", "search", "evaluate", "web page"])
+@pytest.mark.parametrize("damage", list(APP_CASES))
+def test_every_app_shows_the_loaders_own_error_for_a_bad_folder(saved_tiny_captioner, tmp_path, capsys, app, damage):
+    from .conftest import write_wav
+
+    edit, make, fragment = APP_CASES[damage]
+    folder = edited_copy(saved_tiny_captioner, tmp_path / "bad", edit)
+    make(folder)
+    clip = write_wav(tmp_path / "a.wav", seconds=1.0)
+    if app == "web page":
+        with pytest.raises((OSError, ValueError)) as err:
+            run_app(app, folder, clip, tmp_path)
+        message = str(err.value)
+    else:
+        assert run_app(app, folder, clip, tmp_path) == 2
+        message = capsys.readouterr().err
+    # One line from the loader itself, not pipeline()'s "Could not load model" with every class's traceback.
+    assert fragment in message and str(folder) in message
+    assert "Could not load model" not in message and "Traceback" not in message

@@ -174,6 +174,23 @@ def test_the_tokenizer_is_saved_with_the_model_and_found_by_one_rule(pipe, tmp_p
     assert len(loads) == 1 and loads[0][0][0] == str(tmp_path / "tok")
 
 
+def test_a_tokenizer_saved_as_tokenizer_json_alone_is_found_and_embeds_the_same(pipe, tmp_path):
+    import json
+    import os
+
+    from diffusion_link import DiffusionLinkForAudioCaptioning
+
+    pipe.save_pretrained(tmp_path / "model")
+    folder = tmp_path / "model" / AUDIO_TEXT_TOKENIZER_FOLDER
+    os.remove(folder / "tokenizer_config.json")
+    saved = json.loads((folder / "tokenizer.json").read_text())
+    (folder / "tokenizer.json").write_text(json.dumps({**saved, "padding": None}))  # as a tokenizer never padded
+    loaded = DiffusionLinkForAudioCaptioning.from_pretrained(tmp_path / "model")
+    assert loaded.audio_text_tokenizer.pad_token is None  # what tokenizer_config.json held is gone
+    texts = ["a dog barks", "rain falls on a tin roof for a long while", "wind"]  # of different lengths
+    torch.testing.assert_close(loaded.embed_text(texts), pipe.model.embed_text(texts), atol=1e-6, rtol=0)
+
+
 def test_the_pipeline_argument_sets_the_models_tokenizer(pipe):
     from diffusion_link import AudioCaptionPipeline
 

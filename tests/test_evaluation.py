@@ -423,6 +423,14 @@ def test_the_folders_own_text_tokenizer_measures_the_gap_and_a_broken_one_is_nam
     assert main([*args, "--output-dir", str(tmp_path / "out"), "--model", str(saved_tiny_captioner)]) == 0
     assert json.loads((tmp_path / "out" / "gap.json").read_text())["status"] == "computed"
 
+    # A fast tokenizer saved as tokenizer.json alone is the folder's own too.
+    bare = tmp_path / "tokenizer-json-only"
+    shutil.copytree(saved_tiny_captioner, bare)
+    os.remove(bare / "audio_text_tokenizer" / "tokenizer_config.json")
+    assert os.listdir(bare / "audio_text_tokenizer") == ["tokenizer.json"]
+    assert main([*args, "--output-dir", str(tmp_path / "out1"), "--model", str(bare)]) == 0
+    assert json.loads((tmp_path / "out1" / "gap.json").read_text())["status"] == "computed"
+
     broken = tmp_path / "broken"
     shutil.copytree(saved_tiny_captioner, broken)
     (broken / "audio_text_tokenizer" / "tokenizer.json").write_text("{}")

@@ -1,3 +1,3 @@
 """What users run: the `diffusion-link` command line (`cli`), the evaluation it drives (`evaluation`, reading
-`reference_captions`), `make demo` (`demo`), the web page (`web_demo`) and its export as a Hub Space (`space`).
-Never Hub code."""
+`reference_captions`), `make demo` (`demo`), the web page (`web_demo`) and its export as a Hub Space (`space`),
+all loading their captioner one way (`loading`). Never Hub code."""

@@ -98,23 +98,6 @@ def expand_paths(paths: list[str]) -> list[str]:
     return list(found.values())
 
 
-def _captioning_pipeline(model: str, trust_remote_code: bool):
-    """`pipeline("audio-captioning", model=model)`. A model that fails to load reaches transformers' `pipeline()` as a
-    ValueError whose text holds each loader's traceback; loading it again directly raises the loader's own error
-    (naming the file and the key), which `main` shows as one line."""
-    from transformers import AutoModel, pipeline
-
-    from diffusion_link import pipeline_audio_captioning  # noqa: F401  (registers the task)
-
-    try:
-        return pipeline("audio-captioning", model=model, trust_remote_code=trust_remote_code)
-    except ValueError as err:
-        if not str(err).startswith("Could not load model"):
-            raise
-        AutoModel.from_pretrained(model, trust_remote_code=trust_remote_code)
-        raise
-
-
 def _caption(args: argparse.Namespace) -> int:
     from diffusion_link.starter import require_captioner
 
@@ -131,7 +114,9 @@ def _caption_files(args: argparse.Namespace, model, todo: list[str], results: Re
     """Caption `todo` in batches, each row written to `results` as its file finishes; the exit code."""
     from tqdm.auto import tqdm
 
-    pipe = _captioning_pipeline(model, args.trust_remote_code)
+    from diffusion_link.apps.loading import load_captioning_pipeline
+
+    pipe = load_captioning_pipeline(model, args.trust_remote_code)
     call = {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams}
     if args.num_candidates is not None:
         call["num_candidates"] = args.num_candidates
@@ -236,14 +221,14 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
+    from diffusion_link.apps.loading import load_captioning_pipeline
     from diffusion_link.apps.search import print_table, search
-    from diffusion_link.starter import require_captioner
 
     files = expand_paths(args.paths)
     if not files:
         print(f"error: no audio file under {' '.join(args.paths)}.", file=sys.stderr)
         return 2
-    pipe = _captioning_pipeline(require_captioner(args.model), args.trust_remote_code)
+    pipe = load_captioning_pipeline(args.model, args.trust_remote_code)
     result = search(pipe, args.query, files, top_k=args.top_k, batch_size=args.batch_size, cache_folder=args.cache_dir)
     for path, error in result.failed.items():
         print(f"error: {path}: {error}", file=sys.stderr)

@@ -340,11 +340,9 @@ def _load_pipeline(pipe_or_model, trust_remote_code: bool):
     if isinstance(pipe_or_model, AudioCaptionPipeline):
         return pipe_or_model
     if isinstance(pipe_or_model, (str, os.PathLike)):
-        from transformers import pipeline
+        from diffusion_link.apps.loading import load_captioning_pipeline
 
-        from diffusion_link.configuration_diffusion_link_captioner import PIPELINE_TASK
-
-        return pipeline(PIPELINE_TASK, model=os.fspath(pipe_or_model), trust_remote_code=trust_remote_code)
+        return load_captioning_pipeline(pipe_or_model, trust_remote_code)
     raise TypeError(
         "`pipe_or_model` must be an AudioCaptionPipeline or a captioner folder / Hub id, got "
         f"{type(pipe_or_model).__name__} (wrap a bare model: AudioCaptionPipeline(model=..., tokenizer=..., "

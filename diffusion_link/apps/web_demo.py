@@ -247,13 +247,9 @@ def build_app(demo: WebDemo, examples: list[str] | None = None, concurrency_limi
 
 def load_demo(model: str | None, limits: Limits | None = None, trust_remote_code: bool = False) -> WebDemo:
     """A `WebDemo` of `model` (a folder or Hub id; None: the bundled starter captioner)."""
-    from transformers import pipeline
+    from diffusion_link.apps.loading import load_captioning_pipeline
 
-    from diffusion_link import pipeline_audio_captioning  # noqa: F401  (registers the task)
-    from diffusion_link.starter import require_captioner
-
-    name = require_captioner(model)
-    pipe = pipeline("audio-captioning", model=name, trust_remote_code=trust_remote_code)
+    pipe = load_captioning_pipeline(model, trust_remote_code)
     return WebDemo(pipe, model or "the bundled starter captioner", limits)
 
 
