@@ -49,14 +49,23 @@ def decode_audio(source: str | os.PathLike | bytes) -> tuple[np.ndarray, int]:
         name, handle = "<bytes>", io.BytesIO(bytes(source))
     else:
         name = os.fspath(source)
-        if not os.path.isfile(name):
-            raise FileNotFoundError(f"Audio file not found: {name}")
+        _check_audio_path(name)
         handle = name
     try:
         samples, rate = sf.read(handle, dtype="float32", always_2d=False)
     except Exception as err:  # libsndfile raises LibsndfileError / RuntimeError / TypeError for bad data
         raise AudioDecodeError(f"Could not decode audio from {name}: {err}") from err
     return np.asarray(samples, dtype=np.float32), int(rate)
+
+
+def _check_audio_path(name: str) -> None:
+    """`FileNotFoundError` for a path that does not exist; `AudioDecodeError` for one that is not a regular file (a
+    folder, a FIFO that would block the read, a device), each naming the path."""
+    if not os.path.exists(name):
+        raise FileNotFoundError(f"Audio file not found: {name}")
+    if not os.path.isfile(name):
+        raise AudioDecodeError(f"Could not decode audio from {name}: not a regular file (a folder, FIFO or device); "
+                               "give an audio file.")
 
 
 def to_mono_float(samples: np.ndarray, name: str = "audio") -> np.ndarray:
@@ -407,8 +416,7 @@ def open_audio_stream(path: str | os.PathLike, target_rate: int, min_duration_s:
     sf = _soundfile()
 
     name = os.fspath(path)
-    if not os.path.isfile(name):
-        raise FileNotFoundError(f"Audio file not found: {name}")
+    _check_audio_path(name)
     try:
         info = sf.info(name)
     except Exception as err:

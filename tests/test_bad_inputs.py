@@ -10,6 +10,7 @@ command-line options (`test_cli_arguments.py`), result files (`test_result_files
 files (`test_evaluation.py`), the web page (`test_web_demo.py`)."""
 
 import json
+import os
 import re
 
 import numpy as np
@@ -88,6 +89,9 @@ CASES = {
     "96khz": (lambda p: write(p, noise(rate=96000), 96000), {"is_silent": False, "sampling_rate": 96000, "duration_s": 1.0}),
     "int16": (lambda p: write(p, noise(), subtype="PCM_16"), {"is_silent": False, "num_channels": 1, "duration_s": 1.0}),
     "int32": (lambda p: write(p, noise(), subtype="PCM_32"), {"is_silent": False, "num_channels": 1, "duration_s": 1.0}),
+    # Not regular files: refused by name, without opening them (reading a FIFO would wait forever).
+    "folder": (lambda p: p.mkdir(), (AudioDecodeError, "not a regular file")),
+    **({"fifo": (os.mkfifo, (AudioDecodeError, "not a regular file"))} if hasattr(os, "mkfifo") else {}),
 }
 
 
