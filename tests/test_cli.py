@@ -212,3 +212,35 @@ def test_caption_to_a_pipe_writes_and_never_reads_it(saved_tiny_captioner, tmp_p
                      timeout=120)
     (row,) = [json.loads(line) for line in out.splitlines()]
     assert row["file"] == os.path.realpath(clip) and row["generated_text"]
+
+
+def test_ctrl_c_keeps_the_finished_rows_and_says_how_to_go_on(saved_tiny_captioner, tmp_path, monkeypatch, capsys):
+    from diffusion_link.apps import loading
+
+    from .conftest import write_wav
+
+    clips = [write_wav(tmp_path / f"{i}.wav", seed=i) for i in range(3)]
+    real = loading.load_captioning_pipeline
+
+    class InterruptedAfterOneBatch:  # the pipeline, with Ctrl-C pressed during its second batch
+        def __init__(self, model, trust_remote_code=False):
+            self.pipe = real(model, trust_remote_code)
+            self.model, self.calls = self.pipe.model, 0
+
+        def __call__(self, *args, **kwargs):
+            self.calls += 1
+            if self.calls > 1:
+                raise KeyboardInterrupt
+            return self.pipe(*args, **kwargs)
+
+    monkeypatch.setattr(loading, "load_captioning_pipeline", InterruptedAfterOneBatch)
+    out = tmp_path / "out.jsonl"
+    argv = ["caption", *map(str, clips), "--model", str(saved_tiny_captioner), "--max-new-tokens", "4",
+            "--batch-size", "1", "--output", str(out)]
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert f"interrupted; the rows written so far are in {out}" in err and "Traceback" not in err
+    assert [json.loads(line)["file"] for line in out.open()] == [os.path.realpath(clips[0])]
+    monkeypatch.setattr(loading, "load_captioning_pipeline", real)
+    assert main(argv) == 0 and "skipping 1 files" in capsys.readouterr().err
+    assert [json.loads(line)["file"] for line in out.open()] == [os.path.realpath(c) for c in clips]

@@ -78,6 +78,10 @@ def test_caption_file_is_embedded_with_the_towers_text_side(tiny_parts, caption_
                     text_tokenizer_name_or_path=tiny_parts["clap"])
     pipe = train_captioner.main(argv)
     assert isinstance(pipe.model, DiffusionLinkForAudioCaptioning)
+    # The tokenizer the captions were embedded with is saved with the model, which finds it on load.
+    assert (tmp_path / "audio_text_tokenizer" / "tokenizer.json").is_file()
+    loaded = DiffusionLinkForAudioCaptioning.from_pretrained(tmp_path)
+    assert loaded.audio_text_tokenizer("a dog barks").input_ids == pipe.audio_text_tokenizer("a dog barks").input_ids
     with pytest.raises(ValueError, match="text_tokenizer_name_or_path"):
         train_captioner.main(argv_for(tiny_parts, caption_data, tmp_path / "x", train_file=caption_data["txt"], max_steps=2))
 

@@ -378,7 +378,10 @@ def main(argv: list[str] | None = None) -> AudioCaptionPipeline:
     # Every process evaluates (the eval loop gathers across processes); only the first one writes.
     metrics = trainer.evaluate() if eval_dataset is not None else None
     model = trainer.accelerator.unwrap_model(trainer.model).eval()
-    pipe = AudioCaptionPipeline(model=model, tokenizer=tokenizer, feature_extractor=feature_extractor)
+    # The text tokenizer given (zero-shot training embeds captions with it) is saved in `audio_text_tokenizer/`, so
+    # the folder can score captions and measure the gap on its own.
+    pipe = AudioCaptionPipeline(model=model, tokenizer=tokenizer, feature_extractor=feature_extractor,
+                                audio_text_tokenizer=text_tokenizer)
     if trainer.is_world_process_zero():
         pipe.save_pretrained(training_args.output_dir)
         if metrics is not None:

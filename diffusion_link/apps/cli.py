@@ -444,6 +444,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, OSError, ImportError) as err:  # ImportError: a missing base or extra, named
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: every finished row is already in --output, and a rerun goes on from there
+        output = args.output if args.command == "caption" else None
+        kept = f"; the rows written so far are in {output}, and the same command goes on from them" if output else ""
+        print(f"interrupted{kept}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
