@@ -274,6 +274,9 @@ class DiffusionLinkForAudioCaptioning(ReferencedBasesMixin, DiffusionLinkCaption
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """transformers' `from_pretrained`, for embedded and referenced bases alike. `merge_lora=True` returns the
+        model as `merge_and_unload()` would (the LoRA adapters in the LM's weights, `lora_r` 0, the same captions,
+        faster decoding; referenced bases then load without peft): for captioning, not for further training."""
         # Refuses a folder of another model type and weights that do not match the config, like the bridge does.
         check_pretrained_config(cls.config_class, pretrained_model_name_or_path, kwargs)
         config = kwargs.get("config")
@@ -281,9 +284,10 @@ class DiffusionLinkForAudioCaptioning(ReferencedBasesMixin, DiffusionLinkCaption
             config = DiffusionLinkCaptionerConfig.from_pretrained(
                 pretrained_model_name_or_path, **hub_kwargs(kwargs)
             )
+        merge_lora = kwargs.pop("merge_lora", False)
         if config.base_weights == "referenced":
             kwargs.pop("config", None)
-            model = cls._from_referenced(pretrained_model_name_or_path, config, **kwargs)
+            model = cls._from_referenced(pretrained_model_name_or_path, config, merge_lora=merge_lora, **kwargs)
         else:
             token = _LOADING_EMBEDDED.set(True)
             try:
@@ -294,19 +298,30 @@ class DiffusionLinkForAudioCaptioning(ReferencedBasesMixin, DiffusionLinkCaption
                 model = model[0]
             model.trained_parts_to_float32()
             model.apply_freezing()
+            if merge_lora and model.config.lora_r:
+                model.merge_and_unload()
         model._audio_text_tokenizer_folder = _saved_tokenizer_folder(pretrained_model_name_or_path, kwargs)
         # Small trained parts get fresh (aligned) memory, so a loaded model reproduces the saved one bit for bit.
         own_aligned_memory((*model.bridge.parameters(), *model.bridge.buffers(), *model.multi_modal_projector.parameters()))
         return model
 
     @classmethod
-    def _from_referenced(cls, path, config: DiffusionLinkCaptionerConfig, **kwargs) -> "DiffusionLinkForAudioCaptioning":
+    def _from_referenced(cls, path, config: DiffusionLinkCaptionerConfig, merge_lora: bool = False,
+                         **kwargs) -> "DiffusionLinkForAudioCaptioning":
         """The bases from their references (safetensors only, strictly: `load_referenced_base`), then the trained
-        parts from `path` (`ReferencedBasesMixin`)."""
+        parts from `path` (`ReferencedBasesMixin`). With `merge_lora`, the saved adapters go straight into the LM's
+        weights, as `merge_and_unload` would put them, without building (or importing) peft's layers."""
         audio_tower = load_audio_tower(config.audio_tower_name_or_path)
         language_model = load_language_model(config.language_model_name_or_path, dtype=kwargs.get("dtype"))
+        lora = (config.lora_r, config.lora_alpha, tuple(config.lora_target_modules)) if merge_lora and config.lora_r else None
+        if lora:
+            config = copy.deepcopy(config)
+            config.lora_r = 0  # built without adapters; the saved ones are merged below
         model = cls(config, audio_tower=audio_tower, language_model=language_model)  # float32 parts, frozen bases
-        model.load_trained_parts(path, **kwargs)
+        weights, state = model.read_trained_parts(path, **kwargs)
+        if lora:
+            _merge_saved_lora(model.language_model, state, weights, *lora)
+        model.load_trained_state(weights, state)
         return model.eval()
 
     def save_pretrained(self, save_directory, *args, **kwargs):
@@ -604,6 +619,31 @@ class DiffusionLinkForAudioCaptioning(ReferencedBasesMixin, DiffusionLinkCaption
         return self.language_model.generate(
             inputs_embeds=inputs_embeds, attention_mask=mask, generation_config=generation_config, **unused
         )
+
+
+@torch.no_grad()
+def _merge_saved_lora(language_model: nn.Module, state: dict[str, torch.Tensor], weights: str, r: int, alpha: float,
+                      targets: tuple[str, ...]) -> None:
+    """Pop the LoRA adapters from a captioner's saved `state` and add them into `language_model`'s (adapter-free)
+    weights, W += (B @ A) * alpha / r: peft's `merge()` of the same tensors, to the bit. Strict like the rest of the
+    file: every targeted linear layer needs its A and B, of its shapes; anything else raises `ValueError` naming
+    `weights` and the keys."""
+    found = {k: state.pop(k) for k in [k for k in state if ".lora_A." in k or ".lora_B." in k]}
+    layers = {name: module for name, module in language_model.named_modules()
+              if isinstance(module, nn.Linear) and name.rpartition(".")[2] in targets}
+    keys = {name: tuple(f"language_model.{name}.lora_{ab}.default.weight" for ab in "AB") for name in layers}
+    expected = {k for pair in keys.values() for k in pair}
+    missing, unexpected = sorted(expected - set(found)), sorted(set(found) - expected)
+    if missing or unexpected:
+        raise ValueError(f"{weights}: its LoRA adapters do not match the LM's {list(targets)} layers: missing "
+                         f"({len(missing)}) {missing[:5]}, unexpected ({len(unexpected)}) {unexpected[:5]}.")
+    for name, layer in layers.items():
+        a, b = (found[k] for k in keys[name])
+        if a.shape != (r, layer.in_features) or b.shape != (layer.out_features, r):
+            raise ValueError(f"{weights}: the LoRA adapters of {name} are {tuple(a.shape)} and {tuple(b.shape)}; "
+                             f"rank {r} on a {layer.in_features}->{layer.out_features} layer needs "
+                             f"({r}, {layer.in_features}) and ({layer.out_features}, {r}).")
+        layer.weight.data += (b.float() @ a.float()) * (alpha / r)
 
 
 def _checked_bridge_type(bridge: nn.Module, bridge_type: str | None) -> str:

@@ -196,10 +196,18 @@ class ReferencedBasesMixin:
         """Load `path`'s `model.safetensors` (a folder or Hub repo; `kwargs` may hold `HUB_KWARGS`) into the trained
         parts, the bases being loaded already. Strict: a file whose keys are not exactly `trained_state_dict()`'s
         raises `ValueError` naming the file and the keys, a truncated or corrupt one `OSError` naming it."""
+        self.load_trained_state(*self.read_trained_parts(path, **kwargs))
+
+    @staticmethod
+    def read_trained_parts(path, **kwargs) -> tuple[str, dict[str, torch.Tensor]]:
+        """(the file, its tensors): `path`'s `model.safetensors`, as `load_trained_parts` reads it."""
         from transformers.utils import cached_file
 
         weights = cached_file(path, "model.safetensors", **hub_kwargs(kwargs))
-        state = load_safetensors(weights)
+        return weights, load_safetensors(weights)
+
+    def load_trained_state(self, weights: str, state: dict[str, torch.Tensor]) -> None:
+        """`state` (read from the file `weights`) into the trained parts, strictly (see `load_trained_parts`)."""
         expected = set(self.trained_state_dict())
         missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
         if missing or unexpected:

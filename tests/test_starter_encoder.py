@@ -103,3 +103,26 @@ def test_from_pretrained_loads_the_heads_strictly_and_honours_its_arguments(tmp_
         StarterAudioTextEncoder.from_pretrained(tmp_path / "repo" / "encoder")
     with pytest.raises(ValueError, match="expected a 'diffusion_link_starter_encoder'"):
         StarterAudioTextEncoder.from_pretrained(tmp_path / "repo")  # no config.json there
+
+
+def test_the_inference_net_folds_batch_norm_and_computes_the_same_function():
+    from diffusion_link.starter.modeling_starter_encoder import AiSFXEmbeddingNet
+
+    torch.manual_seed(0)
+    net = AiSFXEmbeddingNet().eval()
+    for module in net.modules():  # pretrained-like statistics, so folding has something to fold
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.2, 0.2)
+    blocks = torch.rand(3, 100, 96)
+    with torch.no_grad():
+        before = net(blocks)
+        fast = net.for_inference()
+        after = fast(blocks)
+    assert fast is net and not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    assert net.conv_block2.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
+    net.for_inference()  # again: nothing left to fold, the same function
+    torch.testing.assert_close(net(blocks), after, atol=0, rtol=0)
