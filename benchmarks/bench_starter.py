@@ -151,7 +151,7 @@ def decoding_speed(pipe, files: list[str], audio: torch.Tensor, prompt: torch.Te
                         model.language_model.generate(inputs_embeds=embeds, attention_mask=mask, **lm_kwargs)
 
             # Alternating rounds, the faster of each side: a drift in the machine's load hits both.
-            pipeline_s, bare_s = ([], [])
+            pipeline_s, bare_s = [], []
             for _ in range(ROUNDS):
                 for run, times in ((through_pipeline, pipeline_s), (bare_lm, bare_s)):
                     start = time.perf_counter()

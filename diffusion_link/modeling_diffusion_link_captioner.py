@@ -313,7 +313,9 @@ class DiffusionLinkForAudioCaptioning(ReferencedBasesMixin, DiffusionLinkCaption
         weights, as `merge_and_unload` would put them, without building (or importing) peft's layers."""
         audio_tower = load_audio_tower(config.audio_tower_name_or_path)
         language_model = load_language_model(config.language_model_name_or_path, dtype=kwargs.get("dtype"))
-        lora = (config.lora_r, config.lora_alpha, tuple(config.lora_target_modules)) if merge_lora and config.lora_r else None
+        lora = None
+        if merge_lora and config.lora_r:
+            lora = (config.lora_r, config.lora_alpha, tuple(config.lora_target_modules))
         if lora:
             config = copy.deepcopy(config)
             config.lora_r = 0  # built without adapters; the saved ones are merged below

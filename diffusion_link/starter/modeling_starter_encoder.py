@@ -68,9 +68,9 @@ class AiSFXEmbeddingNet(nn.Module):
         self.conv_block4 = AiSFXConvBlock(256, 512)
 
     def for_inference(self) -> "AiSFXEmbeddingNet":
-        """The frozen net as the starter runs it: BatchNorm folded into the convolutions and the weights in channels-last
-        order, which oneDNN's CPU convolutions run fastest (together 1.4x on 2 cores; outputs within 1e-5 of the
-        unfused net's, captions unchanged). In place; returns the net."""
+        """The frozen net as the starter runs it: BatchNorm folded into the convolutions and the weights in
+        channels-last order, which oneDNN's CPU convolutions run fastest (together 1.4x on 2 cores; outputs within
+        1e-5 of the unfused net's, captions unchanged). In place; returns the net."""
         for block in (self.conv_block1, self.conv_block2, self.conv_block3, self.conv_block4):
             block.fuse_batch_norm()
         return self.eval().to(memory_format=torch.channels_last)
@@ -163,7 +163,8 @@ class StarterAudioTextEncoder(ReferencedBasesMixin, PreTrainedModel):
 
     # ------------------------------------------------------------------ bases and saving
     @classmethod
-    def from_bases(cls, config: StarterEncoderConfig | None = None, init_heads: bool = True) -> "StarterAudioTextEncoder":
+    def from_bases(cls, config: StarterEncoderConfig | None = None,
+                   init_heads: bool = True) -> "StarterAudioTextEncoder":
         """A new encoder with pretrained towers (from `config`'s references) and freshly initialised heads
         (`init_heads=False`: left uninitialised, for a caller that loads them next, as `from_pretrained` does; the
         random towers built first are replaced either way, so they are never initialised)."""
